@@ -1,0 +1,94 @@
+"""The gateway's error hierarchy: every error a caller may want to handle, in one place."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class FrameError(GatewayError):
+    """A byte string is not a valid frame of its profile."""
+
+
+class TruncatedFrame(FrameError):
+    """Fewer bytes than the frame's header or length field asks for."""
+
+    def __init__(self, needed: int, got: int) -> None:
+        super().__init__(f"truncated frame: needs {needed} bytes, got {got}")
+        self.needed = needed
+        self.got = got
+
+
+class BadHeader(FrameError):
+    """The first byte(s) are not the profile's header or sync word."""
+
+    def __init__(self, expected: bytes, got: bytes) -> None:
+        super().__init__(f"bad header: expected {expected.hex(' ')}, got {got.hex(' ')}")
+        self.expected = expected
+        self.got = got
+
+
+class OversizeLength(FrameError):
+    """The length field is above the profile's maximum."""
+
+    def __init__(self, length: int, maximum: int) -> None:
+        super().__init__(f"payload length {length} exceeds the maximum of {maximum}")
+        self.length = length
+        self.maximum = maximum
+
+
+class ChecksumMismatch(FrameError):
+    """The frame's checksum (XOR or CRC) does not match its bytes."""
+
+    def __init__(self, expected: int, got: int) -> None:
+        super().__init__(f"checksum mismatch: computed 0x{expected:02x}, frame says 0x{got:02x}")
+        self.expected = expected
+        self.got = got
+
+
+class TrailingBytes(FrameError):
+    """Bytes follow a complete frame where exactly one frame was expected."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"{count} trailing byte(s) after a complete frame")
+        self.count = count
+
+
+class PayloadError(GatewayError):
+    """A command payload does not match its declared layout (decode or encode)."""
+
+    def __init__(self, command: str, reason: str) -> None:
+        super().__init__(f"{command}: {reason}")
+        self.command = command
+        self.reason = reason
+
+
+class ProfileError(GatewayError):
+    """A device profile file is invalid; names the file and the key path."""
+
+    def __init__(self, source: str, key_path: str, reason: str) -> None:
+        where = f"{source}: {key_path}" if key_path else source
+        super().__init__(f"{where}: {reason}")
+        self.source = source
+        self.key_path = key_path
+        self.reason = reason
+
+
+class UnknownProfile(GatewayError):
+    """No built-in or user profile has this name."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"unknown device profile {name!r}; known profiles: {', '.join(known)}")
+        self.name = name
+        self.known = known
+
+
+class ValueEncodingError(GatewayError):
+    """A value cannot be encoded for a profile key or field (type, range, length)."""
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        super().__init__(f"{key}: {value!r} {reason}")
+        self.key = key
+        self.value = value
+        self.reason = reason
