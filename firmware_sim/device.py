@@ -1,0 +1,418 @@
+"""One simulated device: the firmware state machine of a profile, over any ``Link``.
+
+It reuses ``gateway.frames`` for every byte it reads or writes, so the simulator and the
+gateway cannot drift apart. Faults are knobs on ``Faults``; unplugging is a power cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from firmware_sim.links import Link
+from gateway.errors import GatewayError
+from gateway.frames import (
+    Command,
+    Deframer,
+    DeviceProfile,
+    Frame,
+    NackCode,
+    decode_payload,
+    encode_frame,
+    encode_payload,
+)
+from gateway.frames.commands import RESPONSE_BIT, LogLevel
+from gateway.frames.profiles import FieldSpec
+
+log = logging.getLogger(__name__)
+
+HELLO_RETRY_S = 1.0
+DEFAULT_HEARTBEAT_S = 5.0
+#: A registered device that hears nothing from its gateway for this many heartbeats re-registers.
+SILENT_HEARTBEATS = 3
+
+
+@dataclass
+class Faults:
+    """Fault injection knobs; each rate is a probability in [0, 1]."""
+
+    #: chance, per frame sent, of 1..garbage_max random bytes before it
+    garbage_rate: float = 0.0
+    garbage_max: int = 16
+    #: garbage never contains 0x5A (so no frame can be lost to a false accept)
+    garbage_without_header: bool = False
+    #: chance a sent frame goes out with a wrong checksum
+    corrupt_rate: float = 0.0
+    #: chance an answer to a request is not sent at all
+    drop_rate: float = 0.0
+    #: delay before answering a request, seconds
+    response_delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("garbage_rate", "corrupt_rate", "drop_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        if self.garbage_max < 1:
+            raise ValueError(f"garbage_max must be at least 1, got {self.garbage_max}")
+        if self.response_delay_s < 0:
+            raise ValueError(f"response_delay_s must be >= 0, got {self.response_delay_s}")
+
+
+@dataclass
+class DeviceCounters:
+    """What the simulated device did, for tests to compare with what the gateway saw."""
+
+    frames_sent: int = 0
+    status_sent: int = 0
+    frames_received: int = 0
+    garbage_bytes_sent: int = 0
+    corrupted_frames: int = 0
+    dropped_responses: int = 0
+    hellos_sent: int = 0
+    registrations: int = 0
+    plugs: int = 0
+    sent_by_cmd: dict[int, int] = field(default_factory=dict)
+
+
+class _Drift:
+    """A plausible random walk for one numeric STATUS field."""
+
+    def __init__(self, spec: FieldSpec, rng: random.Random) -> None:
+        hint = spec.sim if isinstance(spec.sim, dict) else {}
+        self.spec = spec
+        self.rng = rng
+        self.low = hint.get("min", spec.min if spec.min is not None else 0.0)
+        self.high = hint.get("max", spec.max if spec.max is not None else 100.0)
+        self.drift = hint.get("drift", 0.0)
+        self.value = hint.get("start", (self.low + self.high) / 2)
+        self.noise = abs(self.drift) or (spec.scale or 1.0)
+
+    def next(self) -> float | int:
+        self.value += self.drift + self.rng.gauss(0.0, self.noise)
+        self.value = min(self.high, max(self.low, self.value))
+        if self.spec.scale is None and self.spec.type[0] in "ui":
+            return round(self.value)
+        return self.value
+
+
+class SimulatedDevice:
+    """Firmware of a device profile: HELLO until acknowledged, heartbeats, STATUS, keys.
+
+    Use as an async context manager (``async with SimulatedDevice(...) as dev``) or call
+    ``start``/``stop``. All timers are tasks of one TaskGroup owned by the device.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        profile: DeviceProfile,
+        link: Link,
+        *,
+        uid: bytes | None = None,
+        fw: str = "1.2.3",
+        model: str | None = None,
+        send_hello: bool = True,
+        faults: Faults | None = None,
+        interval_ms: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.name = name
+        self.profile = profile
+        self.link = link
+        self.uid = uid or hashlib.sha256(name.encode()).digest()[:8]
+        self.fw = fw
+        self.model = (model or profile.name)[:32]
+        self.send_hello = send_hello
+        self.faults = faults or Faults()
+        self.counters = DeviceCounters()
+        self.rng = random.Random(seed)
+        # Settings survive a power cycle (they live in flash); everything else does not.
+        self.settings: dict[int, Any] = {k.id: k.default for k in profile.keys.values()}
+        for key in profile.keys.values():
+            if key.name == "name":
+                self.settings[key.id] = name[: key.field.max_len or 32]
+            if key.name == "interval_ms" and interval_ms is not None:
+                self.settings[key.id] = interval_ms
+        self.registered = False
+        self.node_id: int | None = None
+        self.heartbeat_s = DEFAULT_HEARTBEAT_S
+        self.sent_status: list[bytes] = []
+        self._status_event = next(
+            (e for e in profile.events.values() if e.cmd_id == Command.STATUS), None
+        )
+        self._drifts: dict[str, _Drift] = {}
+        self._deframer = Deframer()
+        self._booted_at = time.monotonic()
+        self._last_heard = time.monotonic()
+        self._wake = asyncio.Event()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._running: asyncio.Task[None] | None = None
+        self._plugged = asyncio.Event()
+        self.link.on_data = self._on_data
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def __aenter__(self) -> SimulatedDevice:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Plug the link in and start the firmware's loops."""
+        await self._power_on()
+        self._running = asyncio.create_task(self._run(), name=f"sim-{self.name}")
+
+    async def stop(self) -> None:
+        """Stop the loops and release the link."""
+        if self._running is not None:
+            self._running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._running
+            self._running = None
+        close = getattr(self.link, "close", None)
+        if close is not None:
+            await close()
+
+    async def _run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._hello_loop(), name=f"{self.name}-hello")
+            tasks.create_task(self._status_loop(), name=f"{self.name}-status")
+            tasks.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat")
+
+    async def _power_on(self) -> None:
+        self.registered = False
+        self.node_id = None
+        self._booted_at = time.monotonic()
+        self._last_heard = time.monotonic()
+        self._deframer = Deframer()
+        await self.link.plug()
+        self.counters.plugs += 1
+        self._plugged.set()
+        self._wake.set()
+
+    async def unplug(self, duration_s: float | None = None) -> None:
+        """Pull the plug; with a duration, plug back in (power on again) after it."""
+        self._plugged.clear()
+        await self.link.unplug()
+        log.info("%s unplugged", self.name)
+        if duration_s is not None:
+            await asyncio.sleep(duration_s)
+            await self.replug()
+
+    async def replug(self) -> None:
+        """Plug back in: the device boots again (settings kept) at the link's new path."""
+        await self._power_on()
+        log.info("%s plugged in at %s", self.name, self.link.path)
+
+    @property
+    def uptime_s(self) -> int:
+        """Seconds since the last power-on."""
+        return int(time.monotonic() - self._booted_at)
+
+    @property
+    def interval_s(self) -> float:
+        """Current STATUS period."""
+        for key in self.profile.keys.values():
+            if key.name == "interval_ms":
+                return self.settings[key.id] / 1000.0
+        return 1.0
+
+    # ------------------------------------------------------------------ loops
+
+    async def _hello_loop(self) -> None:
+        while True:
+            await self._plugged.wait()
+            if self.send_hello and not self.registered:
+                self.send(Command.HELLO, self.hello_payload())
+                self.counters.hellos_sent += 1
+            await asyncio.sleep(HELLO_RETRY_S)
+
+    async def _status_loop(self) -> None:
+        while True:
+            await self._plugged.wait()
+            if self._status_event is not None:
+                payload = self.status_payload()
+                self.sent_status.append(payload)
+                self.counters.status_sent += 1
+                self.send(Command.STATUS, payload)
+            self._wake.clear()
+            # A WRITE of interval_ms wakes us so the new period applies at once.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            if not (self._plugged.is_set() and self.registered):
+                continue
+            if time.monotonic() - self._last_heard > SILENT_HEARTBEATS * self.heartbeat_s:
+                log.info("%s: gateway silent, registering again", self.name)
+                self.registered = False
+                continue
+            self.send(Command.PING, encode_payload(Command.PING, {"uptime_s": self.uptime_s}))
+
+    # ------------------------------------------------------------------ frames out
+
+    def hello_payload(self) -> bytes:
+        """The HELLO this device sends."""
+        caps = ["status", "read", "write", *(c.name for c in self.profile.commands.values())]
+        return encode_payload(
+            Command.HELLO,
+            {"proto": 1, "uid": self.uid.hex(), "fw": self.fw, "model": self.model, "caps": caps},
+        )
+
+    def status_payload(self) -> bytes:
+        """The next STATUS payload with drifting values."""
+        assert self._status_event is not None
+        values: dict[str, Any] = {}
+        for spec in self._status_event.layout.fields:
+            if spec.sim == "uptime":
+                values[spec.name] = self.uptime_s
+            elif spec.is_numeric:
+                drift = self._drifts.get(spec.name)
+                if drift is None:
+                    drift = self._drifts[spec.name] = _Drift(spec, self.rng)
+                values[spec.name] = drift.next()
+            else:
+                values[spec.name] = {"bool": False, "utf8": self.name}.get(spec.type, b"")
+        return self._status_event.layout.encode(values)
+
+    def log_line(self, level: LogLevel, text: str) -> None:
+        """Send a LOG frame."""
+        self.send(Command.LOG, bytes([level]) + text.encode("utf-8")[:255])
+
+    def send(self, cmd_id: int, payload: bytes = b"") -> None:
+        """Encode and write one frame, applying the garbage and corruption knobs."""
+        if not self._plugged.is_set():
+            return
+        frame = encode_frame(cmd_id, payload)
+        faults, rng = self.faults, self.rng
+        out = b""
+        if faults.garbage_rate and rng.random() < faults.garbage_rate:
+            out = self._garbage(rng.randint(1, faults.garbage_max))
+            self.counters.garbage_bytes_sent += len(out)
+        if faults.corrupt_rate and rng.random() < faults.corrupt_rate:
+            frame = frame[:-1] + bytes([frame[-1] ^ rng.randint(1, 255)])
+            self.counters.corrupted_frames += 1
+        self.link.write(out + frame)
+        self.counters.frames_sent += 1
+        self.counters.sent_by_cmd[cmd_id] = self.counters.sent_by_cmd.get(cmd_id, 0) + 1
+
+    def _garbage(self, size: int) -> bytes:
+        data = self.rng.randbytes(size)
+        if self.faults.garbage_without_header:
+            data = data.replace(b"\x5a", b"\x5b")
+        return data
+
+    def _answer(self, cmd_id: int, payload: bytes) -> None:
+        faults = self.faults
+        if faults.drop_rate and self.rng.random() < faults.drop_rate:
+            self.counters.dropped_responses += 1
+            return
+        if faults.response_delay_s > 0:
+            asyncio.get_running_loop().call_later(
+                faults.response_delay_s, self.send, cmd_id, payload
+            )
+        else:
+            self.send(cmd_id, payload)
+
+    def _nack(self, rejected: int, code: NackCode) -> None:
+        self._answer(Command.NACK, bytes([rejected, code]))
+
+    # ------------------------------------------------------------------ frames in
+
+    def _on_data(self, data: bytes) -> None:
+        for frame in self._deframer.feed(data):
+            self.counters.frames_received += 1
+            self._last_heard = time.monotonic()
+            try:
+                self._handle(frame)
+            except Exception:  # a firmware bug must not kill the link's reader
+                log.exception("%s: failed to handle %r", self.name, frame)
+
+    def _handle(self, frame: Frame) -> None:
+        cmd = frame.cmd_id
+        if cmd == Command.HELLO_ACK:
+            try:
+                ack = decode_payload(cmd, frame.payload)
+            except GatewayError:
+                return
+            self.node_id = ack["node_id"]
+            self.heartbeat_s = float(ack["heartbeat_s"] or DEFAULT_HEARTBEAT_S)
+            if not self.registered:
+                self.counters.registrations += 1
+            self.registered = True
+        elif cmd == Command.PING:
+            self._answer(Command.PONG, b"")
+        elif cmd == Command.READ:
+            self._read(frame.payload)
+        elif cmd == Command.WRITE:
+            self._write(frame.payload)
+        elif cmd in self.profile.commands:
+            self._device_command(cmd, frame.payload)
+        elif cmd & RESPONSE_BIT or cmd == Command.NACK:
+            return  # PONG, stray responses, NACKs: nothing to answer
+        else:
+            self._nack(cmd, NackCode.UNKNOWN_COMMAND)
+
+    def _read(self, payload: bytes) -> None:
+        try:
+            key_id = decode_payload(Command.READ, payload)["key"]
+        except GatewayError:
+            self._nack(Command.READ, NackCode.BAD_PAYLOAD)
+            return
+        key = self.profile.keys.get(key_id)
+        if key is None:
+            self._nack(Command.READ, NackCode.BAD_PAYLOAD)
+            return
+        value = key.encode(self.settings[key.id])
+        self._answer(Command.READ_RESP, key_id.to_bytes(2, "little") + value)
+
+    def _write(self, payload: bytes) -> None:
+        try:
+            request = decode_payload(Command.WRITE, payload)
+        except GatewayError:
+            self._nack(Command.WRITE, NackCode.BAD_PAYLOAD)
+            return
+        key_id = request["key"]
+        key = self.profile.keys.get(key_id)
+        status = NackCode.BAD_PAYLOAD if key is None else None
+        if key is not None and not key.writable:
+            status = NackCode.DENIED
+        elif key is not None:
+            try:
+                value = key.decode(request["value"])
+                key.encode(value)  # range and length checks
+            except GatewayError:
+                status = NackCode.BAD_PAYLOAD
+            else:
+                self.settings[key.id] = value
+                if key.name == "interval_ms":
+                    self._wake.set()
+        payload = encode_payload(Command.WRITE_ACK, {"key": key_id, "status": status or 0})
+        self._answer(Command.WRITE_ACK, payload)
+
+    def _device_command(self, cmd: int, payload: bytes) -> None:
+        spec = self.profile.commands[cmd]
+        try:
+            spec.request.decode(payload, what=spec.name)
+        except GatewayError:
+            self._nack(cmd, NackCode.BAD_PAYLOAD)
+            return
+        # Generic firmware: answer with each response field's simulated start value.
+        values = {}
+        for f in spec.response.fields:
+            hint = f.sim if isinstance(f.sim, dict) else {}
+            values[f.name] = {"utf8": "", "bytes": b"", "bool": False}.get(
+                f.type, hint.get("start", f.min if f.min is not None else 0)
+            )
+        self._answer(cmd | RESPONSE_BIT, spec.response.encode(values, what=spec.name))

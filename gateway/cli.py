@@ -1,0 +1,138 @@
+"""``mcp-gateway``: the command line. Each subcommand parses its options and hands over."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+
+from firmware_sim import cli as sim_cli
+from firmware_sim.device import Faults
+from firmware_sim.fleet import Fleet, FleetSpec
+from gateway import __version__
+from gateway.errors import GatewayError
+from gateway.frames import ProfileRegistry
+from gateway.monitor import PortMonitor, monitor_ports
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+async def _until_stopped(duration: float | None) -> None:
+    """Wait for SIGINT/SIGTERM, or for ``duration`` seconds if given."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), duration)
+
+
+async def _monitor(args: argparse.Namespace) -> int:
+    profile = ProfileRegistry().get(args.profile) if args.profile else None
+    monitors = [
+        PortMonitor(url, url, profile=profile, passive=args.passive, baudrate=args.baudrate)
+        for url in args.ports
+    ]
+    task = asyncio.create_task(monitor_ports(monitors))
+    await _until_stopped(args.duration)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return EXIT_OK
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    noisy = Faults(garbage_rate=0.05, garbage_max=8, corrupt_rate=0.02)
+    spec = FleetSpec(count=args.count, first_device_faults=noisy, interval_ms=args.interval_ms)
+    profile = ProfileRegistry().get(spec.profile)
+    started = time.monotonic()
+    async with Fleet(spec) as fleet:
+        monitors = [
+            PortMonitor(device.name, device.link.path, profile=profile)
+            for device in fleet.devices
+        ]
+        task = asyncio.create_task(monitor_ports(monitors))
+        await _until_stopped(args.duration)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    elapsed = time.monotonic() - started
+    for monitor, device in zip(monitors, fleet.devices, strict=True):
+        stats = monitor.deframer.stats
+        summary = {
+            "port": monitor.name,
+            "seconds": round(elapsed, 1),
+            "frames_sent": device.counters.frames_sent,
+            "frames_received": stats.frames,
+            "discarded_bytes": stats.discarded_bytes,
+            "checksum_errors": stats.checksum_errors,
+            "garbage_bytes_sent": device.counters.garbage_bytes_sent,
+            "corrupted_frames_sent": device.counters.corrupted_frames,
+        }
+        print(json.dumps({"stats": summary}), flush=True)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command-line grammar."""
+    parser = argparse.ArgumentParser(
+        prog="mcp-gateway",
+        description="Hardware gateway for serial and embedded MCP devices.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", default="WARNING",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="simulated devices on ptys, deframed and printed as JSON lines",
+        description="Start simulated env-sensor devices on pseudo-terminals (the first with "
+        "light line noise), open them like serial ports, and print every decoded frame as a "
+        "JSON line; a stats line per device at the end. Runs until Ctrl-C.",
+    )
+    demo.add_argument("--headless", action="store_true",
+                      help="print events instead of a dashboard (the only mode so far)")
+    demo.add_argument("--count", type=int, default=3, help="simulated devices (default 3)")
+    demo.add_argument("--interval-ms", type=int, default=1000, help="STATUS period")
+    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+
+    monitor = sub.add_parser(
+        "monitor",
+        help="open serial ports and print every decoded frame",
+        description="Open serial ports (paths or pyserial URLs such as socket://host:port), "
+        "deframe and print each frame as a JSON line. Answers HELLO and PING unless --passive.",
+    )
+    monitor.add_argument("ports", nargs="+", metavar="PORT")
+    monitor.add_argument("--profile", default="env-sensor", help="decode with this device profile")
+    monitor.add_argument("--baudrate", type=int, default=115200)
+    monitor.add_argument("--passive", action="store_true", help="never write to the ports")
+    monitor.add_argument("--duration", type=float, help="stop after this many seconds")
+
+    sim = sub.add_parser("sim", help="simulated devices (same as mcp-sim)",
+                         description="Same as mcp-sim.")
+    sim_cli.add_arguments(sim)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mcp-gateway``."""
+    args = build_parser().parse_args(argv)
+    # Printing to a closed pipe (``| head``) ends the program quietly, as Unix filters do.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    runners = {"demo": _demo, "monitor": _monitor, "sim": sim_cli.run}
+    try:
+        return asyncio.run(runners[args.command](args))
+    except (GatewayError, ValueError) as exc:
+        print(f"mcp-gateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Async drivers: bytes between ports (serial, ``socket://``, in-memory) and the frame codecs."""

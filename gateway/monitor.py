@@ -1,0 +1,170 @@
+"""``mcp-gateway monitor``: open serial ports, deframe, print every decoded frame.
+
+A field tool and the first end-to-end path (port -> Deframer -> decode). By default it also
+answers what firmware waits for (HELLO_ACK to HELLO, PONG to PING) so devices register;
+``--passive`` only listens. The full gateway (sessions, bridge) builds on the same frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import serial
+import serial_asyncio
+
+from gateway.errors import GatewayError
+from gateway.frames import (
+    COMMANDS,
+    Command,
+    Deframer,
+    DeviceProfile,
+    Frame,
+    command_name,
+    decode_payload,
+    encode_frame,
+    encode_payload,
+)
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 65536
+_RETRY_S = 1.0
+
+
+def describe(frame: Frame, profile: DeviceProfile | None) -> dict[str, Any]:
+    """A frame as a JSON-ready dict: command name and decoded fields (or raw hex)."""
+    out: dict[str, Any] = {"cmd": command_name(frame.cmd_id), "cmd_id": frame.cmd_id}
+    try:
+        if profile is not None and frame.cmd_id in profile.events:
+            event = profile.events[frame.cmd_id]
+            out["cmd"] = event.name.upper()
+            out["fields"] = event.layout.decode(frame.payload, what=event.name)
+        elif frame.cmd_id in COMMANDS and COMMANDS[frame.cmd_id].payload is not None:
+            fields = decode_payload(frame.cmd_id, frame.payload)
+            if profile is not None and frame.cmd_id == Command.READ_RESP:
+                key = profile.keys.get(fields["key"])
+                fields["value"] = key.decode(fields["value"]) if key else fields["value"].hex()
+            out["fields"] = {k: v.hex() if isinstance(v, bytes) else v for k, v in fields.items()}
+        else:
+            out["raw_hex"] = frame.payload.hex()
+    except (GatewayError, KeyError) as exc:
+        out["raw_hex"] = frame.payload.hex()
+        out["error"] = str(exc)
+    return out
+
+
+class _PortProtocol(asyncio.Protocol):
+    """Feeds received bytes to the port's deframer; never awaits, never raises."""
+
+    def __init__(self, on_frames: Callable[[list[Frame]], None], deframer: Deframer) -> None:
+        self.deframer = deframer
+        self.on_frames = on_frames
+        self.closed = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        # pyserial-asyncio reads 1 KiB at a time by default: too small at high frame rates.
+        transport._max_read_size = _READ_SIZE  # type: ignore[attr-defined]  # noqa: SLF001
+
+    def data_received(self, data: bytes) -> None:
+        frames = self.deframer.feed(data)
+        if frames:
+            try:
+                self.on_frames(frames)
+            except Exception:
+                log.exception("frame handler failed")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(exc)
+
+
+class PortMonitor:
+    """Watches one port: prints frames, answers HELLO/PING unless passive, reopens on loss."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        profile: DeviceProfile | None,
+        out: TextIO = sys.stdout,
+        passive: bool = False,
+        baudrate: int = 115200,
+        node_ids: dict[str, int] | None = None,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.profile = profile
+        self.out = out
+        self.passive = passive
+        self.baudrate = baudrate
+        self.node_ids = node_ids if node_ids is not None else {}
+        self.deframer = Deframer()
+        self.frames_seen = 0
+        self._transport: asyncio.Transport | None = None
+
+    async def run(self) -> None:
+        """Open the port, follow it, and open it again whenever it goes away."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                transport, protocol = await serial_asyncio.create_serial_connection(
+                    loop,
+                    lambda: _PortProtocol(self._on_frames, self.deframer),
+                    self.url,
+                    baudrate=self.baudrate,
+                )
+            except (serial.SerialException, OSError) as exc:
+                log.warning("%s: cannot open %s: %s; retrying", self.name, self.url, exc)
+                await asyncio.sleep(_RETRY_S)
+                continue
+            self._transport = transport
+            self._print({"event": "port_open", "path": self.url})
+            try:
+                exc = await protocol.closed
+            finally:
+                transport.close()
+                self._transport = None
+            self._print({"event": "port_lost", "reason": str(exc) if exc else "closed"})
+            await asyncio.sleep(_RETRY_S)
+
+    def _print(self, record: dict[str, Any]) -> None:
+        record = {"t": round(time.time(), 3), "port": self.name, **record}
+        self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.out.flush()
+
+    def _send(self, cmd_id: int, payload: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(encode_frame(cmd_id, payload))
+
+    def _on_frames(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            self.frames_seen += 1
+            self._print(describe(frame, self.profile))
+            if self.passive:
+                continue
+            if frame.cmd_id == Command.HELLO:
+                try:
+                    uid = decode_payload(Command.HELLO, frame.payload)["uid"]
+                except GatewayError:
+                    continue
+                node_id = self.node_ids.setdefault(uid, len(self.node_ids) + 1)
+                ack = {"node_id": node_id, "heartbeat_s": 5}
+                self._send(Command.HELLO_ACK, encode_payload(Command.HELLO_ACK, ack))
+            elif frame.cmd_id == Command.PING:
+                self._send(Command.PONG, b"")
+
+
+async def monitor_ports(monitors: list[PortMonitor]) -> None:
+    """Run monitors until cancelled."""
+    async with asyncio.TaskGroup() as tasks:
+        for monitor in monitors:
+            tasks.create_task(monitor.run(), name=f"monitor-{monitor.name}")

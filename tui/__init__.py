@@ -1,0 +1,1 @@
+"""The Textual dashboard of the MCP fabric (an MQTT client; built on the bridge's topics)."""
