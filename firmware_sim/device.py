@@ -102,6 +102,16 @@ class _Drift:
         return self.value
 
 
+async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for ``event`` up to ``timeout`` s; True if it was set (never swallows a cancel)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
 class SimulatedDevice:
     """Firmware of a device profile: HELLO until acknowledged, heartbeats, STATUS, keys.
 
@@ -152,7 +162,7 @@ class SimulatedDevice:
         self._booted_at = time.monotonic()
         self._last_heard = time.monotonic()
         self._wake = asyncio.Event()
-        self._tasks: asyncio.TaskGroup | None = None
+        self._registered_now = asyncio.Event()
         self._running: asyncio.Task[None] | None = None
         self._plugged = asyncio.Event()
         self.link.on_data = self._on_data
@@ -246,12 +256,14 @@ class SimulatedDevice:
                 self.send(Command.STATUS, payload)
             self._wake.clear()
             # A WRITE of interval_ms wakes us so the new period applies at once.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+            await _wait_event(self._wake, self.interval_s)
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.heartbeat_s)
+            self._registered_now.clear()
+            # A HELLO_ACK restarts the period with the heartbeat it gave.
+            if await _wait_event(self._registered_now, self.heartbeat_s):
+                continue
             if not (self._plugged.is_set() and self.registered):
                 continue
             if time.monotonic() - self._last_heard > SILENT_HEARTBEATS * self.heartbeat_s:
@@ -350,6 +362,7 @@ class SimulatedDevice:
             self.heartbeat_s = float(ack["heartbeat_s"] or DEFAULT_HEARTBEAT_S)
             if not self.registered:
                 self.counters.registrations += 1
+                self._registered_now.set()
             self.registered = True
         elif cmd == Command.PING:
             self._answer(Command.PONG, b"")
