@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.frames import MAX_FRAME, MCP_FRAME, Deframer, Frame
+from gateway.frames.deframer import _window_xor
 from tests.strategies import frame_lists, frames, garbage_without_header
 
 
@@ -288,3 +289,40 @@ def test_deframer_equals_the_construct_reference_on_any_stream(stream, cuts):
     assert stats.oversize_lengths == counts["oversize_lengths"]
     assert stats.discarded_bytes == counts["discarded_bytes"]
     assert stats.bytes_in == stats.framed_bytes + stats.discarded_bytes + deframer.buffered
+
+
+same_size_runs = st.integers(0, 60).flatmap(
+    lambda n: st.lists(st.builds(Frame, st.integers(0, 255), st.binary(min_size=n, max_size=n)),
+                       min_size=8, max_size=60)
+)
+
+
+@settings(max_examples=300)
+@given(same_size_runs, st.lists(st.tuples(st.integers(0, 10**5), st.integers(0, 255)), max_size=4),
+       st.lists(st.integers(0, 10_000), max_size=6))
+def test_runs_of_same_size_frames_with_corruption_equal_the_reference(run, edits, cuts):
+    # Long runs take the deframer's batch path; corrupted bytes must make it fall back exactly.
+    stream = bytearray(b"".join(f.encode() for f in run))
+    for at, value in edits:
+        stream[at % len(stream)] = value
+    stream = bytes(stream)
+    expected, _, counts = reference_deframe(stream)
+    out, deframer = feed_in(chunks_of(stream, cuts))
+    assert out == expected
+    if not edits:
+        assert out == run
+    assert deframer.stats.checksum_errors == counts["checksum_errors"]
+    assert deframer.stats.discarded_bytes == counts["discarded_bytes"]
+
+
+def test_window_xor_matches_a_plain_loop():
+    rng = random.Random(3)
+    data = rng.randbytes(300)
+    value = int.from_bytes(data, "little")
+    for width in (1, 2, 3, 7, 20, 53):
+        got = _window_xor(value, width).to_bytes(300, "little")
+        for i in range(300 - width):
+            expected = 0
+            for b in data[i : i + width]:
+                expected ^= b
+            assert got[i] == expected, (width, i)
