@@ -39,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tcp", type=int, metavar="PORT", default=None,
         help="devices on TCP listeners (socket://HOST:PORT+i); 0 picks free ports",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="TCP listen address (default %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1", help="TCP listen address")
     parser.add_argument("--count", type=int, default=1, help="how many devices (default 1)")
-    parser.add_argument("--profile", default="env-sensor", help="device profile (default %(default)s)")
+    parser.add_argument("--profile", default="env-sensor", help="device profile name")
     parser.add_argument("--profiles-dir", type=Path, action="append", default=[],
                         help="extra directory of profile TOML files (repeatable)")
     parser.add_argument("--frames", choices=["mcp"], default="mcp",

@@ -102,10 +102,10 @@ class _Drift:
         return self.value
 
 
-async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
-    """Wait for ``event`` up to ``timeout`` s; True if it was set (never swallows a cancel)."""
+async def _wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for ``event`` up to ``seconds``; True if it was set (never swallows a cancel)."""
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             await event.wait()
     except TimeoutError:
         return False

@@ -227,11 +227,11 @@ class _TcpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self._link._attach(self._transport)  # noqa: SLF001
+        self._link._attach(self._transport)
 
     def data_received(self, data: bytes) -> None:
         self._link.on_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is not None:
-            self._link._detach(self._transport)  # noqa: SLF001
+            self._link._detach(self._transport)

@@ -71,7 +71,7 @@ class _PortProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         # pyserial-asyncio reads 1 KiB at a time by default: too small at high frame rates.
-        transport._max_read_size = _READ_SIZE  # type: ignore[attr-defined]  # noqa: SLF001
+        transport._max_read_size = _READ_SIZE  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         frames = self.deframer.feed(data)

@@ -65,6 +65,8 @@ class SerialPeer:
     def register(self, node_id: int = 7, heartbeat_s: int = 5) -> dict:
         """Wait for HELLO and acknowledge it; returns the decoded HELLO."""
         hello = decode_payload(Command.HELLO, self.wait_cmd(Command.HELLO).payload)
-        self.send(Command.HELLO_ACK,
-                  encode_payload(Command.HELLO_ACK, {"node_id": node_id, "heartbeat_s": heartbeat_s}))
+        self.send(
+            Command.HELLO_ACK,
+            encode_payload(Command.HELLO_ACK, {"node_id": node_id, "heartbeat_s": heartbeat_s}),
+        )
         return hello

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -76,7 +77,7 @@ HEADERY_GARBAGE = b"\x5a\x01\x00"  # a 0x5A with a length that reaches into the 
     [
         ("garbage before", GARBAGE + GOLDEN_BYTES, 4),
         ("garbage after", GOLDEN_BYTES + GARBAGE, 4),
-        ("garbage between", GARBAGE.join(f.encode() for f in GOLDEN) , 4 * 6),
+        ("garbage between", GARBAGE.join(f.encode() for f in GOLDEN), 4 * 6),
         ("0x5A garbage before", HEADERY_GARBAGE + GOLDEN_BYTES, 3),
         ("0x5A garbage between", HEADERY_GARBAGE.join(f.encode() for f in GOLDEN), 3 * 6),
     ],
@@ -230,7 +231,7 @@ def reference_deframe(stream: bytes, *, flush: bool = False):
 def chunks_of(stream: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(stream) + 1) for c in cuts})
     edges = [0, *points, len(stream)]
-    return [stream[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+    return [stream[a:b] for a, b in itertools.pairwise(edges)]
 
 
 @given(frame_lists, st.lists(st.integers(0, 10_000), max_size=20))
@@ -241,8 +242,11 @@ def test_any_split_yields_the_same_frames(frame_list, cuts):
     assert deframer.buffered == 0
 
 
-@given(st.lists(st.tuples(garbage_without_header, frames), min_size=1, max_size=10),
-       garbage_without_header, st.lists(st.integers(0, 10_000), max_size=10))
+@given(
+    st.lists(st.tuples(garbage_without_header, frames), min_size=1, max_size=10),
+    garbage_without_header,
+    st.lists(st.integers(0, 10_000), max_size=10),
+)
 def test_garbage_without_header_never_loses_a_frame(pairs, tail, cuts):
     stream = b"".join(g + f.encode() for g, f in pairs) + tail
     out, deframer = feed_in(chunks_of(stream, cuts))
@@ -251,8 +255,11 @@ def test_garbage_without_header_never_loses_a_frame(pairs, tail, cuts):
 
 
 @settings(max_examples=300)
-@given(st.lists(st.tuples(st.binary(max_size=30), frames), min_size=1, max_size=10),
-       st.binary(max_size=30), st.lists(st.integers(0, 10_000), max_size=10))
+@given(
+    st.lists(st.tuples(st.binary(max_size=30), frames), min_size=1, max_size=10),
+    st.binary(max_size=30),
+    st.lists(st.integers(0, 10_000), max_size=10),
+)
 def test_arbitrary_garbage_loses_frames_only_to_false_accepts(pairs, tail, cuts):
     stream, sent_spans, offset = b"", [], 0
     for garbage, frame in pairs:
@@ -276,10 +283,15 @@ def test_arbitrary_garbage_loses_frames_only_to_false_accepts(pairs, tail, cuts)
 
 
 @settings(max_examples=300)
-@given(st.one_of(
-    st.binary(max_size=400),
-    st.lists(st.one_of(frames.map(Frame.encode), st.binary(max_size=12)), max_size=12).map(b"".join),
-), st.lists(st.integers(0, 10_000), max_size=10))
+@given(
+    st.one_of(
+        st.binary(max_size=400),
+        st.lists(st.one_of(frames.map(Frame.encode), st.binary(max_size=12)), max_size=12).map(
+            b"".join
+        ),
+    ),
+    st.lists(st.integers(0, 10_000), max_size=10),
+)
 def test_deframer_equals_the_construct_reference_on_any_stream(stream, cuts):
     expected, _, counts = reference_deframe(stream)
     out, deframer = feed_in(chunks_of(stream, cuts))
@@ -292,14 +304,20 @@ def test_deframer_equals_the_construct_reference_on_any_stream(stream, cuts):
 
 
 same_size_runs = st.integers(0, 60).flatmap(
-    lambda n: st.lists(st.builds(Frame, st.integers(0, 255), st.binary(min_size=n, max_size=n)),
-                       min_size=8, max_size=60)
+    lambda n: st.lists(
+        st.builds(Frame, st.integers(0, 255), st.binary(min_size=n, max_size=n)),
+        min_size=8,
+        max_size=60,
+    )
 )
 
 
 @settings(max_examples=300)
-@given(same_size_runs, st.lists(st.tuples(st.integers(0, 10**5), st.integers(0, 255)), max_size=4),
-       st.lists(st.integers(0, 10_000), max_size=6))
+@given(
+    same_size_runs,
+    st.lists(st.tuples(st.integers(0, 10**5), st.integers(0, 255)), max_size=4),
+    st.lists(st.integers(0, 10_000), max_size=6),
+)
 def test_runs_of_same_size_frames_with_corruption_equal_the_reference(run, edits, cuts):
     # Long runs take the deframer's batch path; corrupted bytes must make it fall back exactly.
     stream = bytearray(b"".join(f.encode() for f in run))

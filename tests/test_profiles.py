@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import textwrap
 
 import pytest
 from construct import ConstructError
@@ -20,11 +19,16 @@ STATUS = ENV.events[Command.STATUS].layout
 
 def test_env_sensor_matches_the_spec():
     assert STATUS.names == ("temperature_c", "humidity_pct", "battery_mv", "uptime_s")
-    assert STATUS.fast is not None and STATUS.fast.size == 10
+    assert STATUS.fast is not None
+    assert STATUS.fast.size == 10
     assert {k.id: (k.name, k.writable) for k in ENV.keys.values()} == {
-        1: ("interval_ms", True), 2: ("name", True), 3: ("fw_build", False)}
+        1: ("interval_ms", True),
+        2: ("name", True),
+        3: ("fw_build", False),
+    }
     assert ENV.key("interval_ms").default == 1000
-    assert ENV.event_name(0x20) == "status" and ENV.event_name(0x21) == "log"
+    assert ENV.event_name(0x20) == "status"
+    assert ENV.event_name(0x21) == "log"
     assert ENV.event_name(0x44) == "cmd-0x44"
 
 
@@ -68,13 +72,18 @@ def test_any_fixed_layout_fast_path_equals_construct(types, data):
     if got is not None and expected is not None:
         # NaN != NaN: compare floats by their bits
         got = {k: struct.pack("<d", v) if isinstance(v, float) else v for k, v in got.items()}
-        expected = {k: struct.pack("<d", v) if isinstance(v, float) else v
-                    for k, v in expected.items()}
+        expected = {
+            k: struct.pack("<d", v) if isinstance(v, float) else v for k, v in expected.items()
+        }
     assert got == expected
 
 
-@given(st.integers(-32768, 32767), st.integers(0, 65535), st.integers(0, 65535),
-       st.integers(0, 2**32 - 1))
+@given(
+    st.integers(-32768, 32767),
+    st.integers(0, 65535),
+    st.integers(0, 65535),
+    st.integers(0, 2**32 - 1),
+)
 def test_status_round_trips_real_values(t, h, b, u):
     raw = struct.pack("<hHHI", t, h, b, u)
     values = STATUS.decode(raw)
@@ -153,7 +162,9 @@ def test_a_user_profile_from_a_directory(tmp_path):
     assert motor.event_name(0x22) == "fault"
     spin = motor.command("spin")
     assert spin.request.decode(spin.request.encode({"rpm": 10, "seconds": 1.5})) == {
-        "rpm": 10, "seconds": 1.5}
+        "rpm": 10,
+        "seconds": 1.5,
+    }
     assert motor.key("target_rpm").encode(6000) == (6000).to_bytes(2, "little")
 
 
@@ -164,19 +175,29 @@ BROKEN = [
     ("name='x'\n[[keys]]\nid=1\nname='a'\ntype='u33'", "keys[0].type: 'u33' is not a type"),
     ("name='x'\n[[keys]]\nid=70000\nname='a'\ntype='u8'", "keys[0].id: 70000 is not a key id"),
     ("name='x'\n[[keys]]\nid=1\nname='a'\ntype='u8'\naccess='w'", "keys[0].access: 'w'"),
-    ("name='x'\n[[keys]]\nid=1\nname='a'\ntype='u8'\ndefault=300",
-     "keys[0].default: a: 300 is out of range 0..255"),
-    ("name='x'\n[[keys]]\nid=1\nname='a'\ntype='u8'\n[[keys]]\nid=1\nname='b'\ntype='u8'",
-     "keys[1]: key 'b' (1) is declared twice"),
+    (
+        "name='x'\n[[keys]]\nid=1\nname='a'\ntype='u8'\ndefault=300",
+        "keys[0].default: a: 300 is out of range 0..255",
+    ),
+    (
+        "name='x'\n[[keys]]\nid=1\nname='a'\ntype='u8'\n[[keys]]\nid=1\nname='b'\ntype='u8'",
+        "keys[1]: key 'b' (1) is declared twice",
+    ),
     ("name='x'\n[[keys]]\nid=1\nname='a'\ntype='utf8'\nscale=0.1", "keys[0].scale"),
     ("name='x'\n[[keys]]\nid=1\nname='a'\ntype='u8'\nmax_len=3", "keys[0].max_len"),
     ("name='x'\n[[events]]\nid=0x10\nname='e'\nfields=[]", "events[0].id: 0x10 cannot be an event"),
-    ("name='x'\n[[events]]\nid=0x20\nname='e'\nfields=[{name='s',type='utf8'},{name='n',type='u8'}]",
-     "events[0].fields[0].type: utf8 takes the rest of the payload"),
-    ("name='x'\n[[events]]\nid=0x20\nname='e'\nfields=[{name='a',type='u8'},{name='a',type='u8'}]",
-     "events[0].fields[1].name: 'a' is used twice"),
-    ("name='x'\n[[events]]\nid=0x20\nname='e'\nfields=[{name='a',type='u8',sim={speed=1}}]",
-     "events[0].fields[0].sim.speed: unknown key"),
+    (
+        "name='x'\n[[events]]\nid=0x20\nname='e'\nfields=[{name='s',type='utf8'},{name='n',type='u8'}]",
+        "events[0].fields[0].type: utf8 takes the rest of the payload",
+    ),
+    (
+        "name='x'\n[[events]]\nid=0x20\nname='e'\nfields=[{name='a',type='u8'},{name='a',type='u8'}]",
+        "events[0].fields[1].name: 'a' is used twice",
+    ),
+    (
+        "name='x'\n[[events]]\nid=0x20\nname='e'\nfields=[{name='a',type='u8',sim={speed=1}}]",
+        "events[0].fields[0].sim.speed: unknown key",
+    ),
     ("name='x'\n[[commands]]\nid=0x70\nname='c'", "commands[0].id: 0x70: device commands use"),
     ("name='x'\n[[commands]]\nid=0x30\nname='read'", "commands[0].name: 'read' is a built-in"),
     ("name='x'\n[[events]]\nid=0x20\nname='e'\nfields='u8'", "events[0].fields: expected a list"),
@@ -196,7 +217,7 @@ def test_broken_profiles_name_the_key_path(tmp_path, text, message):
 
 def test_invalid_toml_and_mismatched_names(tmp_path):
     (tmp_path / "bad.toml").write_text("name = \n")
-    with pytest.raises(ProfileError, match="bad.toml: not valid TOML"):
+    with pytest.raises(ProfileError, match=r"bad\.toml: not valid TOML"):
         ProfileRegistry([tmp_path]).get("bad")
     (tmp_path / "other.toml").write_text("name = 'different'")
     with pytest.raises(ProfileError, match="'different' does not match the file name 'other'"):

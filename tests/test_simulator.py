@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import statistics
@@ -41,14 +42,15 @@ def test_registration_status_and_requests_over_a_real_pty(one_device):
         hello = peer.register(node_id=7, heartbeat_s=5)
         assert hello["proto"] == 1
         assert hello["uid"] == device.uid.hex()
-        assert hello["model"] == "env-sensor" and hello["fw"] == "1.2.3"
+        assert hello["model"] == "env-sensor"
+        assert hello["fw"] == "1.2.3"
         wait_until(lambda: device.registered, what="registration")
         assert device.node_id == 7
 
         # STATUS at the configured interval (200 ms), decodable with plausible values
         statuses = [(t, f) for t, f in peer.collect(1.5) if f.cmd_id == Command.STATUS]
         assert len(statuses) >= 4
-        gaps = [b[0] - a[0] for a, b in zip(statuses, statuses[1:], strict=False)]
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(statuses)]
         assert 0.1 < statistics.median(gaps) < 0.4
         values = STATUS.decode(statuses[-1][1].payload)
         assert 15.0 <= values["temperature_c"] <= 30.0
@@ -60,7 +62,8 @@ def test_registration_status_and_requests_over_a_real_pty(one_device):
         # READ a key
         peer.send(Command.READ, encode_payload(Command.READ, {"key": 1}))
         resp = decode_payload(Command.READ_RESP, peer.wait_cmd(Command.READ_RESP).payload)
-        assert resp["key"] == 1 and ENV.key(1).decode(resp["value"]) == 200
+        assert resp["key"] == 1
+        assert ENV.key(1).decode(resp["value"]) == 200
 
         # WRITE a key, read it back
         peer.send(Command.WRITE, b"\x02\x00" + ENV.key("name").encode("lab-3"))
@@ -97,16 +100,20 @@ def test_writing_the_interval_changes_the_status_period(one_device):
     device = one_device.devices[0]
     with SerialPeer(device.link.path) as peer:
         peer.send(Command.WRITE, b"\x01\x00" + ENV.key("interval_ms").encode(50))
-        assert decode_payload(Command.WRITE_ACK, peer.wait_cmd(Command.WRITE_ACK).payload)[
-            "status"] == 0
+        assert (
+            decode_payload(Command.WRITE_ACK, peer.wait_cmd(Command.WRITE_ACK).payload)["status"]
+            == 0
+        )
         statuses = [t for t, f in peer.collect(1.0) if f.cmd_id == Command.STATUS]
-        gaps = [b - a for a, b in zip(statuses, statuses[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(statuses)]
         assert statistics.median(gaps) < 0.15
 
 
 def test_device_sends_heartbeat_pings_after_registration(tmp_path):
-    with FleetThread(FleetSpec(count=1, interval_ms=1000)) as sim, \
-            SerialPeer(sim.devices[0].link.path) as peer:
+    with (
+        FleetThread(FleetSpec(count=1, interval_ms=1000)) as sim,
+        SerialPeer(sim.devices[0].link.path) as peer,
+    ):
         peer.register(heartbeat_s=1)
         ping = peer.wait_cmd(Command.PING, timeout=4)
         assert decode_payload(Command.PING, ping.payload)["uptime_s"] is not None
@@ -155,8 +162,10 @@ def test_tcp_link_works_with_pyserial_socket_urls():
 
 def test_corrupt_and_garbage_knobs_reach_the_wire():
     faults = Faults(garbage_rate=1.0, garbage_max=8, corrupt_rate=1.0)
-    with FleetThread(FleetSpec(count=1, interval_ms=50, faults=faults, seed=3)) as sim, \
-            SerialPeer(sim.devices[0].link.path) as peer:
+    with (
+        FleetThread(FleetSpec(count=1, interval_ms=50, faults=faults, seed=3)) as sim,
+        SerialPeer(sim.devices[0].link.path) as peer,
+    ):
         got = peer.collect(1.0)
         stats = peer.deframer.stats
         corrupted = sim.devices[0].counters.corrupted_frames
@@ -182,14 +191,18 @@ def test_garbage_without_header_loses_no_frame():
 
 
 def test_dropped_and_delayed_responses():
-    with FleetThread(FleetSpec(count=1, faults=Faults(drop_rate=1.0))) as sim, \
-            SerialPeer(sim.devices[0].link.path) as peer:
+    with (
+        FleetThread(FleetSpec(count=1, faults=Faults(drop_rate=1.0))) as sim,
+        SerialPeer(sim.devices[0].link.path) as peer,
+    ):
         peer.send(Command.PING)
         with pytest.raises(AssertionError):
             peer.wait_cmd(Command.PONG, timeout=0.5)
         assert sim.devices[0].counters.dropped_responses == 1
-    with FleetThread(FleetSpec(count=1, faults=Faults(response_delay_s=0.3))) as sim, \
-            SerialPeer(sim.devices[0].link.path) as peer:
+    with (
+        FleetThread(FleetSpec(count=1, faults=Faults(response_delay_s=0.3))) as sim,
+        SerialPeer(sim.devices[0].link.path) as peer,
+    ):
         sent = time.monotonic()
         peer.send(Command.PING)
         peer.wait_cmd(Command.PONG, timeout=3)
@@ -197,8 +210,10 @@ def test_dropped_and_delayed_responses():
 
 
 def test_device_without_hello_still_streams_status():
-    with FleetThread(FleetSpec(count=1, send_hello=False, interval_ms=100)) as sim, \
-            SerialPeer(sim.devices[0].link.path) as peer:
+    with (
+        FleetThread(FleetSpec(count=1, send_hello=False, interval_ms=100)) as sim,
+        SerialPeer(sim.devices[0].link.path) as peer,
+    ):
         got = peer.collect(0.8)
         assert any(f.cmd_id == Command.STATUS for _, f in got)
         assert not any(f.cmd_id == Command.HELLO for _, f in got)
@@ -210,7 +225,9 @@ def test_device_without_hello_still_streams_status():
 def test_mcp_sim_prints_name_path_lines_and_stops_cleanly_on_sigterm(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "firmware_sim.cli", "--pty", "--count", "3", "--interval-ms", "100"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         lines = [proc.stdout.readline().split() for _ in range(3)]
@@ -235,8 +252,12 @@ def test_mcp_sim_prints_name_path_lines_and_stops_cleanly_on_sigterm(tmp_path):
     ],
 )
 def test_mcp_sim_usage_errors_exit_2(args, message):
-    proc = subprocess.run([sys.executable, "-m", "firmware_sim.cli", *args],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(  # noqa: PLW1510 - the exit code is the assertion
+        [sys.executable, "-m", "firmware_sim.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2
     assert message in proc.stderr
 
@@ -244,9 +265,23 @@ def test_mcp_sim_usage_errors_exit_2(args, message):
 def test_mcp_sim_unplug_knob_replugs_under_a_new_path(tmp_path):
     links = tmp_path / "links"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "firmware_sim.cli", "--pty", "--link-dir", str(links),
-         "--unplug-every", "0.5", "--unplug-for", "0.3", "--seed", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "firmware_sim.cli",
+            "--pty",
+            "--link-dir",
+            str(links),
+            "--unplug-every",
+            "0.5",
+            "--unplug-for",
+            "0.3",
+            "--seed",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         name, path = proc.stdout.readline().split()
@@ -254,8 +289,9 @@ def test_mcp_sim_unplug_knob_replugs_under_a_new_path(tmp_path):
         first = os.path.realpath(path)
         line = proc.stderr.readline()  # "# sim-0 replugged at ..."
         assert "sim-0 replugged" in line
-        wait_until(lambda: os.path.exists(path) and os.path.realpath(path) != first,
-                   what="new pty path")
+        wait_until(
+            lambda: os.path.exists(path) and os.path.realpath(path) != first, what="new pty path"
+        )
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
     finally:
@@ -264,10 +300,21 @@ def test_mcp_sim_unplug_knob_replugs_under_a_new_path(tmp_path):
 
 
 def test_demo_prints_decoded_frames_and_a_stats_line():
-    proc = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "demo", "--headless", "--duration", "2.5",
-         "--interval-ms", "200"],
-        capture_output=True, text=True, timeout=60,
+    proc = subprocess.run(  # noqa: PLW1510 - the exit code is the assertion
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "demo",
+            "--headless",
+            "--duration",
+            "2.5",
+            "--interval-ms",
+            "200",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()

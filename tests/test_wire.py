@@ -41,7 +41,9 @@ VECTORS = [
 ]
 
 
-@pytest.mark.parametrize(("name", "cmd_id", "payload", "wire"), VECTORS, ids=[v[0] for v in VECTORS])
+@pytest.mark.parametrize(
+    ("name", "cmd_id", "payload", "wire"), VECTORS, ids=[v[0] for v in VECTORS]
+)
 def test_spec_vectors_both_directions(name, cmd_id, payload, wire):
     frame = Frame(cmd_id, bytes.fromhex(payload))
     assert frame.encode() == bytes.fromhex(wire)
@@ -57,8 +59,12 @@ def test_status_vector_decodes_through_the_env_sensor_profile():
     frame = Frame.decode(bytes.fromhex("5a 20 0a 00 66 08 94 11 e4 0c 10 0e 00 00 37"))
     assert frame.cmd_id == Command.STATUS
     fields = profile.events[Command.STATUS].layout.decode(frame.payload)
-    assert fields == {"temperature_c": 21.5, "humidity_pct": 45.0, "battery_mv": 3300,
-                      "uptime_s": 3600}
+    assert fields == {
+        "temperature_c": 21.5,
+        "humidity_pct": 45.0,
+        "battery_mv": 3300,
+        "uptime_s": 3600,
+    }
     assert profile.events[Command.STATUS].layout.encode(fields) == frame.payload
 
 

@@ -217,7 +217,8 @@ def decode_payload(cmd_id: int, payload: bytes) -> dict[str, Any]:
     try:
         return _plain(spec.payload.parse(payload))
     except (ConstructError, UnicodeDecodeError) as exc:
-        raise PayloadError(spec.name, f"bad payload {payload.hex(' ') or '(empty)'}: {exc}") from exc
+        shown = payload.hex(" ") or "(empty)"
+        raise PayloadError(spec.name, f"bad payload {shown}: {exc}") from exc
 
 
 def encode_payload(cmd_id: int, fields: dict[str, Any] | None = None) -> bytes:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import struct
 import time
-from itertools import repeat
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import repeat
 
 from gateway.frames.checksums import XOR_OF_PAIR
 from gateway.frames.wire import HEADER, HEADER_BYTES, MAX_PAYLOAD, OVERHEAD, Frame

@@ -398,7 +398,7 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>") -> DeviceProf
         path = f"events[{i}]"
         table = check.table(raw, path, _EVENT_KEYS, {"id", "name", "fields"})
         cmd_id = check.cmd_id(table["id"], f"{path}.id")
-        if cmd_id in COMMANDS and cmd_id != Command.STATUS or cmd_id in DEVICE_REQUESTS \
+        if (cmd_id in COMMANDS and cmd_id != Command.STATUS) or cmd_id in DEVICE_REQUESTS \
                 or cmd_id in events or cmd_id & 0x80:
             raise check.fail(f"{path}.id", f"0x{cmd_id:02x} cannot be an event: it is taken "
                              "by a base command, a device command, or another event")
