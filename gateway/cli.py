@@ -65,7 +65,7 @@ async def _demo(args: argparse.Namespace) -> int:
         summary = {
             "port": monitor.name,
             "seconds": round(elapsed, 1),
-            "frames_sent": device.counters.frames_sent,
+            "frames_sent_by_device": device.counters.frames_sent,
             "frames_received": stats.frames,
             "discarded_bytes": stats.discarded_bytes,
             "checksum_errors": stats.checksum_errors,

@@ -321,3 +321,34 @@ def test_demo_prints_decoded_frames_and_a_stats_line():
     assert sum('"cmd": "STATUS"' in line for line in lines) >= 15
     assert any('"cmd": "HELLO"' in line for line in lines)
     assert sum(line.startswith('{"stats"') for line in lines) == 3
+    # the demo answers HELLO, so each device stops repeating it (once a second otherwise)
+    for port in ("sim-0", "sim-1", "sim-2"):
+        hellos = [line for line in lines if f'"port": "{port}"' in line and '"HELLO"' in line]
+        assert 1 <= len(hellos) <= 2
+
+
+def _console_script(name):
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    assert os.access(path, os.X_OK), f"console script {name} is not installed"
+    return path
+
+
+def test_passive_monitor_over_tcp_with_the_installed_console_scripts():
+    sim = subprocess.Popen(
+        [_console_script("mcp-sim"), "--tcp", "0", "--count", "1", "--interval-ms", "100"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _, url = sim.stdout.readline().split()
+        proc = subprocess.run(  # noqa: PLW1510 - the exit code is the assertion
+            [_console_script("mcp-gateway"), "monitor", url, "--passive", "--duration", "2.5"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert sum('"cmd": "STATUS"' in line for line in lines) >= 10
+        # passive: nobody acknowledges HELLO, so the device keeps saying it every second
+        assert sum('"cmd": "HELLO"' in line for line in lines) >= 2
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        assert sim.wait(timeout=10) == 0
