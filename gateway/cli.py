@@ -10,14 +10,18 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 
 from firmware_sim import cli as sim_cli
 from firmware_sim.device import Faults
 from firmware_sim.fleet import Fleet, FleetSpec
 from gateway import __version__
-from gateway.errors import GatewayError
+from gateway.app import Gateway
+from gateway.config import load_config
+from gateway.errors import ConfigError, GatewayError
 from gateway.frames import ProfileRegistry
 from gateway.monitor import PortMonitor, monitor_ports
+from gateway.session import DeviceEvent, StateChange
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -30,6 +34,35 @@ async def _until_stopped(duration: float | None) -> None:
         loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), duration)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    log = logging.getLogger("mcp-gateway")
+    gateway = Gateway(config)
+    subscription = gateway.subscribe()  # before the ports open: no state change is missed
+
+    def log_event(event: DeviceEvent) -> None:
+        if isinstance(event, StateChange):
+            log.info("%s is %s (%s) %s", event.device_id, event.state, event.reason,
+                     json.dumps(event.facts, default=str))
+        else:
+            log.info("%s %s %s", event.device_id, event.name, json.dumps(event.fields, default=str))
+
+    async def log_events() -> None:
+        async for event in subscription:
+            log_event(event)
+
+    events = asyncio.create_task(log_events(), name="log-events")
+    async with gateway:
+        log.info("gateway %s running %d port(s); state in %s", config.gateway_id,
+                 len(config.ports), config.state_dir)
+        await _until_stopped(None)
+    events.cancel()
+    await asyncio.gather(events, return_exceptions=True)
+    while not subscription.queue.empty():  # the devices going offline at shutdown
+        log_event(subscription.get_nowait())
+    return EXIT_OK
 
 
 async def _monitor(args: argparse.Namespace) -> int:
@@ -87,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    run = sub.add_parser(
+        "run",
+        help="the service: open the configured ports and run the device sessions",
+        description="Open every configured port, register devices, answer HELLO and PING, "
+        "keep them alive and log their state changes and events, until SIGTERM/SIGINT.",
+    )
+    run.add_argument("--config", type=Path, required=True, metavar="FILE",
+                     help="TOML configuration (see ../shared/spec/config.md)")
+
     demo = sub.add_parser(
         "demo",
         help="simulated devices on ptys, deframed and printed as JSON lines",
@@ -124,9 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     # Printing to a closed pipe (``| head``) ends the program quietly, as Unix filters do.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
-    runners = {"demo": _demo, "monitor": _monitor, "sim": sim_cli.run}
+    if args.command == "run" and args.log_level == "WARNING":
+        logging.getLogger().setLevel(logging.INFO)  # a service says what it does
+    runners = {"run": _run, "demo": _demo, "monitor": _monitor, "sim": sim_cli.run}
     try:
         return asyncio.run(runners[args.command](args))
+    except ConfigError as exc:
+        print(f"mcp-gateway: configuration error in {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (GatewayError, ValueError) as exc:
         print(f"mcp-gateway: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -92,3 +92,22 @@ class ValueEncodingError(GatewayError):
         self.key = key
         self.value = value
         self.reason = reason
+
+
+class ConfigError(GatewayError):
+    """One or more configuration errors, each naming its key path, bad value and expectation."""
+
+    def __init__(self, errors: list[str], source: str = "") -> None:
+        head = f"{source}: " if source else ""
+        super().__init__(head + ("; ".join(errors) if len(errors) == 1 else
+                                 f"{len(errors)} errors:\n  " + "\n  ".join(errors)))
+        self.errors = errors
+        self.source = source
+
+
+class InvalidRequest(GatewayError):
+    """A request names an unknown action, key or command, or a value that cannot be encoded."""
+
+
+class LinkClosed(GatewayError):
+    """The port went away while a frame was being written."""

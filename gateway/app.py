@@ -1,0 +1,168 @@
+"""The supervisor: one TaskGroup wiring configured ports to device sessions and subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gateway.config import GatewayConfig, PortConfig
+from gateway.drivers.serial import SerialSettings
+from gateway.errors import GatewayError
+from gateway.nodeids import NodeIdStore
+from gateway.ports import GlobWatcher, PortRunner, device_id_for_match
+from gateway.session import DeviceEvent, DeviceSession, SessionSettings
+
+log = logging.getLogger(__name__)
+
+#: Serial reads pause when a subscriber has this many events waiting, resume below half.
+EVENT_HIGH_WATER = 10_000
+
+
+class UnknownDevice(GatewayError):
+    """No device has this id."""
+
+
+class EventSubscription:
+    """An async iterator of device events, in arrival order per device."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self.queue: asyncio.Queue[DeviceEvent] = asyncio.Queue()
+
+    def __aiter__(self) -> EventSubscription:
+        return self
+
+    async def __anext__(self) -> DeviceEvent:
+        event = await self.queue.get()
+        self._gateway._consumed()
+        return event
+
+    def get_nowait(self) -> DeviceEvent:
+        """The next waiting event; ``asyncio.QueueEmpty`` if none."""
+        event = self.queue.get_nowait()
+        self._gateway._consumed()
+        return event
+
+    def close(self) -> None:
+        """Stop receiving events."""
+        self._gateway._unsubscribe(self)
+
+
+class Gateway:
+    """Runs every configured port and its device sessions: ``async with Gateway(config)``."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.devices: dict[str, DeviceSession] = {}
+        self.runners: dict[str, PortRunner] = {}
+        self._profiles = config.profiles()
+        self._subscribers: list[EventSubscription] = []
+        self._paused = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._group: asyncio.TaskGroup | None = None
+        self.node_ids: NodeIdStore | None = None
+
+    async def __aenter__(self) -> Gateway:
+        self.node_ids = NodeIdStore(self.config.state_dir / "node_ids.json")
+        self._group = asyncio.TaskGroup()
+        await self._group.__aenter__()
+        for port in self.config.ports:
+            if port.is_glob:
+                watcher = GlobWatcher(port.path, lambda path, p=port: self._start_device(
+                    device_id_for_match(p.name, path), path, p))
+                watcher.scan()
+                self._spawn(watcher.run(), f"glob-{port.name}")
+            else:
+                self._start_device(port.name, port.path, port)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        assert self._group is not None
+        await self._group.__aexit__(None, None, None)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        assert self._group is not None
+        self._tasks.append(self._group.create_task(coro, name=name))
+
+    def _start_device(self, device_id: str, path: str, port: PortConfig) -> None:
+        if device_id in self.devices:
+            log.error("%s: device id already in use; %s not started", device_id, path)
+            return
+        assert self.node_ids is not None
+        settings = SessionSettings(
+            profile=self._profiles.get(port.profile),
+            heartbeat_s=port.heartbeat_s,
+            request_timeout_s=port.request_timeout_s,
+            retries=port.retries,
+            max_queue=port.max_queue,
+        )
+        session = DeviceSession(device_id, path, settings, self.node_ids, self._emit)
+        serial_settings = SerialSettings(
+            baudrate=port.baudrate,
+            bytesize=port.bytesize,
+            parity=port.parity,
+            stopbits=port.stopbits,
+            rtscts=port.rtscts,
+            exclusive=port.exclusive,
+            inter_frame_timeout=(port.inter_frame_timeout_ms / 1000.0
+                                 if port.inter_frame_timeout_ms else None),
+        )
+        runner = PortRunner(path, serial_settings, session)
+        self.devices[device_id] = session
+        self.runners[device_id] = runner
+        self._spawn(session.run(), f"session-{device_id}")
+        self._spawn(runner.run(), f"port-{device_id}")
+
+    def device(self, device_id: str) -> DeviceSession:
+        """A device by id; ``UnknownDevice`` if there is none."""
+        try:
+            return self.devices[device_id]
+        except KeyError:
+            raise UnknownDevice(f"no device {device_id!r}; devices: "
+                                f"{', '.join(sorted(self.devices)) or 'none'}") from None
+
+    # ------------------------------------------------------------------ events
+
+    def subscribe(self) -> EventSubscription:
+        """A new stream of every device's events (state changes first see the current ones)."""
+        subscription = EventSubscription(self)
+        self._subscribers.append(subscription)
+        return subscription
+
+    async def events(self) -> AsyncIterator[DeviceEvent]:
+        """Iterate over events until cancelled."""
+        subscription = self.subscribe()
+        try:
+            async for event in subscription:
+                yield event
+        finally:
+            subscription.close()
+
+    def _unsubscribe(self, subscription: EventSubscription) -> None:
+        if subscription in self._subscribers:
+            self._subscribers.remove(subscription)
+        self._consumed()
+
+    def _emit(self, event: DeviceEvent) -> None:
+        for subscription in self._subscribers:
+            subscription.queue.put_nowait(event)
+            if not self._paused and subscription.queue.qsize() >= EVENT_HIGH_WATER:
+                # Backpressure, not buffering: stop reading ports until the consumer catches up.
+                self._paused = True
+                log.warning("event consumer is %d events behind; pausing serial reads",
+                            subscription.queue.qsize())
+                for session in self.devices.values():
+                    if session.link is not None:
+                        session.link.pause_reading()
+
+    def _consumed(self) -> None:
+        if self._paused and all(s.queue.qsize() < EVENT_HIGH_WATER // 2
+                                for s in self._subscribers):
+            self._paused = False
+            for session in self.devices.values():
+                if session.link is not None:
+                    session.link.resume_reading()

@@ -1,0 +1,239 @@
+"""The gateway's TOML configuration (``../shared/spec/config.md``), loaded and validated.
+
+Every error names its key path, the bad value and what is expected; all errors are
+reported at once; unknown keys are errors (they are usually typos).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError, UnknownProfile
+from gateway.frames import ProfileRegistry
+
+STANDARD_BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800,
+                      500000, 576000, 921600, 1000000, 1500000, 2000000, 3000000)
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+ACTIONS = ("read", "write", "raw", "ping")
+FRAME_PROFILES = ("mcp",)
+
+
+@dataclass(frozen=True, slots=True)
+class PortConfig:
+    """One ``[[ports]]`` entry."""
+
+    name: str
+    path: str
+    baudrate: int = 115200
+    bytesize: int = 8
+    parity: str = "none"
+    stopbits: float = 1
+    rtscts: bool = False
+    exclusive: bool = True
+    frames: str = "mcp"
+    profile: str = "env-sensor"
+    allow: tuple[str, ...] = ("read", "ping")
+    heartbeat_s: float = 5.0
+    request_timeout_s: float = 2.0
+    retries: int = 3
+    max_queue: int = 64
+    inter_frame_timeout_ms: float | None = None
+
+    @property
+    def is_glob(self) -> bool:
+        """True when ``path`` matches many devices (``*``, ``?`` or ``[``)."""
+        return not self.is_url and any(c in self.path for c in "*?[")
+
+    @property
+    def is_url(self) -> bool:
+        """True for pyserial URLs such as ``socket://host:port``."""
+        return "://" in self.path
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The whole configuration."""
+
+    gateway_id: str
+    state_dir: Path
+    topic_prefix: str = "mcp/v1"
+    profiles_dir: Path | None = None
+    ports: tuple[PortConfig, ...] = ()
+    #: validated by the bridge (kept as given until then)
+    broker: dict[str, Any] = field(default_factory=dict)
+    queue: dict[str, Any] = field(default_factory=dict)
+
+    def profiles(self) -> ProfileRegistry:
+        """The built-in profiles plus those in ``profiles_dir``."""
+        return ProfileRegistry([self.profiles_dir] if self.profiles_dir else [])
+
+
+_TOP_KEYS = {"gateway_id", "state_dir", "topic_prefix", "profiles_dir", "broker", "queue", "ports"}
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, path: str, value: Any, expected: str) -> None:
+        self.items.append(f"{path}: {value!r} {expected}")
+
+
+def _number(errors: _Errors, table: dict, key: str, path: str, default: Any, *,
+            minimum: float, maximum: float, integer: bool = False) -> Any:
+    value = table.get(key, default)
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not minimum <= value <= maximum:
+        what = "a whole number" if integer else "a number"
+        errors.add(f"{path}.{key}", value, f"is not valid; expected {what} from {minimum} "
+                   f"to {maximum}")
+        return default
+    return value
+
+
+def _port(errors: _Errors, raw: Any, index: int, registry: ProfileRegistry) -> PortConfig | None:
+    path = f"ports[{index}]"
+    if not isinstance(raw, dict):
+        errors.add(path, raw, "is not a table; expected [[ports]] entries")
+        return None
+    defaults = PortConfig(name="", path="")
+    for key in sorted(set(raw) - set(PortConfig.__slots__)):
+        errors.add(f"{path}.{key}", raw[key],
+                   f"is an unknown key; expected one of {', '.join(PortConfig.__slots__)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not ID_PATTERN.fullmatch(name):
+        errors.add(f"{path}.name", name, "is not a device id; expected 1-64 of A-Z a-z 0-9 _ . -")
+    device_path = raw.get("path")
+    if not isinstance(device_path, str) or not device_path:
+        errors.add(f"{path}.path", device_path,
+                   "is not a port; expected a device path, a glob or socket://host:port")
+    baudrate = raw.get("baudrate", defaults.baudrate)
+    if baudrate not in STANDARD_BAUDRATES or isinstance(baudrate, bool):
+        errors.add(f"{path}.baudrate", baudrate, "is not a standard baud rate; expected one of "
+                   + ", ".join(map(str, STANDARD_BAUDRATES)))
+    bytesize = raw.get("bytesize", defaults.bytesize)
+    if bytesize not in (5, 6, 7, 8) or isinstance(bytesize, bool):
+        errors.add(f"{path}.bytesize", bytesize, "is not a byte size; expected 5, 6, 7 or 8")
+    parity = raw.get("parity", defaults.parity)
+    if parity not in ("none", "even", "odd", "mark", "space"):
+        errors.add(f"{path}.parity", parity, "is not a parity; expected none, even, odd, mark "
+                   "or space")
+    stopbits = raw.get("stopbits", defaults.stopbits)
+    if stopbits not in (1, 1.5, 2) or isinstance(stopbits, bool):
+        errors.add(f"{path}.stopbits", stopbits, "is not a stop bit count; expected 1, 1.5 or 2")
+    flags = {}
+    for key in ("rtscts", "exclusive"):
+        flags[key] = raw.get(key, getattr(defaults, key))
+        if not isinstance(flags[key], bool):
+            errors.add(f"{path}.{key}", flags[key], "is not true or false")
+    frames = raw.get("frames", defaults.frames)
+    if frames not in FRAME_PROFILES:
+        errors.add(f"{path}.frames", frames,
+                   f"is not a supported frame profile; expected one of {', '.join(FRAME_PROFILES)}")
+    profile = raw.get("profile", defaults.profile)
+    try:
+        registry.get(profile)
+    except UnknownProfile as exc:
+        errors.add(f"{path}.profile", profile, f"is not a device profile; expected one of "
+                   f"{', '.join(exc.known)}")
+    except Exception as exc:  # a broken profile file: say which and why
+        errors.add(f"{path}.profile", profile, f"cannot be loaded: {exc}")
+    allow = raw.get("allow", list(defaults.allow))
+    if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
+        errors.add(f"{path}.allow", allow, "is not a list of action names")
+        allow = list(defaults.allow)
+    timeout_ms = raw.get("inter_frame_timeout_ms")
+    if timeout_ms is not None:
+        timeout_ms = _number(errors, raw, "inter_frame_timeout_ms", path, None,
+                             minimum=1, maximum=60_000)
+    return PortConfig(
+        name=name if isinstance(name, str) else "",
+        path=device_path if isinstance(device_path, str) else "",
+        baudrate=baudrate,
+        bytesize=bytesize,
+        parity=parity,
+        stopbits=stopbits,
+        rtscts=flags["rtscts"],
+        exclusive=flags["exclusive"],
+        frames=frames,
+        profile=profile,
+        allow=tuple(allow),
+        heartbeat_s=_number(errors, raw, "heartbeat_s", path, defaults.heartbeat_s,
+                            minimum=0.1, maximum=3600),
+        request_timeout_s=_number(errors, raw, "request_timeout_s", path,
+                                  defaults.request_timeout_s, minimum=0.01, maximum=600),
+        retries=_number(errors, raw, "retries", path, defaults.retries, minimum=0, maximum=10,
+                        integer=True),
+        max_queue=_number(errors, raw, "max_queue", path, defaults.max_queue, minimum=1,
+                          maximum=100_000, integer=True),
+        inter_frame_timeout_ms=timeout_ms,
+    )
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfig:
+    """Validate a parsed TOML document; ``ConfigError`` lists every problem."""
+    errors = _Errors()
+    for key in sorted(set(data) - _TOP_KEYS):
+        errors.add(key, data[key], "is an unknown key; expected one of "
+                   + ", ".join(sorted(_TOP_KEYS)))
+    gateway_id = data.get("gateway_id", socket.gethostname().split(".")[0])
+    if not isinstance(gateway_id, str) or not ID_PATTERN.fullmatch(gateway_id):
+        errors.add("gateway_id", gateway_id, "is not an id; expected 1-64 of A-Z a-z 0-9 _ . -")
+    state_dir = data.get("state_dir", "/var/lib/mcp-gateway")
+    if not isinstance(state_dir, str) or not state_dir:
+        errors.add("state_dir", state_dir, "is not a directory path")
+        state_dir = "."
+    profiles_dir = data.get("profiles_dir")
+    if profiles_dir is not None and not isinstance(profiles_dir, str):
+        errors.add("profiles_dir", profiles_dir, "is not a directory path")
+        profiles_dir = None
+    topic_prefix = data.get("topic_prefix", "mcp/v1")
+    if not isinstance(topic_prefix, str) or not topic_prefix or "#" in topic_prefix \
+            or "+" in topic_prefix:
+        errors.add("topic_prefix", topic_prefix, "is not a topic prefix (no # or +)")
+    registry = ProfileRegistry([Path(profiles_dir)] if profiles_dir else [])
+    raw_ports = data.get("ports", [])
+    ports: list[PortConfig] = []
+    if not isinstance(raw_ports, list):
+        errors.add("ports", raw_ports, "is not a list; expected [[ports]] tables")
+        raw_ports = []
+    for index, raw in enumerate(raw_ports):
+        port = _port(errors, raw, index, registry)
+        if port is None:
+            continue
+        if port.name and any(p.name == port.name for p in ports):
+            errors.add(f"ports[{index}].name", port.name, "is used by an earlier port; names "
+                       "are device ids and must be unique")
+        ports.append(port)
+    for key in ("broker", "queue"):
+        if not isinstance(data.get(key, {}), dict):
+            errors.add(key, data[key], "is not a table")
+    if errors.items:
+        raise ConfigError(errors.items, source)
+    return GatewayConfig(
+        gateway_id=gateway_id,
+        state_dir=Path(state_dir),
+        topic_prefix=topic_prefix,
+        profiles_dir=Path(profiles_dir) if profiles_dir else None,
+        ports=tuple(ports),
+        broker=dict(data.get("broker", {})),
+        queue=dict(data.get("queue", {})),
+    )
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate a configuration file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read the file: {exc.strerror}"], str(path)) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"not valid TOML: {exc}"], str(path)) from exc
+    return parse_config(data, str(path))

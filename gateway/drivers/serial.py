@@ -1,0 +1,207 @@
+"""An open serial port (path or pyserial URL): bytes in -> Deframer -> frames; frames -> bytes out.
+
+Built on pyserial-asyncio's transport, so one event loop serves many ports. The driver
+knows nothing of devices: it hands frames to a callback and reports when the port is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import serial
+import serial_asyncio
+
+from gateway.errors import LinkClosed
+from gateway.frames import Deframer, Frame, encode_frame
+
+log = logging.getLogger(__name__)
+
+FramesHandler = Callable[[list[Frame]], None]
+
+PARITIES = {"none": serial.PARITY_NONE, "even": serial.PARITY_EVEN, "odd": serial.PARITY_ODD,
+            "mark": serial.PARITY_MARK, "space": serial.PARITY_SPACE}
+
+
+@dataclass(frozen=True, slots=True)
+class SerialSettings:
+    """How to open a port. Defaults: 115200 8N1, no flow control, exclusive open."""
+
+    baudrate: int = 115200
+    bytesize: int = 8
+    parity: str = "none"
+    stopbits: float = 1
+    rtscts: bool = False
+    exclusive: bool = True
+    #: bytes per read; pyserial-asyncio's 1 KiB default is too small at high frame rates
+    read_size: int = 65536
+    #: writes past this many buffered bytes wait (send) or are refused (send_nowait)
+    write_high_water: int = 16384
+    #: inter-frame timeout; None: the spec's 100 ms, or longer where the baud rate needs it
+    inter_frame_timeout: float | None = None
+
+    def frame_timeout(self) -> float:
+        """The inter-frame timeout: 100 ms, or two maximum frames' airtime at slow bauds."""
+        if self.inter_frame_timeout is not None:
+            return self.inter_frame_timeout
+        bits_per_byte = 1 + self.bytesize + (self.parity != "none") + self.stopbits
+        return max(0.1, 2 * 261 * bits_per_byte / self.baudrate)
+
+
+def explain_open_error(path: str, exc: BaseException) -> str:
+    """One line saying why a port did not open and what to do about it."""
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if code == errno.EACCES or "Permission denied" in text:
+        return (f"permission denied on {path}: add the gateway's user to the 'dialout' group "
+                "(sudo usermod -aG dialout $USER, then log in again) or run the mcp-gateway "
+                "service, which has it")
+    if code == errno.ENOENT or "No such file" in text or ("could not open port" in text and \
+            "[Errno 2]" in text):
+        return f"{path} does not exist: is the device plugged in? (waiting for it)"
+    if code == errno.EBUSY or "Could not exclusively lock" in text or "Resource busy" in text:
+        return (f"{path} is in use by another program (exclusive open): close it, or set "
+                "exclusive = false for this port")
+    if "Connection refused" in text:
+        return f"{path}: connection refused: is the device server listening?"
+    return f"cannot open {path}: {text}"
+
+
+class SerialLink(asyncio.Protocol):
+    """One open port. Create with ``await SerialLink.open(...)``; ``closed`` says why it ended."""
+
+    def __init__(self, url: str, settings: SerialSettings, on_frames: FramesHandler) -> None:
+        self.url = url
+        self.settings = settings
+        self.on_frames = on_frames
+        loop = asyncio.get_running_loop()
+        self.deframer = Deframer(timeout=settings.frame_timeout(), clock=loop.time)
+        self.closed: asyncio.Future[BaseException | None] = loop.create_future()
+        self.tx_frames = 0
+        self.tx_bytes = 0
+        self.tx_dropped = 0
+        self._loop = loop
+        self._transport: asyncio.Transport | None = None
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self._expiry: asyncio.TimerHandle | None = None
+
+    @classmethod
+    async def open(cls, url: str, settings: SerialSettings, on_frames: FramesHandler) -> SerialLink:
+        """Open ``url`` (a device path or pyserial URL); raises OSError/SerialException."""
+        link = cls(url, settings, on_frames)
+        await serial_asyncio.create_serial_connection(
+            asyncio.get_running_loop(),
+            lambda: link,
+            url,
+            baudrate=settings.baudrate,
+            bytesize=settings.bytesize,
+            parity=PARITIES[settings.parity],
+            stopbits=settings.stopbits,
+            rtscts=settings.rtscts,
+            exclusive=settings.exclusive,
+        )
+        return link
+
+    # ---------------------------------------------------------------- protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        # pyserial-asyncio has no public knob for its read size.
+        transport._max_read_size = self.settings.read_size  # type: ignore[attr-defined]
+        transport.set_write_buffer_limits(high=self.settings.write_high_water)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        frames = self.deframer.feed(data)
+        self._schedule_expiry()
+        if frames:
+            try:
+                self.on_frames(frames)
+            except Exception:  # a handler bug must not kill the port
+                log.exception("%s: frame handler failed", self.url)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._can_write.set()  # wake writers so they see the link is gone
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if not self.closed.done():
+            self.closed.set_result(exc)
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    def _schedule_expiry(self) -> None:
+        deadline = self.deframer.deadline
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if deadline is not None:
+            self._expiry = self._loop.call_at(deadline + 0.001, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        frames = self.deframer.expire()
+        self._schedule_expiry()
+        if frames:
+            try:
+                self.on_frames(frames)
+            except Exception:
+                log.exception("%s: frame handler failed", self.url)
+
+    # ---------------------------------------------------------------- use
+
+    @property
+    def is_open(self) -> bool:
+        """True until the port is closed or lost."""
+        return self._transport is not None and not self.closed.done()
+
+    def send_nowait(self, frame: Frame) -> bool:
+        """Write a frame unless the port is backed up; False (and counted) if dropped."""
+        transport = self._transport
+        if transport is None or not self._can_write.is_set():
+            self.tx_dropped += 1
+            return False
+        self._write(transport, frame)
+        return True
+
+    async def send(self, frame: Frame) -> None:
+        """Write a frame, waiting while the port is backed up; ``LinkClosed`` if it is gone."""
+        while True:
+            transport = self._transport
+            if transport is None:
+                raise LinkClosed(f"{self.url} is closed")
+            if self._can_write.is_set():
+                self._write(transport, frame)
+                return
+            await self._can_write.wait()
+
+    def _write(self, transport: asyncio.Transport, frame: Frame) -> None:
+        data = encode_frame(frame.cmd_id, frame.payload)
+        transport.write(data)
+        self.tx_frames += 1
+        self.tx_bytes += len(data)
+
+    def pause_reading(self) -> None:
+        """Stop reading (backpressure from consumers)."""
+        if self._transport is not None:
+            with contextlib.suppress(Exception):
+                self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read again."""
+        if self._transport is not None:
+            with contextlib.suppress(Exception):
+                self._transport.resume_reading()
+
+    def close(self) -> None:
+        """Close the port (``closed`` resolves with None)."""
+        if self._transport is not None:
+            self._transport.close()

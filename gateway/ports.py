@@ -1,0 +1,142 @@
+"""Keeps ports open for their sessions: opens, notices loss, reopens with backoff; follows globs."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import glob
+import logging
+import os
+import random
+import re
+from collections.abc import Callable
+
+import serial
+
+from gateway.drivers.serial import SerialLink, SerialSettings, explain_open_error
+from gateway.session import DeviceSession
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN_S = 0.25
+BACKOFF_MAX_S = 10.0
+GLOB_SCAN_S = 0.5
+_PATH_POLL_S = 0.1
+
+
+class PortRunner:
+    """One port, one session: keeps the port open for as long as it runs.
+
+    When the port cannot be opened or goes away, the session goes offline (its requests end
+    ``offline``) and the runner tries again with exponential backoff and jitter
+    (0.25 s doubling to 10 s). A device path that reappears is opened at once.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        settings: SerialSettings,
+        session: DeviceSession,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.url = url
+        self.settings = settings
+        self.session = session
+        self.opens = 0
+        self._rng = rng or random.Random()
+
+    @property
+    def _is_file(self) -> bool:
+        return "://" not in self.url
+
+    async def run(self) -> None:
+        """Open, follow, reopen, until cancelled (then the session goes offline, cleanly)."""
+        delay = BACKOFF_MIN_S
+        last_error = ""
+        name = self.session.device_id
+        while True:
+            try:
+                link = await SerialLink.open(self.url, self.settings, self.session.on_frames)
+            except (OSError, serial.SerialException, ValueError) as exc:
+                message = explain_open_error(self.url, exc)
+                # One line per distinct problem, not one per retry.
+                (log.warning if message != last_error else log.debug)("%s: %s", name, message)
+                last_error = message
+                self.session.mark_unavailable(_reason(self.url, exc))
+                await self._wait_before_retry(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                continue
+            if last_error:
+                log.warning("%s: %s is open again", name, self.url)
+            last_error = ""
+            delay = BACKOFF_MIN_S
+            self.opens += 1
+            log.info("%s: opened %s", name, self.url)
+            self.session.attach(link)
+            try:
+                exc = await link.closed
+            except asyncio.CancelledError:
+                link.close()
+                self.session.detach("gateway_stopped")
+                raise
+            reason = _reason(self.url, exc)
+            log.warning("%s: lost %s (%s)", name, self.url, exc or "closed")
+            self.session.detach(reason)
+            link.close()
+            await self._wait_before_retry(BACKOFF_MIN_S)
+
+    async def _wait_before_retry(self, delay: float) -> None:
+        """Sleep ``delay`` with ±20% jitter; a device path that (re)appears ends it early."""
+        delay *= self._rng.uniform(0.8, 1.2)
+        if not self._is_file or os.path.exists(self.url):  # noqa: ASYNC240 - a stat of /dev
+            await asyncio.sleep(delay)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while loop.time() < deadline:
+            await asyncio.sleep(min(_PATH_POLL_S, max(0.0, deadline - loop.time())))
+            if os.path.exists(self.url):  # noqa: ASYNC240 - a stat of /dev, no disk I/O
+                return
+
+
+def _reason(url: str, exc: BaseException | None) -> str:
+    """``port_gone`` when the device itself vanished, ``port_error`` otherwise."""
+    code = getattr(exc, "errno", None)
+    if "://" not in url and not os.path.exists(url):
+        return "port_gone"
+    if code in (errno.EIO, errno.ENODEV, errno.ENXIO, errno.ENOENT):
+        return "port_gone"
+    text = str(exc or "")
+    if "disconnected" in text or "Input/output error" in text or "readiness to read" in text:
+        return "port_gone"
+    return "port_error"
+
+
+def device_id_for_match(port_name: str, path: str) -> str:
+    """The device id of one glob match: the port's name and the file name, made id-safe."""
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(path))
+    return f"{port_name}-{base}"[:64]
+
+
+class GlobWatcher:
+    """Starts a session and runner for every path matching a glob, within ``GLOB_SCAN_S``."""
+
+    def __init__(self, pattern: str, start: Callable[[str], None]) -> None:
+        self.pattern = pattern
+        self._start = start
+        self.seen: set[str] = set()
+
+    def scan(self) -> list[str]:
+        """Start what matches now and was not seen before; returns the new matches."""
+        new = sorted(set(glob.glob(self.pattern)) - self.seen)
+        for path in new:
+            self.seen.add(path)
+            self._start(path)
+        return new
+
+    async def run(self) -> None:
+        """Scan until cancelled."""
+        while True:
+            self.scan()
+            await asyncio.sleep(GLOB_SCAN_S)

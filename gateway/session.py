@@ -1,0 +1,436 @@
+"""One device: registration, liveness, decoding its frames into events, its requests, counters.
+
+The session does no I/O of its own: a port runner attaches an open ``SerialLink`` and
+detaches it when the port goes away. Frames arrive through ``on_frames`` (a callback that
+never awaits); events leave through the ``emit`` callback, in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.drivers.serial import SerialLink
+from gateway.errors import GatewayError, InvalidRequest, LinkClosed, ValueEncodingError
+from gateway.frames import (
+    COMMANDS,
+    Command,
+    DeviceProfile,
+    Frame,
+    NackCode,
+    command_name,
+    decode_payload,
+    encode_payload,
+)
+from gateway.frames.commands import DEVICE_REQUESTS, RESPONSE_BIT, Direction
+from gateway.frames.deframer import DeframerStats
+from gateway.nodeids import NodeIdStore
+from gateway.transactions import (
+    CircuitBreaker,
+    Priority,
+    RequestOutcome,
+    Status,
+    Transactions,
+)
+
+log = logging.getLogger(__name__)
+
+SILENT_HEARTBEATS = 3
+BUILTIN_ACTIONS = ("read", "write", "raw", "ping")
+
+
+class DeviceState(enum.StrEnum):
+    """Where a device is in its life."""
+
+    CONNECTING = "connecting"
+    UNREGISTERED = "unregistered"
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """A device changed state (the fabric's device status)."""
+
+    device_id: str
+    state: DeviceState
+    reason: str
+    since: float
+    facts: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryEvent:
+    """An unsolicited frame, decoded by the device profile."""
+
+    device_id: str
+    name: str
+    fields: dict[str, Any]
+    cmd_id: int
+    payload: bytes
+    received_at: float
+
+
+DeviceEvent = StateChange | TelemetryEvent
+EventSink = Callable[[DeviceEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """Per-port behaviour of a session."""
+
+    profile: DeviceProfile
+    heartbeat_s: float = 5.0
+    request_timeout_s: float = 2.0
+    retries: int = 3
+    max_queue: int = 64
+    circuit_threshold: int = 5
+    circuit_reset_s: float = 30.0
+
+
+@dataclass
+class _Totals:
+    """Counters of links that are gone, so totals survive reconnects."""
+
+    rx: DeframerStats = field(default_factory=DeframerStats)
+    tx_frames: int = 0
+    tx_bytes: int = 0
+
+
+class DeviceSession:
+    """A device on one port. ``run()`` owns its loops; ``attach``/``detach`` follow the port."""
+
+    def __init__(
+        self,
+        device_id: str,
+        port: str,
+        settings: SessionSettings,
+        node_ids: NodeIdStore,
+        emit: EventSink,
+    ) -> None:
+        self.device_id = device_id
+        self.port = port
+        self.settings = settings
+        self.profile = settings.profile
+        self._node_ids = node_ids
+        self._emit = emit
+        self.state = DeviceState.CONNECTING
+        self.since = time.time()
+        self.hello: dict[str, Any] = {}
+        self.node_id: int | None = None
+        self.last_seen: float | None = None
+        self.decode_errors = 0
+        self.link: SerialLink | None = None
+        self._totals = _Totals()
+        self._last_heard = 0.0
+        self._last_ping = 0.0
+        self._liveness_pings = 0
+        self._loop = asyncio.get_running_loop()
+        self.transactions = Transactions(
+            self._send_request,
+            max_queue=settings.max_queue,
+            breaker=CircuitBreaker(settings.circuit_threshold, settings.circuit_reset_s),
+        )
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def run(self) -> None:
+        """The request worker and the liveness check, until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.transactions.run(), name=f"{self.device_id}-requests")
+            tasks.create_task(self._liveness(), name=f"{self.device_id}-liveness")
+
+    def attach(self, link: SerialLink) -> None:
+        """The port is open: frames flow from now on."""
+        self.link = link
+        self._last_heard = self._loop.time()
+        self._last_ping = 0.0
+        self._liveness_pings = 0
+        self._set_state(DeviceState.UNREGISTERED, "port_open")
+
+    def detach(self, reason: str) -> None:
+        """The port is gone (``port_gone``, ``port_error``) or closed (``gateway_stopped``)."""
+        link, self.link = self.link, None
+        if link is not None:
+            stats, totals = link.deframer.stats, self._totals
+            for name in DeframerStats.__slots__:
+                setattr(totals.rx, name, getattr(totals.rx, name) + getattr(stats, name))
+            totals.tx_frames += link.tx_frames
+            totals.tx_bytes += link.tx_bytes
+        self.transactions.fail_all(Status.OFFLINE)
+        if self.state is not DeviceState.OFFLINE:
+            self._set_state(DeviceState.OFFLINE, reason)
+
+    def mark_unavailable(self, reason: str) -> None:
+        """The port could not be opened: offline (once), requests end ``offline``."""
+        self.transactions.fail_all(Status.OFFLINE)
+        if self.state is not DeviceState.OFFLINE:
+            self._set_state(DeviceState.OFFLINE, reason)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        """What is known of the device (for its status message)."""
+        facts: dict[str, Any] = {"port": self.port, "profile": self.profile.name}
+        if self.node_id is not None:
+            facts["node_id"] = self.node_id
+        for key in ("uid", "fw", "model", "caps"):
+            if key in self.hello:
+                facts[key] = self.hello[key]
+        return facts
+
+    def _set_state(self, state: DeviceState, reason: str) -> None:
+        if state is self.state and reason != "registered":
+            return
+        self.state = state
+        self.since = time.time()
+        log.info("%s: %s (%s)", self.device_id, state, reason)
+        self._emit(StateChange(self.device_id, state, reason, self.since, self.facts))
+
+    # ------------------------------------------------------------------ frames in
+
+    def on_frames(self, frames: list[Frame]) -> None:
+        """Handle received frames (called by the link; never awaits)."""
+        now = self._loop.time()
+        self._last_heard = now
+        self.last_seen = wall = time.time()
+        if self.state is DeviceState.OFFLINE and self.link is not None:
+            # Heard again after a heartbeat timeout.
+            back = DeviceState.ONLINE if self.node_id is not None else DeviceState.UNREGISTERED
+            self._set_state(back, "heard_again")
+        for frame in frames:
+            cmd = frame.cmd_id
+            if cmd == Command.HELLO:
+                self._on_hello(frame)
+            elif cmd == Command.PING:
+                self._reply(Frame(Command.PONG))
+            elif cmd & RESPONSE_BIT or cmd == Command.NACK:
+                self._on_response(frame)
+            elif cmd in self.profile.events or cmd == Command.LOG or (cmd not in COMMANDS \
+                    and cmd not in DEVICE_REQUESTS):  # fmt: skip
+                self._on_event(frame, wall)
+            else:
+                # A gateway-to-device request (READ, WRITE, 0x30-0x6F...) sent by the device.
+                self._reply(Frame(Command.NACK, bytes([cmd, NackCode.UNKNOWN_COMMAND])))
+
+    def _on_hello(self, frame: Frame) -> None:
+        try:
+            hello = decode_payload(Command.HELLO, frame.payload)
+        except GatewayError as exc:
+            log.warning("%s: bad HELLO: %s", self.device_id, exc)
+            self._reply(Frame(Command.NACK, bytes([Command.HELLO, NackCode.BAD_PAYLOAD])))
+            return
+        self.hello = hello
+        self.node_id = self._node_ids.get(hello["uid"])
+        ack = {"node_id": self.node_id, "heartbeat_s": round(self.settings.heartbeat_s)}
+        self._reply(Frame(Command.HELLO_ACK, encode_payload(Command.HELLO_ACK, ack)))
+        self._set_state(DeviceState.ONLINE, "registered")
+
+    def _on_response(self, frame: Frame) -> None:
+        if frame.cmd_id == Command.PONG and self._liveness_pings and \
+                not self.transactions.expects(frame):  # fmt: skip
+            self._liveness_pings -= 1
+            return
+        self.transactions.on_response(frame)
+
+    def _on_event(self, frame: Frame, received_at: float) -> None:
+        cmd = frame.cmd_id
+        name = self.profile.event_name(cmd)
+        try:
+            if cmd in self.profile.events:
+                fields = self.profile.events[cmd].layout.decode(frame.payload, what=name)
+            elif cmd == Command.LOG:
+                fields = decode_payload(cmd, frame.payload)
+            else:
+                fields = {"cmd_id": cmd, "raw_hex": frame.payload.hex()}
+        except GatewayError as exc:
+            # Never drop data: pass the raw bytes on with what was wrong.
+            self.decode_errors += 1
+            fields = {"cmd_id": cmd, "raw_hex": frame.payload.hex(), "error": str(exc)}
+        self._emit(TelemetryEvent(self.device_id, name, fields, cmd, frame.payload, received_at))
+
+    # ------------------------------------------------------------------ frames out
+
+    def _reply(self, frame: Frame) -> None:
+        if self.link is not None:
+            self.link.send_nowait(frame)
+
+    async def _send_request(self, frame: Frame) -> None:
+        link = self.link
+        if link is None:
+            raise LinkClosed(f"{self.device_id} has no open port")
+        await link.send(frame)
+
+    async def _liveness(self) -> None:
+        heartbeat = self.settings.heartbeat_s
+        while True:
+            await asyncio.sleep(heartbeat / 4)
+            if self.link is None or self.state is DeviceState.OFFLINE:
+                continue
+            now = self._loop.time()
+            silence = now - self._last_heard
+            if silence >= SILENT_HEARTBEATS * heartbeat:
+                self.transactions.fail_all(Status.OFFLINE)
+                self._set_state(DeviceState.OFFLINE, "heartbeat_timeout")
+            elif silence >= heartbeat and now - self._last_ping >= heartbeat:
+                self._last_ping = now
+                self._liveness_pings = min(self._liveness_pings + 1, SILENT_HEARTBEATS)
+                self._reply(Frame(Command.PING))
+
+    # ------------------------------------------------------------------ requests
+
+    async def request(
+        self,
+        action: str,
+        args: dict[str, Any] | None = None,
+        *,
+        priority: Priority | str = Priority.MEDIUM,
+        ttl: float = 30.0,
+        timeout: float | None = None,  # noqa: ASYNC109 - the fabric's per-try timeout
+        retries: int | None = None,
+    ) -> RequestOutcome:
+        """Carry out ``action`` (read/write/raw/ping or a profile command) on the device.
+
+        Raises ``InvalidRequest`` for an unknown action, key or command or a value that
+        cannot be encoded; every other result is a typed ``RequestOutcome``.
+        """
+        args = args or {}
+        if isinstance(priority, str):
+            try:
+                priority = Priority[priority.upper()]
+            except KeyError:
+                raise InvalidRequest(
+                    f"priority {priority!r} is not one of high, medium, low") from None
+        frame, decode = self._build(action, args)
+        started = self._loop.time()
+        if self.state in (DeviceState.OFFLINE, DeviceState.CONNECTING) or self.link is None:
+            return RequestOutcome(Status.OFFLINE)
+        outcome = await self.transactions.request(
+            frame,
+            priority=priority,
+            ttl=ttl,
+            timeout=self.settings.request_timeout_s if timeout is None else timeout,
+            retries=self.settings.retries if retries is None else retries,
+        )
+        latency = self._loop.time() - started
+        if outcome.status is Status.OK and outcome.response is not None:
+            if outcome.response.cmd_id == Command.WRITE_ACK and action == "write":
+                code = outcome.response.payload[2] if len(outcome.response.payload) > 2 else 0
+                if code:
+                    return _replace(outcome, Status.NACK, latency, nack_code=code)
+            try:
+                value = decode(outcome.response)
+            except GatewayError as exc:
+                self.decode_errors += 1
+                value = {"raw_hex": outcome.response.payload.hex(), "error": str(exc)}
+            return _replace(outcome, Status.OK, latency, value=value)
+        return _replace(outcome, outcome.status, latency)
+
+    def _build(self, action: str, args: dict[str, Any]) -> tuple[Frame, Callable[[Frame], Any]]:
+        """The request frame for an action, and how to decode its answer."""
+        profile = self.profile
+        if action == "ping":
+            return Frame(Command.PING), lambda frame: {}
+        if action in ("read", "write"):
+            if "key" not in args:
+                raise InvalidRequest(f"{action} needs a key")
+            try:
+                key = profile.key(args["key"])
+            except KeyError as exc:
+                raise InvalidRequest(exc.args[0]) from None
+            head = key.id.to_bytes(2, "little")
+            if action == "read":
+                return Frame(Command.READ, head), lambda frame: key.decode(frame.payload[2:])
+            if "value" not in args:
+                raise InvalidRequest(f"write of {key.name} needs a value")
+            if not key.writable:
+                raise InvalidRequest(f"key {key.name} is read-only")
+            try:
+                value = key.encode(args["value"])
+            except (ValueEncodingError, GatewayError) as exc:
+                raise InvalidRequest(str(exc)) from None
+            return Frame(Command.WRITE, head + value), lambda frame: {"key": key.name}
+        if action == "raw":
+            return self._build_raw(args)
+        try:
+            spec = profile.command(action)
+        except KeyError:
+            known = [*BUILTIN_ACTIONS, *(c.name for c in profile.commands.values())]
+            raise InvalidRequest(
+                f"unknown action {action!r}; known actions: {', '.join(known)}") from None
+        try:
+            payload = spec.request.encode(args, what=action)
+        except GatewayError as exc:
+            raise InvalidRequest(str(exc)) from None
+        return Frame(spec.cmd_id, payload), lambda frame: spec.response.decode(
+            frame.payload, what=action)
+
+    @staticmethod
+    def _build_raw(args: dict[str, Any]) -> tuple[Frame, Callable[[Frame], Any]]:
+        cmd_id = args.get("cmd_id")
+        if isinstance(cmd_id, bool) or not isinstance(cmd_id, int) or not 0 <= cmd_id < 0x7F \
+                or cmd_id & RESPONSE_BIT:  # fmt: skip
+            raise InvalidRequest(f"raw cmd_id {cmd_id!r} is not a request command (0..126)")
+        spec = COMMANDS.get(cmd_id)
+        if spec is not None and spec.direction is Direction.DEVICE_TO_GATEWAY:
+            raise InvalidRequest(f"raw cmd_id {cmd_id} ({command_name(cmd_id)}) is not a request "
+                                 "a gateway sends")
+        try:
+            data = bytes.fromhex(str(args.get("data_hex", "")))
+        except ValueError:
+            raise InvalidRequest(f"data_hex {args.get('data_hex')!r} is not hex") from None
+        if len(data) > 256:
+            raise InvalidRequest(f"data_hex is {len(data)} bytes; a payload holds at most 256")
+        return Frame(cmd_id, data), lambda frame: {
+            "cmd_id": frame.cmd_id, "data_hex": frame.payload.hex()}
+
+    # ------------------------------------------------------------------ counters
+
+    def counters(self) -> dict[str, Any]:
+        """rx/tx frames and bytes, errors, timeouts, retries, late responses, queue depth."""
+        rx, totals = self._totals.rx, self._totals
+        link = self.link
+        live = link.deframer.stats if link is not None else DeframerStats()
+        tx = self.transactions.counters
+        return {
+            "state": str(self.state),
+            "rx_frames": rx.frames + live.frames,
+            "rx_bytes": rx.bytes_in + live.bytes_in,
+            "tx_frames": totals.tx_frames + (link.tx_frames if link else 0),
+            "tx_bytes": totals.tx_bytes + (link.tx_bytes if link else 0),
+            "checksum_errors": rx.checksum_errors + live.checksum_errors,
+            "discarded_bytes": rx.discarded_bytes + live.discarded_bytes,
+            "oversize_lengths": rx.oversize_lengths + live.oversize_lengths,
+            "stale_frames": rx.stale_frames + live.stale_frames,
+            "decode_errors": self.decode_errors,
+            "timeouts": tx.timeouts,
+            "retries": tx.retries,
+            "late_responses": tx.late_responses,
+            "unmatched_responses": tx.unmatched_responses,
+            "queue_depth": self.transactions.queue_depth,
+            "last_seen": self.last_seen,
+        }
+
+
+def _replace(
+    outcome: RequestOutcome,
+    status: Status,
+    latency: float,
+    *,
+    nack_code: int | None = None,
+    value: Any = None,
+) -> RequestOutcome:
+    return RequestOutcome(
+        status,
+        outcome.response,
+        nack_code if nack_code is not None else outcome.nack_code,
+        outcome.tries,
+        latency,
+        value,
+    )
