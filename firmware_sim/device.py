@@ -12,6 +12,7 @@ import hashlib
 import logging
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,7 +154,7 @@ class SimulatedDevice:
         self.registered = False
         self.node_id: int | None = None
         self.heartbeat_s = DEFAULT_HEARTBEAT_S
-        self.sent_status: list[bytes] = []
+        self.sent_status: deque[bytes] = deque(maxlen=100_000)
         self._status_event = next(
             (e for e in profile.events.values() if e.cmd_id == Command.STATUS), None
         )
@@ -163,6 +164,10 @@ class SimulatedDevice:
         self._last_heard = time.monotonic()
         self._wake = asyncio.Event()
         self._registered_now = asyncio.Event()
+        self._hello_now = asyncio.Event()
+        #: the last frames received and sent (cmd_id, payload, corrupted), for tests to compare
+        self.received: deque[Frame] = deque(maxlen=10_000)
+        self.sent: deque[tuple[int, bytes, bool]] = deque(maxlen=100_000)
         self._running: asyncio.Task[None] | None = None
         self._plugged = asyncio.Event()
         self.link.on_data = self._on_data
@@ -244,7 +249,8 @@ class SimulatedDevice:
             if self.send_hello and not self.registered:
                 self.send(Command.HELLO, self.hello_payload())
                 self.counters.hellos_sent += 1
-            await asyncio.sleep(HELLO_RETRY_S)
+            self._hello_now.clear()
+            await _wait_event(self._hello_now, HELLO_RETRY_S)
 
     async def _status_loop(self) -> None:
         while True:
@@ -312,9 +318,11 @@ class SimulatedDevice:
         if faults.garbage_rate and rng.random() < faults.garbage_rate:
             out = self._garbage(rng.randint(1, faults.garbage_max))
             self.counters.garbage_bytes_sent += len(out)
-        if faults.corrupt_rate and rng.random() < faults.corrupt_rate:
+        corrupted = bool(faults.corrupt_rate) and rng.random() < faults.corrupt_rate
+        if corrupted:
             frame = frame[:-1] + bytes([frame[-1] ^ rng.randint(1, 255)])
             self.counters.corrupted_frames += 1
+        self.sent.append((cmd_id, payload, corrupted))
         self.link.write(out + frame)
         self.counters.frames_sent += 1
         self.counters.sent_by_cmd[cmd_id] = self.counters.sent_by_cmd.get(cmd_id, 0) + 1
@@ -345,6 +353,7 @@ class SimulatedDevice:
     def _on_data(self, data: bytes) -> None:
         for frame in self._deframer.feed(data):
             self.counters.frames_received += 1
+            self.received.append(frame)
             self._last_heard = time.monotonic()
             try:
                 self._handle(frame)
@@ -372,8 +381,12 @@ class SimulatedDevice:
             self._write(frame.payload)
         elif cmd in self.profile.commands:
             self._device_command(cmd, frame.payload)
-        elif cmd & RESPONSE_BIT or cmd == Command.NACK:
-            return  # PONG, stray responses, NACKs: nothing to answer
+        elif cmd == Command.NACK:
+            if frame.payload[1:2] == bytes([NackCode.NOT_REGISTERED]):
+                self.registered = False  # the gateway does not know us: HELLO again, now
+                self._hello_now.set()
+        elif cmd & RESPONSE_BIT:
+            return  # PONG and stray responses: nothing to answer
         else:
             self._nack(cmd, NackCode.UNKNOWN_COMMAND)
 

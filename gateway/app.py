@@ -99,6 +99,8 @@ class Gateway:
             request_timeout_s=port.request_timeout_s,
             retries=port.retries,
             max_queue=port.max_queue,
+            circuit_threshold=port.circuit_threshold,
+            circuit_reset_s=port.circuit_reset_s,
         )
         session = DeviceSession(device_id, path, settings, self.node_ids, self._emit)
         serial_settings = SerialSettings(

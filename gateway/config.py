@@ -42,6 +42,8 @@ class PortConfig:
     request_timeout_s: float = 2.0
     retries: int = 3
     max_queue: int = 64
+    circuit_threshold: int = 5
+    circuit_reset_s: float = 30.0
     inter_frame_timeout_ms: float | None = None
 
     @property
@@ -171,6 +173,11 @@ def _port(errors: _Errors, raw: Any, index: int, registry: ProfileRegistry) -> P
                         integer=True),
         max_queue=_number(errors, raw, "max_queue", path, defaults.max_queue, minimum=1,
                           maximum=100_000, integer=True),
+        circuit_threshold=_number(errors, raw, "circuit_threshold", path,
+                                  defaults.circuit_threshold, minimum=1, maximum=1000,
+                                  integer=True),
+        circuit_reset_s=_number(errors, raw, "circuit_reset_s", path, defaults.circuit_reset_s,
+                                minimum=0.01, maximum=86400),
         inter_frame_timeout_ms=timeout_ms,
     )
 

@@ -209,7 +209,12 @@ class DeviceSession:
             if cmd == Command.HELLO:
                 self._on_hello(frame)
             elif cmd == Command.PING:
-                self._reply(Frame(Command.PONG))
+                if self.state is DeviceState.UNREGISTERED:
+                    # A device that pings thinks it is registered (the gateway restarted, or
+                    # its HELLO_ACK was lost): NACK 5 tells it to say HELLO again.
+                    self._reply(Frame(Command.NACK, bytes([cmd, NackCode.NOT_REGISTERED])))
+                else:
+                    self._reply(Frame(Command.PONG))
             elif cmd & RESPONSE_BIT or cmd == Command.NACK:
                 self._on_response(frame)
             elif cmd in self.profile.events or cmd == Command.LOG or (cmd not in COMMANDS \
@@ -349,8 +354,6 @@ class DeviceSession:
                 return Frame(Command.READ, head), lambda frame: key.decode(frame.payload[2:])
             if "value" not in args:
                 raise InvalidRequest(f"write of {key.name} needs a value")
-            if not key.writable:
-                raise InvalidRequest(f"key {key.name} is read-only")
             try:
                 value = key.encode(args["value"])
             except (ValueEncodingError, GatewayError) as exc:

@@ -123,7 +123,9 @@ class TransactionCounters:
     sent: int = 0
     timeouts: int = 0
     retries: int = 0
+    #: responses discarded because no request waits for them (any more)
     late_responses: int = 0
+    #: of those, the ones that match no remembered send at all
     unmatched_responses: int = 0
     expired: int = 0
     busy: int = 0
@@ -252,6 +254,8 @@ class Transactions:
                     self.counters.late_responses += 1
                     log.debug("late response discarded: %r", frame)
                 return True
+        # Nobody waits for it: a response later than every window, or to a request never sent.
+        self.counters.late_responses += 1
         self.counters.unmatched_responses += 1
         return False
 
@@ -340,6 +344,8 @@ class Transactions:
         response: Frame | None = None,
         nack_code: int | None = None,
     ) -> None:
+        if request is self._in_flight:
+            self._in_flight = None  # the caller may look at queue_depth as soon as it resumes
         if request.future.done():
             return
         latency = now - request.queued_at
