@@ -304,6 +304,27 @@ class SimulatedDevice:
                 values[spec.name] = {"bool": False, "utf8": self.name}.get(spec.type, b"")
         return self._status_event.layout.encode(values)
 
+    async def flood(self, stop: asyncio.Event, batch: int = 64) -> int:
+        """Send STATUS frames as fast as the link takes them until ``stop``; returns the count.
+
+        Frames go out whole (the writer waits for room), so every one is intact unless a
+        fault knob says otherwise. Counted in ``sent_status``/``counters`` like any other.
+        """
+        assert self._status_event is not None
+        sent = 0
+        while not stop.is_set():
+            chunk = []
+            for _ in range(batch):
+                payload = self.status_payload()
+                self.sent_status.append(payload)
+                chunk.append(encode_frame(Command.STATUS, payload))
+            await self.link.write_all(b"".join(chunk))
+            await asyncio.sleep(0)  # let received frames in between batches, as firmware would
+            sent += batch
+            self.counters.status_sent += batch
+            self.counters.frames_sent += batch
+        return sent
+
     def log_line(self, level: LogLevel, text: str) -> None:
         """Send a LOG frame."""
         self.send(Command.LOG, bytes([level]) + text.encode("utf-8")[:255])

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 DataHandler = Callable[[bytes], None]
 _READ_SIZE = 65536
+_OUT_LIMIT = 1 << 20
+_FLOOD_LOW_WATER = 2048
 
 
 class Link:
@@ -49,6 +51,10 @@ class Link:
         """Send bytes now; what cannot be sent without blocking is dropped and counted."""
         raise NotImplementedError
 
+    async def write_all(self, data: bytes) -> None:
+        """Send all of ``data``, waiting while the other side is slow (flood mode)."""
+        self.write(data)
+
 
 class PtyLink(Link):
     """A pseudo-terminal pair in raw mode; the gateway opens the slave side's path.
@@ -65,6 +71,9 @@ class PtyLink(Link):
         self._slave: int | None = None
         self._spare: tuple[int, int] | None = None
         self._path = ""
+        self._out = bytearray()
+        self._writing = False
+        self._drained: asyncio.Future[None] | None = None
 
     @property
     def path(self) -> str:
@@ -112,7 +121,15 @@ class PtyLink(Link):
     def _close(self) -> None:
         if self._master is None:
             return
-        asyncio.get_running_loop().remove_reader(self._master)
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._master)
+        if self._writing:
+            loop.remove_writer(self._master)
+            self._writing = False
+        self.dropped_tx_bytes += len(self._out)  # unplugged with bytes still to send
+        self._out.clear()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
         if self.symlink:
             with contextlib.suppress(FileNotFoundError):
                 self.symlink.unlink()
@@ -142,14 +159,44 @@ class PtyLink(Link):
             self.on_data(data)
 
     def write(self, data: bytes) -> None:
-        if self._master is None:
+        # Whole frames only: a frame that does not fit the outgoing buffer is dropped whole,
+        # and bytes queued behind a slow reader keep their order.
+        if self._master is None or len(self._out) + len(data) > _OUT_LIMIT:
             self.dropped_tx_bytes += len(data)
             return
+        self._out += data
+        self._flush()
+
+    def _flush(self) -> None:
+        master = self._master
+        if master is None:
+            return
         try:
-            sent = os.write(self._master, data)
-        except (BlockingIOError, OSError):
+            sent = os.write(master, self._out) if self._out else 0
+        except BlockingIOError:
             sent = 0
-        self.dropped_tx_bytes += len(data) - sent
+        except OSError:
+            self.dropped_tx_bytes += len(self._out)
+            self._out.clear()
+            sent = 0
+        del self._out[:sent]
+        loop = asyncio.get_running_loop()
+        if self._out and not self._writing:
+            loop.add_writer(master, self._flush)
+            self._writing = True
+        elif not self._out:
+            if self._writing:
+                loop.remove_writer(master)
+                self._writing = False
+            if self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
+
+    async def write_all(self, data: bytes) -> None:
+        # Keep what waits in our buffer small, so answers are not stuck behind a flood.
+        while self._master is not None and len(self._out) > _FLOOD_LOW_WATER:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+        self.write(data)
 
 
 class TcpLink(Link):
