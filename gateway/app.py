@@ -53,8 +53,9 @@ class EventSubscription:
 class Gateway:
     """Runs every configured port and its device sessions: ``async with Gateway(config)``."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, *, event_high_water: int = EVENT_HIGH_WATER) -> None:
         self.config = config
+        self.event_high_water = event_high_water
         self.devices: dict[str, DeviceSession] = {}
         self.runners: dict[str, PortRunner] = {}
         self._profiles = config.profiles()
@@ -119,6 +120,11 @@ class Gateway:
         self._spawn(session.run(), f"session-{device_id}")
         self._spawn(runner.run(), f"port-{device_id}")
 
+    @property
+    def reading_paused(self) -> bool:
+        """True while serial reads are paused because a subscriber is far behind."""
+        return self._paused
+
     def device(self, device_id: str) -> DeviceSession:
         """A device by id; ``UnknownDevice`` if there is none."""
         try:
@@ -152,7 +158,7 @@ class Gateway:
     def _emit(self, event: DeviceEvent) -> None:
         for subscription in self._subscribers:
             subscription.queue.put_nowait(event)
-            if not self._paused and subscription.queue.qsize() >= EVENT_HIGH_WATER:
+            if not self._paused and subscription.queue.qsize() >= self.event_high_water:
                 # Backpressure, not buffering: stop reading ports until the consumer catches up.
                 self._paused = True
                 log.warning("event consumer is %d events behind; pausing serial reads",
@@ -162,7 +168,7 @@ class Gateway:
                         session.link.pause_reading()
 
     def _consumed(self) -> None:
-        if self._paused and all(s.queue.qsize() < EVENT_HIGH_WATER // 2
+        if self._paused and all(s.queue.qsize() < self.event_high_water // 2
                                 for s in self._subscribers):
             self._paused = False
             for session in self.devices.values():

@@ -94,7 +94,7 @@ class SerialLink(asyncio.Protocol):
     async def open(cls, url: str, settings: SerialSettings, on_frames: FramesHandler) -> SerialLink:
         """Open ``url`` (a device path or pyserial URL); raises OSError/SerialException."""
         link = cls(url, settings, on_frames)
-        await serial_asyncio.create_serial_connection(
+        transport, _ = await serial_asyncio.create_serial_connection(
             asyncio.get_running_loop(),
             lambda: link,
             url,
@@ -105,11 +105,17 @@ class SerialLink(asyncio.Protocol):
             rtscts=settings.rtscts,
             exclusive=settings.exclusive,
         )
+        # pyserial-asyncio calls connection_made later (call_soon): usable from now on.
+        link._setup(transport)
         return link
 
     # ---------------------------------------------------------------- protocol callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._transport is None and not self.closed.done():
+            self._setup(transport)
+
+    def _setup(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         # pyserial-asyncio has no public knob for its read size.
         transport._max_read_size = self.settings.read_size  # type: ignore[attr-defined]

@@ -1,0 +1,105 @@
+"""The serial driver and the gateway's flow control, through real pseudo-terminals."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import tty
+
+import pytest
+
+from firmware_sim import Fleet, FleetSpec
+from gateway.app import Gateway
+from gateway.drivers.serial import SerialLink, SerialSettings, explain_open_error
+from gateway.frames import Deframer, Frame
+from tests.harness import gateway_config, is_state, next_event, wait_for
+
+
+@pytest.fixture
+def pty_pair():
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    yield master, os.ttyname(slave)
+    for fd in (master, slave):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+async def test_a_port_nobody_reads_cannot_make_the_gateway_buffer_without_bound(pty_pair):
+    master, path = pty_pair
+    settings = SerialSettings(write_high_water=4096)
+    link = await SerialLink.open(path, settings, lambda frames: None)
+    frame = Frame(0x30, bytes(200))
+    await wait_for(lambda: not link.send_nowait(frame), what="the port to back up")
+    assert link.tx_dropped == 1
+    transport = link._transport  # the only way to see pyserial-asyncio's buffer
+    assert transport.get_write_buffer_size() <= settings.write_high_water + 205
+    # send() waits rather than buffering more...
+    blocked = asyncio.create_task(link.send(frame))
+    await asyncio.sleep(0.1)  # give it a chance to (wrongly) complete
+    assert not blocked.done()
+    # ...and goes through once the other side reads.
+    deframer = Deframer()
+    got = []
+
+    def drain():
+        try:
+            got.extend(deframer.feed(os.read(master, 1 << 16)))
+        except BlockingIOError:
+            pass
+        return blocked.done()
+
+    await wait_for(drain, what="the blocked send to complete")
+    assert all(f == frame for f in got)
+    link.close()
+
+
+async def test_reading_pauses_when_the_event_consumer_falls_behind(tmp_path):
+    links = tmp_path / "links"
+    async with Fleet(FleetSpec(count=2, interval_ms=10, link_dir=links)) as fleet:
+        config = gateway_config(tmp_path, {d.name: str(links / d.name) for d in fleet.devices})
+        gateway = Gateway(config, event_high_water=100)
+        subscription = gateway.subscribe()
+        async with gateway:
+            await wait_for(lambda: gateway.reading_paused, what="reads to pause")
+            backlog = subscription.queue.qsize()
+            await asyncio.sleep(0.3)  # a window in which nothing more may be read
+            assert subscription.queue.qsize() == backlog
+            while subscription.queue.qsize() >= 50:
+                subscription.get_nowait()
+            assert not gateway.reading_paused
+            await wait_for(lambda: subscription.queue.qsize() > 50, what="reads to resume")
+
+
+def test_open_errors_say_what_to_do():
+    denied = PermissionError(errno.EACCES, "Permission denied")
+    assert "add the gateway's user to the 'dialout' group" in explain_open_error("/dev/x", denied)
+    missing = FileNotFoundError(errno.ENOENT, "No such file or directory")
+    assert "is the device plugged in" in explain_open_error("/dev/x", missing)
+    busy = OSError(errno.EBUSY, "Resource busy")
+    assert "in use by another program" in explain_open_error("/dev/x", busy)
+
+
+def test_slow_baud_rates_get_a_longer_inter_frame_timeout():
+    assert SerialSettings(baudrate=115200).frame_timeout() == pytest.approx(0.1)
+    assert SerialSettings(baudrate=9600).frame_timeout() == pytest.approx(2 * 261 * 10 / 9600)
+    assert SerialSettings(inter_frame_timeout=0.5).frame_timeout() == 0.5
+
+
+async def test_state_change_when_the_port_disappears_under_an_open_link(tmp_path):
+    links = tmp_path / "links"
+    async with Fleet(FleetSpec(count=1, interval_ms=50, link_dir=links)) as fleet:
+        config = gateway_config(tmp_path, {"dev": str(links / "sim-0")})
+        gateway = Gateway(config)
+        sub = gateway.subscribe()
+        async with gateway:
+            await next_event(sub, is_state("dev", "online"))
+            opens = gateway.runners["dev"].opens
+            await fleet.devices[0].unplug(0.3)
+            assert (await next_event(sub, is_state("dev", "offline"))).reason == "port_gone"
+            await next_event(sub, is_state("dev", "online"), timeout=10)
+            assert gateway.runners["dev"].opens == opens + 1
