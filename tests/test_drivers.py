@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import tty
@@ -23,10 +24,8 @@ def pty_pair():
     os.set_blocking(master, False)
     yield master, os.ttyname(slave)
     for fd in (master, slave):
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 async def test_a_port_nobody_reads_cannot_make_the_gateway_buffer_without_bound(pty_pair):
@@ -47,10 +46,8 @@ async def test_a_port_nobody_reads_cannot_make_the_gateway_buffer_without_bound(
     got = []
 
     def drain():
-        try:
+        with contextlib.suppress(BlockingIOError):
             got.extend(deframer.feed(os.read(master, 1 << 16)))
-        except BlockingIOError:
-            pass
         return blocked.done()
 
     await wait_for(drain, what="the blocked send to complete")
