@@ -1,0 +1,110 @@
+"""The request queue on its own: a peer coroutine plays the device (sans-IO, no port needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from gateway.frames import Command, Frame
+from gateway.transactions import CircuitBreaker, Priority, Signature, Status, Transactions
+from tests.harness import wait_for
+
+
+class Peer:
+    """Answers READs after ``delay`` unless ``silent``; records what it was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[Frame] = []
+        self.delay = 0.0
+        self.silent = False
+        self.tx: Transactions | None = None
+
+    async def send(self, frame: Frame) -> None:
+        self.sent.append(frame)
+        if not self.silent:
+            answer = Frame(frame.cmd_id | 0x80, frame.payload[:2] + b"\x01")
+            asyncio.get_running_loop().call_later(self.delay, self.tx.on_response, answer)
+
+
+@contextlib.asynccontextmanager
+async def running(peer: Peer, **kwargs):
+    tx = Transactions(peer.send, **kwargs)
+    peer.tx = tx
+    worker = asyncio.create_task(tx.run())
+    try:
+        yield tx
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+
+
+def read(key: int) -> Frame:
+    return Frame(Command.READ, key.to_bytes(2, "little"))
+
+
+async def test_fifo_within_a_priority_level_and_high_first():
+    peer = Peer()
+    peer.delay = 0.02
+    async with running(peer) as tx:
+        first = asyncio.create_task(tx.request(read(0), priority=Priority.LOW))
+        await asyncio.sleep(0)
+        tasks = [asyncio.create_task(tx.request(read(k), priority=p)) for k, p in
+                 [(1, Priority.LOW), (2, Priority.MEDIUM), (3, Priority.HIGH), (4, Priority.LOW),
+                  (5, Priority.HIGH), (6, Priority.MEDIUM)]]
+        await asyncio.gather(first, *tasks)
+        assert [int.from_bytes(f.payload, "little") for f in peer.sent] == [0, 3, 5, 2, 6, 1, 4]
+
+
+async def test_a_full_queue_answers_busy():
+    peer = Peer()
+    peer.delay = 0.05
+    async with running(peer, max_queue=2) as tx:
+        in_flight = asyncio.create_task(tx.request(read(0)))
+        await wait_for(lambda: tx.queue_depth == 1 and not tx._heap, what="it in flight")
+        tasks = [asyncio.create_task(tx.request(read(k))) for k in range(1, 4)]
+        outcomes = await asyncio.gather(in_flight, *tasks)
+        statuses = [o.status for o in outcomes]
+        assert statuses == [Status.OK, Status.OK, Status.OK, Status.BUSY]
+        assert tx.counters.busy == 1
+
+
+async def test_a_withdrawn_request_leaves_nothing_behind():
+    peer = Peer()
+    peer.delay = 0.05
+    async with running(peer) as tx:
+        first = asyncio.create_task(tx.request(read(1)))
+        await asyncio.sleep(0)
+        withdrawn = asyncio.create_task(tx.request(read(2)))
+        await asyncio.sleep(0)
+        withdrawn.cancel()
+        assert (await first).status is Status.OK
+        assert (await tx.request(read(3))).status is Status.OK
+        assert [f.payload[0] for f in peer.sent] == [1, 3]
+        assert tx.queue_depth == 0
+
+
+async def test_a_failed_probe_opens_the_circuit_again():
+    peer = Peer()
+    peer.silent = True
+    breaker = CircuitBreaker(threshold=2, reset_s=0.1)
+    async with running(peer, breaker=breaker) as tx:
+        outcome = await tx.request(read(1), timeout=0.02, retries=1)
+        assert outcome.status is Status.TIMEOUT
+        assert (await tx.request(read(1))).status is Status.CIRCUIT_OPEN
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(breaker.open_until - loop.time())  # the breaker's own clock
+        probe = await tx.request(read(1), timeout=0.02, retries=3)
+        assert probe.status is Status.TIMEOUT
+        assert probe.tries == 1  # a probe gets one try
+        assert (await tx.request(read(1))).status is Status.CIRCUIT_OPEN
+
+
+def test_signatures_match_by_command_key_and_nack():
+    sig = Signature.of(read(7))
+    assert sig.answered_by(Frame(0x90, b"\x07\x00\x01"))
+    assert not sig.answered_by(Frame(0x90, b"\x08\x00\x01"))
+    assert sig.answered_by(Frame(0x7F, bytes([0x10, 2])))
+    assert not sig.answered_by(Frame(0x7F, bytes([0x11, 2])))
+    assert sig.overlaps(Signature(0x10))
+    assert not sig.overlaps(Signature(0x10, 8))
