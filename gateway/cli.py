@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from firmware_sim.device import Faults
 from firmware_sim.fleet import Fleet, FleetSpec
 from gateway import __version__
 from gateway.app import Gateway
-from gateway.config import load_config
+from gateway.config import load_config, parse_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.frames import ProfileRegistry
 from gateway.monitor import PortMonitor, monitor_ports
@@ -78,34 +79,55 @@ async def _monitor(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _event_json(event: DeviceEvent) -> str:
+    if isinstance(event, StateChange):
+        record = {"t": round(event.since, 3), "device": event.device_id, "state": event.state,
+                  "reason": event.reason, "facts": event.facts}
+    else:
+        record = {"t": round(event.received_at, 3), "device": event.device_id,
+                  "event": event.name, "fields": event.fields}
+    return json.dumps(record, ensure_ascii=False, default=str)
+
+
 async def _demo(args: argparse.Namespace) -> int:
     noisy = Faults(garbage_rate=0.05, garbage_max=8, corrupt_rate=0.02)
-    spec = FleetSpec(count=args.count, first_device_faults=noisy, interval_ms=args.interval_ms)
-    profile = ProfileRegistry().get(spec.profile)
     started = time.monotonic()
-    async with Fleet(spec) as fleet:
-        monitors = [
-            PortMonitor(device.name, device.link.path, profile=profile)
-            for device in fleet.devices
-        ]
-        task = asyncio.create_task(monitor_ports(monitors))
-        await _until_stopped(args.duration)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    elapsed = time.monotonic() - started
-    for monitor, device in zip(monitors, fleet.devices, strict=True):
-        stats = monitor.deframer.stats
-        summary = {
-            "port": monitor.name,
-            "seconds": round(elapsed, 1),
-            "frames_sent_by_device": device.counters.frames_sent,
-            "frames_received": stats.frames,
-            "discarded_bytes": stats.discarded_bytes,
-            "checksum_errors": stats.checksum_errors,
-            "garbage_bytes_sent": device.counters.garbage_bytes_sent,
-            "corrupted_frames_sent": device.counters.corrupted_frames,
-        }
-        print(json.dumps({"stats": summary}), flush=True)
+    with tempfile.TemporaryDirectory(prefix="mcp-demo-") as tmp:
+        links = Path(tmp) / "dev"
+        spec = FleetSpec(count=args.count, first_device_faults=noisy,
+                         interval_ms=args.interval_ms, link_dir=links)
+        async with Fleet(spec) as fleet:
+            config = parse_config({
+                "gateway_id": "demo",
+                "state_dir": str(Path(tmp) / "state"),
+                "ports": [{"name": d.name, "path": str(links / d.name), "heartbeat_s": 2}
+                          for d in fleet.devices],
+            })
+            gateway = Gateway(config)
+            subscription = gateway.subscribe()
+
+            async def print_events() -> None:
+                async for event in subscription:
+                    print(_event_json(event), flush=True)
+
+            printer = asyncio.create_task(print_events())
+            async with gateway:
+                await _until_stopped(args.duration)
+            printer.cancel()
+            await asyncio.gather(printer, return_exceptions=True)
+            while not subscription.queue.empty():
+                print(_event_json(subscription.get_nowait()), flush=True)
+            for device in fleet.devices:
+                session = gateway.device(device.name)
+                stats = {
+                    "device": device.name,
+                    "seconds": round(time.monotonic() - started, 1),
+                    "frames_sent_by_device": device.counters.frames_sent,
+                    "garbage_bytes_sent": device.counters.garbage_bytes_sent,
+                    "corrupted_frames_sent": device.counters.corrupted_frames,
+                    **session.counters(),
+                }
+                print(json.dumps({"stats": stats}), flush=True)
     return EXIT_OK
 
 
@@ -131,10 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="simulated devices on ptys, deframed and printed as JSON lines",
+        help="simulated devices on ptys run through the gateway, events as JSON lines",
         description="Start simulated env-sensor devices on pseudo-terminals (the first with "
-        "light line noise), open them like serial ports, and print every decoded frame as a "
-        "JSON line; a stats line per device at the end. Runs until Ctrl-C.",
+        "light line noise) and the gateway's device sessions on them; print every state "
+        "change and event as a JSON line, and a stats line per device at the end. Runs until "
+        "Ctrl-C.",
     )
     demo.add_argument("--headless", action="store_true",
                       help="print events instead of a dashboard (the only mode so far)")

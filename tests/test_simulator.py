@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import statistics
@@ -299,32 +300,25 @@ def test_mcp_sim_unplug_knob_replugs_under_a_new_path(tmp_path):
         proc.wait()
 
 
-def test_demo_prints_decoded_frames_and_a_stats_line():
+def test_demo_runs_devices_through_the_gateway_and_prints_events_and_stats():
     proc = subprocess.run(  # noqa: PLW1510 - the exit code is the assertion
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "demo",
-            "--headless",
-            "--duration",
-            "2.5",
-            "--interval-ms",
-            "200",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-m", "gateway.cli", "demo", "--headless", "--duration", "3",
+         "--interval-ms", "200"],
+        capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert sum('"cmd": "STATUS"' in line for line in lines) >= 15
-    assert any('"cmd": "HELLO"' in line for line in lines)
-    assert sum(line.startswith('{"stats"') for line in lines) == 3
-    # the demo answers HELLO, so each device stops repeating it (once a second otherwise)
-    for port in ("sim-0", "sim-1", "sim-2"):
-        hellos = [line for line in lines if f'"port": "{port}"' in line and '"HELLO"' in line]
-        assert 1 <= len(hellos) <= 2
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    events = [r for r in records if r.get("event") == "status"]
+    assert len(events) >= 15
+    assert {"temperature_c", "humidity_pct", "battery_mv", "uptime_s"} == set(events[0]["fields"])
+    online = {r["device"]: r["facts"]["node_id"] for r in records
+              if r.get("state") == "online" and r.get("reason") == "registered"}
+    assert sorted(online.values()) == [1, 2, 3]
+    stopped = [r for r in records if r.get("reason") == "gateway_stopped"]
+    assert len(stopped) == 3
+    stats = [r["stats"] for r in records if "stats" in r]
+    assert [s["device"] for s in stats] == ["sim-0", "sim-1", "sim-2"]
+    assert all(s["rx_frames"] > 10 for s in stats)
 
 
 def _console_script(name):
