@@ -152,6 +152,8 @@ class SimulatedDevice:
             if key.name == "interval_ms" and interval_ms is not None:
                 self.settings[key.id] = interval_ms
         self.registered = False
+        #: a hung firmware: the link stays up but the device sends nothing
+        self.muted = False
         self.node_id: int | None = None
         self.heartbeat_s = DEFAULT_HEARTBEAT_S
         self.sent_status: deque[bytes] = deque(maxlen=100_000)
@@ -331,7 +333,7 @@ class SimulatedDevice:
 
     def send(self, cmd_id: int, payload: bytes = b"") -> None:
         """Encode and write one frame, applying the garbage and corruption knobs."""
-        if not self._plugged.is_set():
+        if not self._plugged.is_set() or self.muted:
             return
         frame = encode_frame(cmd_id, payload)
         faults, rng = self.faults, self.rng

@@ -233,7 +233,8 @@ class DeviceSession:
             return
         self.hello = hello
         self.node_id = self._node_ids.get(hello["uid"])
-        ack = {"node_id": self.node_id, "heartbeat_s": round(self.settings.heartbeat_s)}
+        # HELLO_ACK carries whole seconds; sub-second heartbeats (tests) round up to 1.
+        ack = {"node_id": self.node_id, "heartbeat_s": max(1, round(self.settings.heartbeat_s))}
         self._reply(Frame(Command.HELLO_ACK, encode_payload(Command.HELLO_ACK, ack)))
         self._set_state(DeviceState.ONLINE, "registered")
 

@@ -325,3 +325,34 @@ async def test_events_keep_arrival_order_and_state_changes_carry_facts(one):
     assert isinstance(StateChange, type)
     assert session.facts["profile"] == "env-sensor"
     assert session.facts["port"].endswith("sim-0")
+
+
+async def test_liveness_pings_a_silent_device_and_marks_it_offline_then_back(tmp_path):
+    spec = FleetSpec(count=1, interval_ms=3_600_000)
+    async with fleet_and_gateway(tmp_path, spec, heartbeat_s=0.3) as (fleet, gw, sub):
+        device = fleet.devices[0]
+        await next_event(sub, is_state("sim-0", "online"))
+        device.muted = True  # hung firmware: the port stays open, nothing comes back
+        offline = await next_event(sub, is_state("sim-0", "offline"), timeout=5)
+        assert offline.reason == "heartbeat_timeout"
+        assert any(f.cmd_id == Command.PING for f in device.received)  # the gateway asked
+        assert (await gw.device("sim-0").request("ping")).status is Status.OFFLINE
+        device.muted = False
+        device.log_line(1, "back")
+        back = await next_event(sub, is_state("sim-0", "online"), timeout=5)
+        assert back.reason == "heard_again"
+
+
+async def test_devices_over_tcp_socket_urls(tmp_path):
+    async with Fleet(FleetSpec(count=2, link="tcp", interval_ms=100)) as fleet:
+        paths = {d.name: d.link.path for d in fleet.devices}
+        async with running_gateway(gateway_config(tmp_path, paths)) as (gw, sub):
+            for name in paths:
+                await next_event(sub, is_state(name, "online"))
+            outcome = await gw.device("sim-1").request("read", {"key": "fw_build"})
+            assert outcome.value == 4242
+            device = fleet.devices[1]
+            await device.unplug()
+            assert (await next_event(sub, is_state("sim-1", "offline"))).reason == "port_gone"
+            await device.replug()
+            await next_event(sub, is_state("sim-1", "online"), timeout=10)
