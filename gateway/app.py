@@ -160,17 +160,17 @@ class Gateway:
             subscription.queue.put_nowait(event)
             if not self._paused and subscription.queue.qsize() >= self.event_high_water:
                 # Backpressure, not buffering: stop reading ports until the consumer catches up.
-                self._paused = True
                 log.warning("event consumer is %d events behind; pausing serial reads",
                             subscription.queue.qsize())
-                for session in self.devices.values():
-                    if session.link is not None:
-                        session.link.pause_reading()
+                self._set_reading(paused=True)
 
     def _consumed(self) -> None:
         if self._paused and all(s.queue.qsize() < self.event_high_water // 2
                                 for s in self._subscribers):
-            self._paused = False
-            for session in self.devices.values():
-                if session.link is not None:
-                    session.link.resume_reading()
+            self._set_reading(paused=False)
+
+    def _set_reading(self, *, paused: bool) -> None:
+        self._paused = paused
+        for session in self.devices.values():
+            if session.link is not None:
+                (session.link.pause_reading if paused else session.link.resume_reading)()
