@@ -156,6 +156,11 @@ class Gateway:
         self._consumed()
 
     def _emit(self, event: DeviceEvent) -> None:
+        if self._paused:
+            # A port (re)opened while paused reads until its first event: pause it too.
+            link = self.devices[event.device_id].link
+            if link is not None:
+                link.pause_reading()
         for subscription in self._subscribers:
             subscription.queue.put_nowait(event)
             if not self._paused and subscription.queue.qsize() >= self.event_high_water:
