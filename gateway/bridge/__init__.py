@@ -1,0 +1,1 @@
+"""The MQTT fabric bridge: topics, envelopes, the on-disk spool and the MQTT client."""

@@ -1,0 +1,225 @@
+"""Envelopes: JSON events and responses out, requests in, with specific errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.bridge.topics import valid_reply_topic
+from gateway.errors import GatewayError
+
+MCP_VERSION = "1.0"
+DEFAULT_MAX_BODY = 65536
+DEFAULT_MAX_DEPTH = 8
+MAX_TTL_S = 3600.0
+MAX_TIMEOUT_S = 60.0
+PRIORITIES = ("high", "medium", "low")
+_REQUEST_FIELDS = {"mcp_version", "message_id", "message_type", "timestamp", "source",
+                   "destination", "action", "payload", "priority", "ttl", "timeout",
+                   "reply_to", "correlation_id"}
+
+
+class InvalidEnvelope(GatewayError):
+    """A request that cannot be carried out; ``reply`` holds what is known of where to answer."""
+
+    def __init__(self, message: str, reply: RequestEnvelope | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reply = reply
+
+
+@dataclass
+class RequestEnvelope:
+    """A parsed request."""
+
+    action: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)
+    message_id: str = ""
+    source: str = ""
+    priority: str = "medium"
+    ttl: float = 30.0
+    timeout: float | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+
+
+def new_message_id() -> str:
+    """32 hex digits."""
+    return uuid.uuid4().hex
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False,
+                      default=_jsonable).encode("utf-8")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def event_body(source: str, name: str, fields: dict[str, Any], received_at: float,
+               seq: int) -> bytes:
+    """An event envelope (``replayed`` is added at publish time if it waited in the queue)."""
+    return _dumps({
+        "mcp_version": MCP_VERSION,
+        "message_id": new_message_id(),
+        "message_type": "event",
+        "timestamp": received_at,
+        "source": source,
+        "destination": "*",
+        "action": name,
+        "payload": _finite(fields),
+        "seq": seq,
+    })
+
+
+def mark_replayed(body: bytes) -> bytes:
+    """The same event envelope with ``"replayed": true``."""
+    return body[:-1] + b',"replayed":true}'
+
+
+def response_body(
+    request: RequestEnvelope,
+    source: str,
+    status: str,
+    *,
+    payload: dict[str, Any] | None = None,
+    error: tuple[Any, str] | None = None,
+    latency_ms: float,
+) -> bytes:
+    """A response envelope for ``request``."""
+    body: dict[str, Any] = {
+        "mcp_version": MCP_VERSION,
+        "message_id": new_message_id(),
+        "message_type": "response",
+        "timestamp": time.time(),
+        "source": source,
+        "destination": request.source or "",
+        "action": request.action,
+        "payload": _finite(payload or {}),
+        "status": status,
+        "latency_ms": round(latency_ms, 3),
+    }
+    if request.message_id:
+        body["request_id"] = request.message_id
+    if request.correlation_id is not None:
+        body["correlation_id"] = request.correlation_id
+    if error is not None:
+        body["error"] = {"code": error[0], "message": error[1]}
+    return _dumps(body)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def parse_request(
+    body: bytes,
+    *,
+    max_bytes: int = DEFAULT_MAX_BODY,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> RequestEnvelope:
+    """Parse and check a request envelope; ``InvalidEnvelope`` says exactly what is wrong."""
+    if len(body) > max_bytes:
+        raise InvalidEnvelope(f"request body is {len(body)} bytes; the limit is {max_bytes}")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEnvelope(f"request body is not UTF-8: {exc.reason} at byte {exc.start}") \
+            from None
+    # Refuse deep nesting before the parser recurses into it.
+    if text.count("[") + text.count("{") > max_depth and _bracket_depth(text) > max_depth:
+        raise InvalidEnvelope(f"request nests deeper than {max_depth} levels")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidEnvelope(f"request body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidEnvelope(f"request must be a JSON object, got {type(data).__name__}")
+    request = RequestEnvelope()
+    # Where to answer is read first, so even a bad request gets its `invalid` response.
+    reply_to = data.get("reply_to")
+    if isinstance(reply_to, str) and valid_reply_topic(reply_to):
+        request.reply_to = reply_to
+    correlation_id = data.get("correlation_id")
+    if isinstance(correlation_id, str | int) and not isinstance(correlation_id, bool):
+        request.correlation_id = str(correlation_id)[:256]
+    if isinstance(data.get("message_id"), str):
+        request.message_id = data["message_id"][:64]
+    if isinstance(data.get("source"), str):
+        request.source = data["source"][:256]
+    if isinstance(data.get("action"), str):
+        request.action = data["action"][:64]
+
+    def bad(message: str) -> InvalidEnvelope:
+        return InvalidEnvelope(message, request)
+
+    unknown = sorted(set(data) - _REQUEST_FIELDS)
+    if unknown:
+        raise bad(f"unknown field {unknown[0]!r}; expected envelope fields "
+                  f"{', '.join(sorted(_REQUEST_FIELDS))}")
+    if "reply_to" in data and request.reply_to is None:
+        raise bad(f"reply_to {data['reply_to']!r} is not a topic to publish to")
+    if data.get("mcp_version", MCP_VERSION) != MCP_VERSION:
+        raise bad(f"mcp_version {data['mcp_version']!r} is not supported; expected \"1.0\"")
+    if data.get("message_type", "request") != "request":
+        raise bad(f"message_type {data['message_type']!r}: expected \"request\"")
+    action = data.get("action")
+    if not isinstance(action, str) or not action:
+        raise bad(f"action {action!r} is missing or not a string")
+    payload = data.get("payload", {})
+    if not isinstance(payload, dict):
+        raise bad(f"payload must be an object, got {type(payload).__name__}")
+    request.payload = payload
+    priority = data.get("priority", "medium")
+    if priority not in PRIORITIES:
+        raise bad(f"priority {priority!r} is not one of high, medium, low")
+    request.priority = priority
+    request.ttl = _seconds(data, "ttl", 30.0, MAX_TTL_S, bad)
+    if "timeout" in data:
+        request.timeout = _seconds(data, "timeout", 2.0, MAX_TIMEOUT_S, bad)
+    return request
+
+
+def _seconds(data: dict, key: str, default: float, maximum: float, bad: Any) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not 0 < value <= maximum:
+        raise bad(f"{key} {value!r} is not a number of seconds in (0, {maximum:g}]")
+    return float(value)
+
+
+def _bracket_depth(text: str) -> int:
+    """Nesting depth of brackets outside strings (cheap, before json.loads)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest

@@ -1,0 +1,64 @@
+"""The fabric's topic names (``../shared/spec/fabric.md``), built in one place."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topics of one gateway under a prefix."""
+
+    prefix: str
+    gateway_id: str
+
+    @property
+    def base(self) -> str:
+        """``{p}/{gw}``."""
+        return f"{self.prefix}/{self.gateway_id}"
+
+    @property
+    def status(self) -> str:
+        """The gateway's retained status (and its MQTT will)."""
+        return f"{self.base}/status"
+
+    @property
+    def stats(self) -> str:
+        """Counters every 5 s, retained."""
+        return f"{self.base}/stats"
+
+    @property
+    def gateway_requests(self) -> str:
+        """Gateway-level requests (list_devices, reload, trace)."""
+        return f"{self.base}/requests"
+
+    @property
+    def device_requests_filter(self) -> str:
+        """Subscription filter for every device's requests."""
+        return f"{self.base}/devices/+/requests"
+
+    def device_status(self, device_id: str) -> str:
+        """A device's retained availability."""
+        return f"{self.base}/devices/{device_id}/status"
+
+    def device_event(self, device_id: str, name: str) -> str:
+        """A device's events of one kind."""
+        return f"{self.base}/devices/{device_id}/events/{name}"
+
+    def device_of_request_topic(self, topic: str) -> str | None:
+        """The device id of a ``.../devices/{dev}/requests`` topic, None for other topics."""
+        head = f"{self.base}/devices/"
+        if topic.startswith(head) and topic.endswith("/requests"):
+            device_id = topic[len(head) : -len("/requests")]
+            if ID_PATTERN.fullmatch(device_id):
+                return device_id
+        return None
+
+
+def valid_reply_topic(topic: str) -> bool:
+    """A topic a response can be published to: non-empty, no wildcards, not too long."""
+    return 0 < len(topic.encode("utf-8")) <= 1024 and "#" not in topic and "+" not in topic \
+        and "\x00" not in topic
