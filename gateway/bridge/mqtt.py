@@ -1,0 +1,324 @@
+"""An MQTT connection on paho-mqtt, driven by the asyncio loop (no thread, no task per message).
+
+paho's socket callbacks register the socket with the loop, as aiomqtt 2.x does; the loop
+calls ``loop_read``/``loop_write`` when the socket is ready and ``loop_misc`` every second.
+The connection reconnects by itself with backoff. Callbacks never await and never raise
+into paho: they resolve futures or call the owner's plain-function hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.errors import GatewayError
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN_S = 0.25
+BACKOFF_MAX_S = 10.0
+
+
+class BrokerUrlError(GatewayError):
+    """A broker URL that is not mqtt://host[:port] or mqtts://host[:port]."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    """Where and how to connect."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    protocol: int = 5
+    client_id: str = ""
+    keepalive: int = 30
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
+    #: unacknowledged QoS 1 publishes in flight
+    window: int = 1000
+
+    def endpoint(self) -> tuple[str, int, bool]:
+        """(host, port, tls) of the URL."""
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise BrokerUrlError(f"broker url {self.url!r}: expected mqtt://host[:port] or "
+                                 "mqtts://host[:port]")
+        tls = parts.scheme == "mqtts"
+        return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A received message (topic, body, and the MQTT 5 reply address if any)."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+class MqttConnection:
+    """One client connection, kept up until ``stop``. Hooks are plain functions."""
+
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        *,
+        will: tuple[str, bytes] | None = None,
+        on_connect: Callable[[], None] = lambda: None,
+        on_disconnect: Callable[[], None] = lambda: None,
+        on_message: Callable[[Message], None] = lambda message: None,
+        on_ack: Callable[[int], None] = lambda mid: None,
+    ) -> None:
+        self.settings = settings
+        self.host, self.port, self.tls = settings.endpoint()
+        self.on_connect = on_connect
+        self.on_disconnect = on_disconnect
+        self.on_message = on_message
+        self.on_ack = on_ack
+        self.connected = False
+        self.reconnects = 0
+        self.last_error = ""
+        self._loop = asyncio.get_running_loop()
+        self._lost: asyncio.Future[None] | None = None
+        self._connected_future: asyncio.Future[bool] | None = None
+        self._misc: asyncio.TimerHandle | None = None
+        self._client = self._make_client(will)
+
+    @property
+    def is_v5(self) -> bool:
+        """True for MQTT 5 (else 3.1.1)."""
+        return self.settings.protocol == 5
+
+    def _make_client(self, will: tuple[str, bytes] | None) -> paho.Client:
+        settings = self.settings
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            protocol=paho.MQTTv5 if self.is_v5 else paho.MQTTv311,
+            reconnect_on_failure=False,
+        )
+        # The owner keeps its own window of unacknowledged publishes: paho's limit rescans
+        # every queued message on each PUBACK (O(window) per ack), so it is switched off.
+        client.max_inflight_messages_set(0)
+        client.max_queued_messages_set(0)
+        if settings.username is not None:
+            client.username_pw_set(settings.username, settings.password)
+        if self.tls:
+            context = ssl.create_default_context(cafile=settings.ca_file)
+            if settings.cert_file:
+                context.load_cert_chain(settings.cert_file, settings.key_file)
+            if settings.tls_insecure:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            client.tls_set_context(context)
+        if will is not None:
+            client.will_set(will[0], will[1], qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        return client
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def run(self) -> None:
+        """Connect, stay connected, reconnect with backoff and jitter, until cancelled."""
+        delay = BACKOFF_MIN_S
+        rng = random.Random()
+        first = True
+        try:
+            while True:
+                if await self._connect_once():
+                    delay = BACKOFF_MIN_S
+                    if not first:
+                        self.reconnects += 1
+                    first = False
+                    assert self._lost is not None
+                    await self._lost
+                await asyncio.sleep(delay * rng.uniform(0.8, 1.2))
+                delay = min(delay * 2, BACKOFF_MAX_S)
+        finally:
+            self._stop_misc()
+            with contextlib.suppress(Exception):
+                self._client.disconnect()
+                self._drop_socket()
+
+    async def _connect_once(self) -> bool:
+        self._lost = self._loop.create_future()
+        self._connected_future = self._loop.create_future()
+        try:
+            # A TCP (and TLS) connect blocks: done in a worker thread, then the loop drives it.
+            await self._loop.run_in_executor(None, self._blocking_connect)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._note_error(f"cannot connect to {self.settings.url}: {exc}")
+            return False
+        self._schedule_misc()
+        try:
+            async with asyncio.timeout(self.settings.keepalive):
+                accepted = await self._connected_future
+        except TimeoutError:
+            self._note_error(f"{self.settings.url} did not answer CONNECT")
+            self._client.disconnect()
+            self._drop_socket()
+            return False
+        return accepted
+
+    def _blocking_connect(self) -> None:
+        if self.is_v5:
+            self._client.connect(self.host, self.port, self.settings.keepalive, clean_start=True)
+        else:
+            self._client.connect(self.host, self.port, self.settings.keepalive)
+
+    def _note_error(self, message: str) -> None:
+        (log.warning if message != self.last_error else log.debug)("%s", message)
+        self.last_error = message
+
+    async def disconnect(self) -> None:
+        """Say DISCONNECT (so the broker does not publish the will) after sending what is queued."""
+        if self.connected:
+            self._client.disconnect()
+
+    # ------------------------------------------------------------------ publish/subscribe
+
+    def publish(self, topic: str, body: bytes, *, qos: int = 1, retain: bool = False,
+                correlation_data: bytes | None = None) -> int | None:
+        """Queue a publish; returns its mid (for ``on_ack``), None when not connected."""
+        if not self.connected:
+            return None
+        properties = None
+        if correlation_data is not None and self.is_v5:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.CorrelationData = correlation_data
+        info = self._client.publish(topic, body, qos=qos, retain=retain, properties=properties)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            return None
+        return info.mid
+
+    def subscribe(self, topics: list[str]) -> None:
+        """Subscribe (QoS 1) to topic filters."""
+        if topics:
+            self._client.subscribe([(t, 1) for t in topics])
+
+    # ------------------------------------------------------------------ paho callbacks
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        future = self._connected_future
+        if reason.is_failure:
+            self._note_error(f"{self.settings.url} refused the connection: {reason}")
+            if future is not None and not future.done():
+                future.set_result(False)
+            return
+        self.connected = True
+        self.last_error = ""
+        log.info("connected to %s", self.settings.url)
+        if future is not None and not future.done():
+            future.set_result(True)
+        try:
+            self.on_connect()
+        except Exception:
+            log.exception("on_connect hook failed")
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        was = self.connected
+        self.connected = False
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        if self._connected_future is not None and not self._connected_future.done():
+            self._connected_future.set_result(False)
+        if was:
+            log.warning("disconnected from %s: %s", self.settings.url, reason)
+            try:
+                self.on_disconnect()
+            except Exception:
+                log.exception("on_disconnect hook failed")
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        response_topic = correlation = None
+        properties = getattr(message, "properties", None)
+        if properties is not None:
+            response_topic = getattr(properties, "ResponseTopic", None)
+            correlation = getattr(properties, "CorrelationData", None)
+        try:
+            self.on_message(Message(message.topic, bytes(message.payload), response_topic,
+                                    correlation))
+        except Exception:
+            log.exception("message handler failed for %s", message.topic)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
+                    properties: Any) -> None:
+        try:
+            self.on_ack(mid)
+        except Exception:
+            log.exception("ack handler failed")
+
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        # Called from the executor thread during connect: hand over to the loop.
+        self._loop.call_soon_threadsafe(self._loop.add_reader, sock, self._read)
+
+    def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._loop.call_soon_threadsafe(self._remove_fd, sock)
+
+    def _on_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._loop.call_soon_threadsafe(self._loop.add_writer, sock, self._write)
+
+    def _on_unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._loop.call_soon_threadsafe(self._remove_writer, sock)
+
+    def _remove_fd(self, sock: Any) -> None:
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+
+    def _remove_writer(self, sock: Any) -> None:
+        with contextlib.suppress(Exception):
+            self._loop.remove_writer(sock)
+
+    def _read(self) -> None:
+        self._client.loop_read()
+
+    def _write(self) -> None:
+        self._client.loop_write()
+
+    def _drop_socket(self) -> None:
+        sock = self._client.socket()
+        if sock is not None:
+            self._remove_fd(sock)
+
+    def _schedule_misc(self) -> None:
+        self._stop_misc()
+        self._misc = self._loop.call_later(1.0, self._run_misc)
+
+    def _run_misc(self) -> None:
+        self._client.loop_misc()
+        if self._client.socket() is not None:
+            self._misc = self._loop.call_later(1.0, self._run_misc)
+        elif self._lost is not None and not self._lost.done():
+            self.connected = False
+            self._lost.set_result(None)
+
+    def _stop_misc(self) -> None:
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
