@@ -6,6 +6,7 @@ reported at once; unknown keys are errors (they are usually typos).
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import tomllib
@@ -42,6 +43,8 @@ class PortConfig:
     request_timeout_s: float = 2.0
     retries: int = 3
     max_queue: int = 64
+    #: requests per second the fabric may send this device (a token bucket, burst = 2 s)
+    rate_limit: float = 20.0
     circuit_threshold: int = 5
     circuit_reset_s: float = 30.0
     inter_frame_timeout_ms: float | None = None
@@ -58,6 +61,30 @@ class PortConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """``[broker]``: where the fabric is."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    protocol: int = 5
+    embedded: bool = False
+    client_id: str = ""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """``[queue]``: the on-disk event queue's bounds."""
+
+    max_messages: int = 100_000
+    max_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     """The whole configuration."""
 
@@ -66,16 +93,20 @@ class GatewayConfig:
     topic_prefix: str = "mcp/v1"
     profiles_dir: Path | None = None
     ports: tuple[PortConfig, ...] = ()
-    #: validated by the bridge (kept as given until then)
-    broker: dict[str, Any] = field(default_factory=dict)
-    queue: dict[str, Any] = field(default_factory=dict)
+    broker: BrokerConfig | None = None
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    max_request_bytes: int = 65536
+    stats_interval_s: float = 5.0
 
     def profiles(self) -> ProfileRegistry:
         """The built-in profiles plus those in ``profiles_dir``."""
         return ProfileRegistry([self.profiles_dir] if self.profiles_dir else [])
 
 
-_TOP_KEYS = {"gateway_id", "state_dir", "topic_prefix", "profiles_dir", "broker", "queue", "ports"}
+_TOP_KEYS = {"gateway_id", "state_dir", "topic_prefix", "profiles_dir", "broker", "queue", "ports",
+             "max_request_bytes", "stats_interval_s"}
+_BROKER_KEYS = {"url", "protocol", "embedded", "client_id", "username", "password_file",
+                "password_env", "ca_file", "cert_file", "key_file", "tls_insecure"}
 
 
 class _Errors:
@@ -92,8 +123,8 @@ def _number(errors: _Errors, table: dict, key: str, path: str, default: Any, *,
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or not minimum <= value <= maximum:
         what = "a whole number" if integer else "a number"
-        errors.add(f"{path}.{key}", value, f"is not valid; expected {what} from {minimum} "
-                   f"to {maximum}")
+        errors.add(f"{path}.{key}" if path else key, value,
+                   f"is not valid; expected {what} from {minimum} to {maximum}")
         return default
     return value
 
@@ -173,6 +204,8 @@ def _port(errors: _Errors, raw: Any, index: int, registry: ProfileRegistry) -> P
                         integer=True),
         max_queue=_number(errors, raw, "max_queue", path, defaults.max_queue, minimum=1,
                           maximum=100_000, integer=True),
+        rate_limit=_number(errors, raw, "rate_limit", path, defaults.rate_limit, minimum=0.1,
+                           maximum=100_000),
         circuit_threshold=_number(errors, raw, "circuit_threshold", path,
                                   defaults.circuit_threshold, minimum=1, maximum=1000,
                                   integer=True),
@@ -217,9 +250,25 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfi
             errors.add(f"ports[{index}].name", port.name, "is used by an earlier port; names "
                        "are device ids and must be unique")
         ports.append(port)
-    for key in ("broker", "queue"):
-        if not isinstance(data.get(key, {}), dict):
-            errors.add(key, data[key], "is not a table")
+    broker = _broker(errors, data.get("broker"), gateway_id)
+    queue = QueueConfig()
+    raw_queue = data.get("queue", {})
+    if not isinstance(raw_queue, dict):
+        errors.add("queue", raw_queue, "is not a table")
+    else:
+        for key in sorted(set(raw_queue) - {"max_messages", "max_bytes"}):
+            errors.add(f"queue.{key}", raw_queue[key], "is an unknown key; expected "
+                       "max_messages or max_bytes")
+        queue = QueueConfig(
+            _number(errors, raw_queue, "max_messages", "queue", queue.max_messages, minimum=1,
+                    maximum=100_000_000, integer=True),
+            _number(errors, raw_queue, "max_bytes", "queue", queue.max_bytes, minimum=1024,
+                    maximum=1 << 40, integer=True),
+        )
+    max_request_bytes = _number(errors, data, "max_request_bytes", "", 65536, minimum=64,
+                                maximum=1 << 24, integer=True)
+    stats_interval_s = _number(errors, data, "stats_interval_s", "", 5.0, minimum=0.1,
+                               maximum=3600)
     if errors.items:
         raise ConfigError(errors.items, source)
     return GatewayConfig(
@@ -228,8 +277,73 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfi
         topic_prefix=topic_prefix,
         profiles_dir=Path(profiles_dir) if profiles_dir else None,
         ports=tuple(ports),
-        broker=dict(data.get("broker", {})),
-        queue=dict(data.get("queue", {})),
+        broker=broker,
+        queue=queue,
+        max_request_bytes=max_request_bytes,
+        stats_interval_s=stats_interval_s,
+    )
+
+
+def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerConfig | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        errors.add("broker", raw, "is not a table")
+        return None
+    for key in sorted(set(raw) - _BROKER_KEYS):
+        hint = ("; a password is never written in the config: use password_file or "
+                "password_env" if key == "password" else "")
+        errors.add(f"broker.{key}", "***" if key == "password" else raw[key],
+                   f"is an unknown key; expected one of {', '.join(sorted(_BROKER_KEYS))}{hint}")
+    defaults = BrokerConfig()
+    url = raw.get("url", defaults.url)
+    if not isinstance(url, str) or not re.fullmatch(r"mqtts?://[^/:\s]+(:\d{1,5})?/?", url):
+        errors.add("broker.url", url, "is not a broker URL; expected mqtt://host[:port] or "
+                   "mqtts://host[:port]")
+    protocol = raw.get("protocol", defaults.protocol)
+    if protocol not in (3, 5) or isinstance(protocol, bool):
+        errors.add("broker.protocol", protocol, "is not an MQTT version; expected 5 or 3 "
+                   "(MQTT 3.1.1)")
+    flags = {}
+    for key in ("embedded", "tls_insecure"):
+        flags[key] = raw.get(key, False)
+        if not isinstance(flags[key], bool):
+            errors.add(f"broker.{key}", flags[key], "is not true or false")
+    strings: dict[str, str | None] = {}
+    for key in ("client_id", "username", "ca_file", "cert_file", "key_file", "password_file",
+                "password_env"):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            errors.add(f"broker.{key}", value, "is not a non-empty string")
+            value = None
+        strings[key] = value
+    for key in ("ca_file", "cert_file", "key_file"):
+        if strings[key] and not Path(strings[key]).is_file():
+            errors.add(f"broker.{key}", strings[key], "is not a readable file")
+    password = None
+    if strings["password_file"]:
+        try:
+            password = Path(strings["password_file"]).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            errors.add("broker.password_file", strings["password_file"],
+                       f"cannot be read: {exc.strerror}")
+    elif strings["password_env"]:
+        password = os.environ.get(strings["password_env"])
+        if password is None:
+            errors.add("broker.password_env", strings["password_env"],
+                       "names an environment variable that is not set")
+    client_id = strings["client_id"] or f"mcp-gateway-{gateway_id}"
+    return BrokerConfig(
+        url=url if isinstance(url, str) else defaults.url,
+        protocol=protocol if protocol in (3, 5) else 5,
+        embedded=flags["embedded"],
+        client_id=client_id,
+        username=strings["username"],
+        password=password,
+        ca_file=strings["ca_file"],
+        cert_file=strings["cert_file"],
+        key_file=strings["key_file"],
+        tls_insecure=flags["tls_insecure"],
     )
 
 
