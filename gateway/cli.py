@@ -18,6 +18,7 @@ from firmware_sim.device import Faults
 from firmware_sim.fleet import Fleet, FleetSpec
 from gateway import __version__
 from gateway.app import Gateway
+from gateway.bridge.bridge import Bridge
 from gateway.config import load_config, parse_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.frames import ProfileRegistry
@@ -55,7 +56,11 @@ async def _run(args: argparse.Namespace) -> int:
             log_event(event)
 
     events = asyncio.create_task(log_events(), name="log-events")
-    async with gateway:
+    async with contextlib.AsyncExitStack() as stack:
+        if config.broker is not None:
+            # The bridge outlives the gateway: devices go offline on the fabric first.
+            await stack.enter_async_context(Bridge(gateway, config))
+        await stack.enter_async_context(gateway)
         log.info("gateway %s running %d port(s); state in %s", config.gateway_id,
                  len(config.ports), config.state_dir)
         await _until_stopped(None)

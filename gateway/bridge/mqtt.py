@@ -162,6 +162,10 @@ class MqttConnection:
             with contextlib.suppress(Exception):
                 self._client.disconnect()
                 self._drop_socket()
+            # From here paho must not call back into a loop that may be closing.
+            client = self._client
+            client.on_socket_open = client.on_socket_close = None
+            client.on_socket_register_write = client.on_socket_unregister_write = None
 
     async def _connect_once(self) -> bool:
         self._lost = self._loop.create_future()
@@ -273,18 +277,23 @@ class MqttConnection:
         except Exception:
             log.exception("ack handler failed")
 
+    def _in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` on the loop: paho calls some of these from the connect thread."""
+        if self._loop.is_closed():
+            return  # paho's destructor, after the loop is gone
+        self._loop.call_soon_threadsafe(fn, *args)
+
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        # Called from the executor thread during connect: hand over to the loop.
-        self._loop.call_soon_threadsafe(self._loop.add_reader, sock, self._read)
+        self._in_loop(self._loop.add_reader, sock, self._read)
 
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
-        self._loop.call_soon_threadsafe(self._remove_fd, sock)
+        self._in_loop(self._remove_fd, sock)
 
     def _on_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        self._loop.call_soon_threadsafe(self._loop.add_writer, sock, self._write)
+        self._in_loop(self._loop.add_writer, sock, self._write)
 
     def _on_unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        self._loop.call_soon_threadsafe(self._remove_writer, sock)
+        self._in_loop(self._remove_writer, sock)
 
     def _remove_fd(self, sock: Any) -> None:
         with contextlib.suppress(Exception):

@@ -1,0 +1,381 @@
+"""Puts every device on the fabric: events via the spool, statuses, requests, responses, stats.
+
+Data flows one way: device events -> spool (SQLite, batched) -> publishes with a window of
+unacknowledged QoS 1 messages -> broker; an event leaves the spool only on its PUBACK.
+Requests come in through the MQTT callback, each served by a short task, and answered on
+their reply topic. Nothing here blocks on a single message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway import __version__
+from gateway.app import Gateway, UnknownDevice
+from gateway.bridge.envelope import (
+    InvalidEnvelope,
+    RequestEnvelope,
+    event_body,
+    mark_replayed,
+    parse_request,
+    response_body,
+)
+from gateway.bridge.mqtt import BrokerSettings, Message, MqttConnection
+from gateway.bridge.spool import Spool, SpooledEvent
+from gateway.bridge.topics import Topics, valid_reply_topic
+from gateway.config import GatewayConfig, PortConfig
+from gateway.errors import InvalidRequest
+from gateway.session import DeviceEvent, StateChange, TelemetryEvent
+from gateway.transactions import Status
+
+log = logging.getLogger(__name__)
+
+WINDOW = 1000
+_BATCH = 1000
+_SHUTDOWN_ACK_S = 3.0
+
+
+class TokenBucket:
+    """``rate`` requests per second, bursts up to two seconds' worth."""
+
+    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, 2 * rate)
+        self.tokens = self.capacity
+        self._clock = clock
+        self._last = clock()
+
+    def take(self) -> bool:
+        """True if a request may go now."""
+        now = self._clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def allowed(port: PortConfig, action: str, key: Any) -> bool:
+    """Does the port's ``allow`` list permit ``action`` (on ``key``)?
+
+    Entries are action names (``read``, ``write``, ``raw``, ``ping``, profile commands) or
+    ``action:key`` to allow one key only (``write:interval_ms``).
+    """
+    if action in port.allow:
+        return True
+    return key is not None and f"{action}:{key}" in port.allow
+
+
+class Bridge:
+    """``async with Bridge(gateway, config):`` around ``async with gateway:``."""
+
+    def __init__(self, gateway: Gateway, config: GatewayConfig,
+                 settings: BrokerSettings | None = None) -> None:
+        assert config.broker is not None or settings is not None
+        broker = config.broker
+        self.gateway = gateway
+        self.config = config
+        self.settings = settings or BrokerSettings(
+            url=broker.url, protocol=broker.protocol, client_id=broker.client_id,
+            username=broker.username, password=broker.password, ca_file=broker.ca_file,
+            cert_file=broker.cert_file, key_file=broker.key_file,
+            tls_insecure=broker.tls_insecure)
+        self.topics = Topics(config.topic_prefix, config.gateway_id)
+        self.subscription = gateway.subscribe()  # before the gateway starts: nothing missed
+        self.spool = Spool(config.state_dir / "spool.db", max_messages=config.queue.max_messages,
+                           max_bytes=config.queue.max_bytes)
+        self.started_at = time.time()
+        self.published = 0
+        self.invalid_requests = 0
+        self.requests = 0
+        self._ports = {p.name: p for p in config.ports}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._statuses: dict[str, bytes] = {}
+        self._in_flight: dict[int, SpooledEvent] = {}
+        self._acked: list[SpooledEvent] = []
+        self._last_sent = 0
+        self._wake = asyncio.Event()
+        self._request_tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+        self._last_rx: dict[str, tuple[float, int]] = {}
+        online = json.dumps({"state": "online", "version": __version__,
+                             "started_at": self.started_at}).encode()
+        self._online = online
+        self.mqtt = MqttConnection(
+            self.settings,
+            will=(self.topics.status, b'{"state":"offline"}'),
+            on_connect=self._on_connect,
+            on_message=self._on_message,
+            on_ack=self._on_ack,
+        )
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._final_acks: set[int] = set()
+        self._final_done = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def __aenter__(self) -> Bridge:
+        for coro, name in ((self.mqtt.run(), "mqtt"), (self._collect(), "collect"),
+                           (self._publish_loop(), "publish"), (self._stats_loop(), "stats")):
+            self._tasks.append(asyncio.create_task(coro, name=f"bridge-{name}"))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # The gateway has stopped: its devices' last state changes are in the subscription.
+        self._drain_subscription()
+        if self.mqtt.connected:
+            waits = [self.mqtt.publish(self.topics.device_status(dev), body, retain=True)
+                     for dev, body in self._statuses.items()]
+            waits.append(self.mqtt.publish(self.topics.status, b'{"state":"offline"}',
+                                           retain=True))
+            self._final_done.clear()
+            self._final_acks = {mid for mid in waits if mid is not None}
+            if self._final_acks:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_SHUTDOWN_ACK_S):
+                        await self._final_done.wait()
+            await self.mqtt.disconnect()
+        for task in [*self._tasks, *self._request_tasks]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._request_tasks, return_exceptions=True)
+        self._flush_acks()
+        self.spool.close()
+
+
+    # ------------------------------------------------------------------ events in
+
+    async def _collect(self) -> None:
+        queue = self.subscription.queue
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < _BATCH:
+                try:
+                    batch.append(queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            self._take(batch)
+            self.gateway._consumed()
+
+    def _drain_subscription(self) -> None:
+        batch: list[DeviceEvent] = []
+        while True:
+            try:
+                batch.append(self.subscription.queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        self._take(batch)
+
+    def _take(self, batch: list[DeviceEvent]) -> None:
+        rows = []
+        gw = self.config.gateway_id
+        for event in batch:
+            if isinstance(event, TelemetryEvent):
+                seq = self.spool.next_seq(event.device_id)
+                body = event_body(f"{gw}/{event.device_id}", event.name, event.fields,
+                                  event.received_at, seq)
+                rows.append((self.topics.device_event(event.device_id, event.name), body,
+                             event.device_id, seq))
+            elif isinstance(event, StateChange):
+                status = {"state": event.state, "reason": event.reason, "since": event.since,
+                          **event.facts}
+                if event.state == "connecting":
+                    continue
+                body = json.dumps(status, default=str).encode()
+                self._statuses[event.device_id] = body
+                self.mqtt.publish(self.topics.device_status(event.device_id), body, retain=True)
+        if rows:
+            self.spool.append(rows, replayed=not self.mqtt.connected)
+            self._wake.set()
+
+    # ------------------------------------------------------------------ events out
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._publish_some()
+
+    def _publish_some(self) -> None:
+        mqtt = self.mqtt
+        while mqtt.connected and len(self._in_flight) < WINDOW:
+            rows = self.spool.peek(self._last_sent, WINDOW - len(self._in_flight))
+            if not rows:
+                return
+            for row in rows:
+                body = mark_replayed(row.body) if row.replayed else row.body
+                mid = mqtt.publish(row.topic, body)
+                if mid is None:
+                    return
+                self._in_flight[mid] = row
+                self._last_sent = row.id
+
+    def _on_ack(self, mid: int) -> None:
+        row = self._in_flight.pop(mid, None)
+        if row is None:
+            if mid in self._final_acks:
+                self._final_acks.discard(mid)
+                if not self._final_acks:
+                    self._final_done.set()
+            return
+        if not self._acked:
+            self._loop.call_soon(self._flush_acks)
+        self._acked.append(row)
+
+    def _flush_acks(self) -> None:
+        acked, self._acked = self._acked, []
+        if acked:
+            self.spool.remove(acked)
+            self.published += len(acked)
+            self._wake.set()
+
+    def _on_connect(self) -> None:
+        # Whatever was in flight on the old connection is sent again (QoS 1: at least once).
+        self._flush_acks()
+        self._in_flight.clear()
+        self._last_sent = 0
+        mqtt = self.mqtt
+        mqtt.publish(self.topics.status, self._online, retain=True)
+        for device_id, body in self._statuses.items():
+            mqtt.publish(self.topics.device_status(device_id), body, retain=True)
+        mqtt.subscribe([self.topics.device_requests_filter, self.topics.gateway_requests])
+        self._wake.set()
+
+    # ------------------------------------------------------------------ requests
+
+    def _on_message(self, message: Message) -> None:
+        task = self._loop.create_task(self._serve(message))
+        self._request_tasks.add(task)
+        task.add_done_callback(self._request_tasks.discard)
+
+    async def _serve(self, message: Message) -> None:
+        started = self._loop.time()
+        self.requests += 1
+        device_id = self.topics.device_of_request_topic(message.topic)
+        request = RequestEnvelope()
+        try:
+            request = parse_request(message.payload, max_bytes=self.config.max_request_bytes)
+        except InvalidEnvelope as exc:
+            self.invalid_requests += 1
+            log.info("invalid request on %s: %s", message.topic, exc.message)
+            self._respond(message, exc.reply or request, "invalid", started,
+                          error=("invalid", exc.message))
+            return
+        if message.topic == self.topics.gateway_requests:
+            await self._serve_gateway(message, request, started)
+            return
+        try:
+            session = self.gateway.device(device_id or "")
+        except UnknownDevice as exc:
+            self._respond(message, request, "unknown_device", started,
+                          error=("unknown_device", str(exc)))
+            return
+        port = self._ports.get(device_id) or next(
+            (p for p in self._ports.values() if device_id.startswith(f"{p.name}-")), None)
+        key = request.payload.get("key") if isinstance(request.payload, dict) else None
+        if port is None or not allowed(port, request.action, key):
+            on_key = f" on key {key!r}" if key is not None else ""
+            allow = ", ".join(port.allow) if port else "-"
+            self._respond(message, request, "forbidden", started, error=(
+                "forbidden", f"action {request.action!r}{on_key} is not allowed on "
+                f"{device_id}; allowed: {allow}"))
+            return
+        bucket = self._buckets.get(device_id)
+        if bucket is None:
+            bucket = self._buckets[device_id] = TokenBucket(port.rate_limit, self._loop.time)
+        if not bucket.take():
+            self._respond(message, request, "busy", started, error=(
+                "busy", f"rate limit of {port.rate_limit:g} requests/s for {device_id} exceeded"))
+            return
+        try:
+            outcome = await session.request(request.action, request.payload,
+                                            priority=request.priority, ttl=request.ttl,
+                                            timeout=request.timeout)
+        except InvalidRequest as exc:
+            self.invalid_requests += 1
+            self._respond(message, request, "invalid", started, error=("invalid", str(exc)))
+            return
+        if outcome.status is Status.OK:
+            payload = outcome.value if isinstance(outcome.value, dict) else {
+                "key": key, "value": outcome.value}
+            if request.action == "read":
+                spec = session.profile.key(key)
+                payload = {"key": spec.name, "value": outcome.value}
+                if spec.field.unit:
+                    payload["unit"] = spec.field.unit
+            self._respond(message, request, "ok", started, payload=payload)
+            return
+        code: Any = outcome.nack_code if outcome.status is Status.NACK else str(outcome.status)
+        text = {
+            Status.NACK: f"the device refused: NACK code {outcome.nack_code}",
+            Status.TIMEOUT: f"no answer after {outcome.tries} tries",
+            Status.EXPIRED: f"waited longer than its ttl of {request.ttl:g} s",
+            Status.OFFLINE: f"{device_id} is offline",
+            Status.BUSY: f"{device_id}'s request queue is full",
+            Status.CIRCUIT_OPEN: f"{device_id} failed repeatedly; requests fail fast for a while",
+        }.get(outcome.status, str(outcome.status))
+        self._respond(message, request, str(outcome.status), started, error=(code, text))
+
+    async def _serve_gateway(self, message: Message, request: RequestEnvelope,
+                             started: float) -> None:
+        if request.action == "list_devices":
+            devices = {name: {"state": str(s.state), **s.facts}
+                       for name, s in self.gateway.devices.items()}
+            self._respond(message, request, "ok", started, payload={"devices": devices})
+        else:
+            self._respond(message, request, "invalid", started, error=(
+                "invalid", f"unknown gateway action {request.action!r}; known: list_devices"))
+
+    def _respond(self, message: Message, request: RequestEnvelope, status: str, started: float,
+                 *, payload: dict[str, Any] | None = None,
+                 error: tuple[Any, str] | None = None) -> None:
+        reply_to, correlation = request.reply_to, None
+        if message.response_topic and valid_reply_topic(message.response_topic):
+            reply_to, correlation = message.response_topic, message.correlation_data
+        if reply_to is None:
+            return  # carried out and counted; nobody asked for an answer
+        body = response_body(request, f"{self.config.gateway_id}", status, payload=payload,
+                             error=error, latency_ms=(self._loop.time() - started) * 1000)
+        self.mqtt.publish(reply_to, body, correlation_data=correlation)
+
+    # ------------------------------------------------------------------ stats
+
+    def stats(self) -> dict[str, Any]:
+        """The ``{p}/{gw}/stats`` body."""
+        now = self._loop.time()
+        devices = {}
+        for name, session in self.gateway.devices.items():
+            counters = session.counters()
+            last = self._last_rx.get(name)
+            rx = counters["rx_frames"]
+            rate = (rx - last[1]) / (now - last[0]) if last and now > last[0] else 0.0
+            self._last_rx[name] = (now, rx)
+            devices[name] = {key: counters[key] for key in (
+                "state", "rx_frames", "tx_frames", "rx_bytes", "checksum_errors",
+                "discarded_bytes", "timeouts", "retries", "queue_depth", "last_seen")}
+            devices[name]["rx_fps"] = round(rate, 1)
+        return {
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "devices": devices,
+            "mqtt": {
+                "connected": self.mqtt.connected,
+                "published": self.published,
+                "spooled": self.spool.count,
+                "dropped": self.spool.dropped,
+                "reconnects": self.mqtt.reconnects,
+                "requests": self.requests,
+                "invalid_requests": self.invalid_requests,
+            },
+        }
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.stats_interval_s)
+            self.mqtt.publish(self.topics.stats, json.dumps(self.stats()).encode(), qos=0,
+                              retain=True)

@@ -1,0 +1,100 @@
+"""A real Mosquitto per test (on a free port) and a small synchronous MQTT client for tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Mosquitto:
+    """A mosquitto process on 127.0.0.1:port; ``stop``/``start`` for outages."""
+
+    def __init__(self, directory: Path, port: int | None = None, extra: str = "") -> None:
+        self.port = port or free_port()
+        self.conf = directory / f"mosquitto-{self.port}.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                             f"persistence false\n{extra}")
+        self.log = directory / f"mosquitto-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)],
+                                     stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=0.2):
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"mosquitto did not start: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+class Client:
+    """paho in its own thread; collects every message it sees."""
+
+    def __init__(self, port: int, *, protocol: int = 5, client_id: str = "") -> None:
+        self.protocol = protocol
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=paho.MQTTv5 if protocol == 5 else paho.MQTTv311)
+        self.messages: list[paho.MQTTMessage] = []
+        self.lock = threading.Lock()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self.lock:
+            self.messages.append(message)
+
+    def subscribe(self, topic: str) -> None:
+        done = threading.Event()
+        self.client.on_subscribe = lambda *args: done.set()
+        self.client.subscribe(topic, qos=1)
+        assert done.wait(5), "no SUBACK"
+
+    def publish(self, topic: str, body: bytes | str, *, response_topic: str | None = None,
+                correlation: bytes | None = None) -> None:
+        properties = None
+        if response_topic is not None:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.ResponseTopic = response_topic
+            if correlation is not None:
+                properties.CorrelationData = correlation
+        self.client.publish(topic, body, qos=1, properties=properties).wait_for_publish(5)
+
+    def on(self, topic_prefix: str) -> list[paho.MQTTMessage]:
+        with self.lock:
+            return [m for m in self.messages if m.topic.startswith(topic_prefix)]
+
+    def json_on(self, topic_prefix: str) -> list[dict]:
+        return [json.loads(m.payload) for m in self.on(topic_prefix)]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

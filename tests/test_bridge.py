@@ -1,0 +1,222 @@
+"""The MQTT bridge end to end: simulated devices on ptys -> gateway -> a real Mosquitto."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from firmware_sim import Faults, Fleet, FleetSpec
+from gateway.app import Gateway
+from gateway.bridge.bridge import Bridge
+from gateway.config import parse_config
+from tests.harness import wait_for
+from tests.mqtt_helpers import Client, Mosquitto
+
+P = "mcp/v1/test-gw"
+
+
+@pytest.fixture
+def broker(tmp_path):
+    mosquitto = Mosquitto(tmp_path)
+    mosquitto.start()
+    yield mosquitto
+    mosquitto.stop()
+
+
+def config_for(tmp_path: Path, broker: Mosquitto, names: list[str], links: Path, **extra):
+    ports = extra.pop("ports", {})
+    return parse_config({
+        "gateway_id": "test-gw",
+        "state_dir": str(tmp_path / "state"),
+        "stats_interval_s": 0.5,
+        "broker": {"url": broker.url, **extra.pop("broker", {})},
+        **extra,
+        "ports": [{"name": n, "path": str(links / n), "request_timeout_s": 0.3, "retries": 1,
+                   **ports} for n in names],
+    })
+
+
+@contextlib.asynccontextmanager
+async def stack(tmp_path, broker, spec=None, **extra):
+    links = tmp_path / "links"
+    spec = replace(spec or FleetSpec(count=2, interval_ms=100), link_dir=links)
+    async with Fleet(spec) as fleet:
+        config = config_for(tmp_path, broker, [d.name for d in fleet.devices], links, **extra)
+        gateway = Gateway(config)
+        async with Bridge(gateway, config) as bridge, gateway:
+            yield fleet, gateway, bridge
+
+
+@pytest.fixture
+def client(broker):
+    c = Client(broker.port)
+    c.subscribe(f"{P}/#")
+    c.subscribe("replies/#")
+    yield c
+    c.close()
+
+
+async def test_statuses_and_events_reach_the_broker_in_order(tmp_path, broker, client):
+    async with stack(tmp_path, broker) as (_fleet, _gateway, _bridge):
+        await wait_for(lambda: any(s.get("state") == "online"
+                                   for s in client.json_on(f"{P}/status")), what="gw online")
+        for name in ("sim-0", "sim-1"):
+            await wait_for(lambda n=name: any(
+                s["state"] == "online" and s.get("node_id")
+                for s in client.json_on(f"{P}/devices/{n}/status")), what=f"{name} online")
+        await wait_for(lambda: len(client.on(f"{P}/devices/sim-1/events/status")) >= 10,
+                       what="events")
+        for name in ("sim-0", "sim-1"):
+            events = client.json_on(f"{P}/devices/{name}/events/status")
+            seqs = [e["seq"] for e in events]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+            first = events[0]
+            assert first["message_type"] == "event"
+            assert first["source"] == f"test-gw/{name}"
+            assert set(first["payload"]) == {"temperature_c", "humidity_pct", "battery_mv",
+                                             "uptime_s"}
+        await wait_for(lambda: client.json_on(f"{P}/stats"), what="stats")
+        stats = client.json_on(f"{P}/stats")[-1]
+        assert stats["devices"]["sim-0"]["rx_frames"] > 0
+        assert stats["mqtt"]["connected"] is True
+    # clean shutdown: every device and then the gateway offline, retained
+    later = Client(broker.port)
+    later.subscribe(f"{P}/#")
+    await wait_for(lambda: any(m.retain for m in later.on(f"{P}/status")), what="retained")
+    assert later.json_on(f"{P}/status")[-1]["state"] == "offline"
+    assert later.json_on(f"{P}/devices/sim-0/status")[-1]["reason"] == "gateway_stopped"
+    later.close()
+
+
+async def request(client, topic, body, *, v5=True, correlation=b"\x00\xffcorr"):
+    before = len(client.on("replies/"))
+    if isinstance(body, bytes):
+        client.publish(topic, body, response_topic="replies/a", correlation=correlation)
+    elif v5:
+        client.publish(topic, json.dumps(body), response_topic="replies/a", correlation=correlation)
+    else:
+        client.publish(topic, json.dumps({**body, "reply_to": "replies/b",
+                                          "correlation_id": "c-31"}))
+    await wait_for(lambda: len(client.on("replies/")) > before, what="a response")
+    message = client.on("replies/")[before]
+    return message, json.loads(message.payload)
+
+
+async def test_requests_over_mqtt5_and_the_311_envelope(tmp_path, broker, client):
+    ports = {"allow": ["read", "ping", "write:name"]}
+    async with stack(tmp_path, broker, ports=ports) as (fleet, gateway, _bridge):
+        await wait_for(lambda: all(s.node_id for s in gateway.devices.values()), what="online")
+        topic = f"{P}/devices/sim-0/requests"
+        message, response = await request(client, topic, {"action": "read",
+                                                          "payload": {"key": "interval_ms"}})
+        assert response["status"] == "ok"
+        assert response["payload"] == {"key": "interval_ms", "value": 100, "unit": "ms"}
+        assert message.properties.CorrelationData == b"\x00\xffcorr"
+        assert response["latency_ms"] > 0
+
+        _, response = await request(client, topic, {"action": "write",
+                                                    "payload": {"key": "name", "value": "x1"}},
+                                    v5=False)
+        assert response["status"] == "ok"
+        assert response["correlation_id"] == "c-31"
+        assert fleet.devices[0].settings[2] == "x1"
+
+        _, response = await request(client, topic, {"action": "write",
+                                                    "payload": {"key": "interval_ms", "value": 5}})
+        assert response["status"] == "forbidden"
+        _, response = await request(client, topic, {"action": "raw", "payload": {"cmd_id": 48}})
+        assert response["status"] == "forbidden"
+        _, response = await request(client, topic, {"action": "read", "payload": {"key": "x"}})
+        assert response["status"] == "invalid"
+        assert "no key 'x'" in response["error"]["message"]
+        _, response = await request(client, topic, b"{not json")
+        assert response["status"] == "invalid"
+        assert "not JSON" in response["error"]["message"]
+        _, response = await request(client, f"{P}/devices/nope/requests",
+                                    {"action": "ping"})
+        assert response["status"] == "unknown_device"
+        fleet.devices[1].faults = Faults(drop_rate=1.0)
+        _, response = await request(client, f"{P}/devices/sim-1/requests", {"action": "ping"})
+        assert response["status"] == "timeout"
+        await fleet.devices[1].unplug()
+        await wait_for(lambda: str(gateway.device("sim-1").state) == "offline", what="offline")
+        _, response = await request(client, f"{P}/devices/sim-1/requests", {"action": "ping"})
+        assert response["status"] == "offline"
+        _, response = await request(client, f"{P}/requests", {"action": "list_devices"})
+        assert set(response["payload"]["devices"]) == {"sim-0", "sim-1"}
+
+
+async def test_a_broker_outage_loses_no_event(tmp_path, broker):
+    subscriber = Client(broker.port, client_id="sub-outage")
+    subscriber.client.on_connect = lambda c, *a: c.subscribe(f"{P}/devices/+/events/#", qos=1)
+    subscriber.subscribe(f"{P}/devices/+/events/#")
+    async with stack(tmp_path, broker) as (fleet, gateway, bridge):
+        await wait_for(lambda: len(subscriber.on(f"{P}/devices/sim-0/")) >= 5, what="events")
+        broker.stop()
+        await wait_for(lambda: not bridge.mqtt.connected, what="the bridge to notice")
+        await wait_for(lambda: bridge.spool.count >= 20, what="events to queue up")
+        broker.start()
+        await wait_for(lambda: bridge.mqtt.connected, timeout=15, what="reconnect")
+        await wait_for(subscriber.client.is_connected, timeout=15, what="subscriber")
+        sent_during = {d.name: d.counters.status_sent for d in fleet.devices}
+        await wait_for(lambda: bridge.spool.count == 0, timeout=15, what="the queue to drain")
+        await wait_for(lambda: all(
+            max((e["seq"] for e in subscriber.json_on(f"{P}/devices/{n}/")), default=0)
+            >= gateway.device(n).counters()["rx_frames"] - 50 for n in sent_during),
+            what="the subscriber to catch up")
+    for name in ("sim-0", "sim-1"):
+        seqs = sorted({e["seq"] for e in subscriber.json_on(f"{P}/devices/{name}/")})
+        assert seqs == list(range(seqs[0], seqs[-1] + 1)), "a gap in the event seqs"
+        assert any(e.get("replayed") for e in subscriber.json_on(f"{P}/devices/{name}/"))
+    subscriber.close()
+
+
+async def test_a_tiny_queue_drops_the_oldest_and_counts_them(tmp_path, broker):
+    spec = FleetSpec(count=1, interval_ms=20)
+    async with stack(tmp_path, broker, spec=spec, queue={"max_messages": 5}) as (
+            _fleet, _gateway, bridge):
+        await wait_for(lambda: bridge.mqtt.connected, what="connected")
+        broker.stop()
+        await wait_for(lambda: bridge.spool.dropped >= 10, what="drops")
+        assert bridge.spool.count <= 5
+        assert bridge.stats()["mqtt"]["dropped"] == bridge.spool.dropped
+        broker.start()
+
+
+def test_the_last_will_says_offline_when_the_gateway_dies(tmp_path, broker):
+    links = tmp_path / "links"
+    sim = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mcp-sim"), "--pty",
+                            "--link-dir", str(links)], stdout=subprocess.PIPE, text=True)
+    try:
+        sim.stdout.readline()
+        config = tmp_path / "gw.toml"
+        config.write_text(f'gateway_id = "test-gw"\nstate_dir = "{tmp_path / "state"}"\n'
+                          f'[broker]\nurl = "{broker.url}"\n'
+                          f'[[ports]]\nname = "a"\npath = "{links}/sim-0"\n')
+        gw = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mcp-gateway"),
+                               "run", "--config", str(config)], stderr=subprocess.DEVNULL)
+        watcher = Client(broker.port)
+        watcher.subscribe(f"{P}/status")
+        deadline = time.monotonic() + 15
+        while not any(json.loads(m.payload)["state"] == "online" for m in watcher.on(P)):
+            assert time.monotonic() < deadline, "gateway never came online"
+            time.sleep(0.05)
+        gw.send_signal(signal.SIGKILL)
+        gw.wait(10)
+        deadline = time.monotonic() + 60  # the broker notices after 1.5 keepalives at most
+        while json.loads(watcher.on(P)[-1].payload)["state"] != "offline":
+            assert time.monotonic() < deadline, "no last will"
+            time.sleep(0.05)
+        watcher.close()
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(10)
