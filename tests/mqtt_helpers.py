@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import socket
 import subprocess
@@ -28,8 +29,9 @@ class Mosquitto:
     def __init__(self, directory: Path, port: int | None = None, extra: str = "") -> None:
         self.port = port or free_port()
         self.conf = directory / f"mosquitto-{self.port}.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                             f"persistence false\n{extra}")
+        # As root mosquitto would switch to its own user, which cannot read pytest's tmp dirs.
+        self.conf.write_text(f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\n"
+                             f"allow_anonymous true\npersistence false\n{extra}")
         self.log = directory / f"mosquitto-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -98,3 +100,23 @@ class Client:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def make_certificates(directory: Path, host: str = "localhost") -> dict[str, Path]:
+    """A test CA and a server certificate for ``host`` (DNS name only), made with openssl."""
+    paths = {name: directory / f"{name}.pem" for name in ("ca", "ca-key", "server",
+                                                           "server-key", "server-csr")}
+    ext = directory / "san.ext"
+    ext.write_text(f"subjectAltName=DNS:{host}\n")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", str(paths["ca-key"]), "-out", str(paths["ca"]))
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={host}",
+        "-keyout", str(paths["server-key"]), "-out", str(paths["server-csr"]))
+    run("x509", "-req", "-in", str(paths["server-csr"]), "-CA", str(paths["ca"]),
+        "-CAkey", str(paths["ca-key"]), "-CAcreateserial", "-days", "2",
+        "-extfile", str(ext), "-out", str(paths["server"]))
+    return paths

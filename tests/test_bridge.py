@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,9 +18,10 @@ import pytest
 from firmware_sim import Faults, Fleet, FleetSpec
 from gateway.app import Gateway
 from gateway.bridge.bridge import Bridge
+from gateway.bridge.mqtt import BrokerSettings, MqttConnection
 from gateway.config import parse_config
 from tests.harness import wait_for
-from tests.mqtt_helpers import Client, Mosquitto
+from tests.mqtt_helpers import Client, Mosquitto, free_port, make_certificates
 
 P = "mcp/v1/test-gw"
 
@@ -220,3 +222,30 @@ def test_the_last_will_says_offline_when_the_gateway_dies(tmp_path, broker):
     finally:
         sim.send_signal(signal.SIGTERM)
         sim.wait(10)
+
+
+async def test_tls_with_verification_and_a_wrong_host_name_refused(tmp_path):
+    certs = make_certificates(tmp_path)
+    port = free_port()
+    tls = Mosquitto(tmp_path, port=port, extra=(
+        f"cafile {certs['ca']}\ncertfile {certs['server']}\nkeyfile {certs['server-key']}\n"))
+    tls.start()
+    try:
+        good = BrokerSettings(url=f"mqtts://localhost:{port}", ca_file=str(certs["ca"]),
+                              client_id="tls-good")
+        conn = MqttConnection(good)
+        task = asyncio.create_task(conn.run())
+        await wait_for(lambda: conn.connected, what="a verified TLS connection")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+        wrong = replace(good, url=f"mqtts://127.0.0.1:{port}", client_id="tls-wrong")
+        conn = MqttConnection(wrong)
+        task = asyncio.create_task(conn.run())
+        await wait_for(lambda: conn.last_error, what="a refusal")
+        assert not conn.connected
+        assert "certificate" in conn.last_error.lower() or "match" in conn.last_error.lower()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        tls.stop()
