@@ -8,10 +8,12 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from firmware_sim import cli as sim_cli
 from firmware_sim.device import Faults
@@ -19,6 +21,8 @@ from firmware_sim.fleet import Fleet, FleetSpec
 from gateway import __version__
 from gateway.app import Gateway
 from gateway.bridge.bridge import Bridge
+from gateway.bridge.embedded import EmbeddedBroker
+from gateway.bridge.mqtt import BrokerSettings, Message, MqttConnection
 from gateway.config import load_config, parse_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.frames import ProfileRegistry
@@ -57,6 +61,8 @@ async def _run(args: argparse.Namespace) -> int:
 
     events = asyncio.create_task(log_events(), name="log-events")
     async with contextlib.AsyncExitStack() as stack:
+        if config.broker is not None and config.broker.embedded:
+            await stack.enter_async_context(EmbeddedBroker(config.broker.url))
         if config.broker is not None:
             # The bridge outlives the gateway: devices go offline on the fabric first.
             await stack.enter_async_context(Bridge(gateway, config))
@@ -84,53 +90,60 @@ async def _monitor(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _event_json(event: DeviceEvent) -> str:
-    if isinstance(event, StateChange):
-        record = {"t": round(event.since, 3), "device": event.device_id, "state": event.state,
-                  "reason": event.reason, "facts": event.facts}
-    else:
-        record = {"t": round(event.received_at, 3), "device": event.device_id,
-                  "event": event.name, "fields": event.fields}
-    return json.dumps(record, ensure_ascii=False, default=str)
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 async def _demo(args: argparse.Namespace) -> int:
     noisy = Faults(garbage_rate=0.05, garbage_max=8, corrupt_rate=0.02)
+    url = f"mqtt://127.0.0.1:{args.port or _free_port()}"
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mcp-demo-") as tmp:
         links = Path(tmp) / "dev"
         spec = FleetSpec(count=args.count, first_device_faults=noisy,
                          interval_ms=args.interval_ms, link_dir=links)
-        async with Fleet(spec) as fleet:
-            config = parse_config({
-                "gateway_id": "demo",
-                "state_dir": str(Path(tmp) / "state"),
-                "ports": [{"name": d.name, "path": str(links / d.name), "heartbeat_s": 2}
-                          for d in fleet.devices],
-            })
+        config = parse_config({
+            "gateway_id": "demo",
+            "state_dir": str(Path(tmp) / "state"),
+            "stats_interval_s": 2.0,
+            "broker": {"url": url, "embedded": True},
+            "ports": [{"name": f"sim-{i}", "path": str(links / f"sim-{i}"), "heartbeat_s": 2,
+                       "allow": ["read", "ping", "write"]} for i in range(args.count)],
+        })
+        print(json.dumps({"demo": {"broker": url, "topics": f"{config.topic_prefix}/demo/#"}}),
+              flush=True)
+
+        def show(message: Message) -> None:
+            try:
+                body: Any = json.loads(message.payload)
+            except ValueError:
+                body = message.payload.decode("utf-8", "replace")
+            print(json.dumps({"topic": message.topic, "payload": body}, ensure_ascii=False),
+                  flush=True)
+
+        async with EmbeddedBroker(url), Fleet(spec) as fleet:
+            watcher = MqttConnection(BrokerSettings(url=url, protocol=3,
+                                                    client_id="mcp-demo-watch"),
+                                     on_message=show)
+            watcher.on_connect = lambda: watcher.subscribe([f"{config.topic_prefix}/#"])
+            watching = asyncio.create_task(watcher.run())
             gateway = Gateway(config)
-            subscription = gateway.subscribe()
-
-            async def print_events() -> None:
-                async for event in subscription:
-                    print(_event_json(event), flush=True)
-
-            printer = asyncio.create_task(print_events())
-            async with gateway:
+            async with Bridge(gateway, config), gateway:
                 await _until_stopped(args.duration)
-            printer.cancel()
-            await asyncio.gather(printer, return_exceptions=True)
-            while not subscription.queue.empty():
-                print(_event_json(subscription.get_nowait()), flush=True)
+            # The bridge has published every device and the gateway offline: let them show.
+            await asyncio.sleep(0.3)
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
             for device in fleet.devices:
-                session = gateway.device(device.name)
                 stats = {
                     "device": device.name,
                     "seconds": round(time.monotonic() - started, 1),
                     "frames_sent_by_device": device.counters.frames_sent,
                     "garbage_bytes_sent": device.counters.garbage_bytes_sent,
                     "corrupted_frames_sent": device.counters.corrupted_frames,
-                    **session.counters(),
+                    **gateway.device(device.name).counters(),
                 }
                 print(json.dumps({"stats": stats}), flush=True)
     return EXIT_OK
@@ -158,17 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="simulated devices on ptys run through the gateway, events as JSON lines",
-        description="Start simulated env-sensor devices on pseudo-terminals (the first with "
-        "light line noise) and the gateway's device sessions on them; print every state "
-        "change and event as a JSON line, and a stats line per device at the end. Runs until "
-        "Ctrl-C.",
+        help="embedded broker + simulated devices + gateway; the fabric printed as JSON lines",
+        description="Start an embedded MQTT broker, simulated env-sensor devices on "
+        "pseudo-terminals (the first with light line noise) and the gateway with its MQTT "
+        "bridge; print every message on the fabric as a JSON line, and a stats line per "
+        "device at the end. Runs until Ctrl-C.",
     )
     demo.add_argument("--headless", action="store_true",
                       help="print events instead of a dashboard (the only mode so far)")
     demo.add_argument("--count", type=int, default=3, help="simulated devices (default 3)")
     demo.add_argument("--interval-ms", type=int, default=1000, help="STATUS period")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--port", type=int, help="embedded broker port (default: a free one)")
 
     monitor = sub.add_parser(
         "monitor",

@@ -300,10 +300,15 @@ def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerConfig | None:
     if not isinstance(url, str) or not re.fullmatch(r"mqtts?://[^/:\s]+(:\d{1,5})?/?", url):
         errors.add("broker.url", url, "is not a broker URL; expected mqtt://host[:port] or "
                    "mqtts://host[:port]")
-    protocol = raw.get("protocol", defaults.protocol)
+    embedded = raw.get("embedded", False)
+    # The embedded broker (amqtt) speaks MQTT 3.1.1 only.
+    protocol = raw.get("protocol", 3 if embedded is True else defaults.protocol)
     if protocol not in (3, 5) or isinstance(protocol, bool):
         errors.add("broker.protocol", protocol, "is not an MQTT version; expected 5 or 3 "
                    "(MQTT 3.1.1)")
+    elif protocol == 5 and embedded is True:
+        errors.add("broker.protocol", protocol, "cannot be used with embedded = true: the "
+                   "embedded broker speaks MQTT 3.1.1 only (protocol = 3)")
     flags = {}
     for key in ("embedded", "tls_insecure"):
         flags[key] = raw.get(key, False)

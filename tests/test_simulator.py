@@ -300,25 +300,29 @@ def test_mcp_sim_unplug_knob_replugs_under_a_new_path(tmp_path):
         proc.wait()
 
 
-def test_demo_runs_devices_through_the_gateway_and_prints_events_and_stats():
+def test_demo_runs_broker_devices_and_gateway_and_prints_the_fabric():
     proc = subprocess.run(  # noqa: PLW1510 - the exit code is the assertion
-        [sys.executable, "-m", "gateway.cli", "demo", "--headless", "--duration", "3",
+        [sys.executable, "-m", "gateway.cli", "demo", "--headless", "--duration", "4",
          "--interval-ms", "200"],
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
-    events = [r for r in records if r.get("event") == "status"]
+    assert records[0]["demo"]["broker"].startswith("mqtt://127.0.0.1:")
+    events = [r for r in records if r.get("topic", "").endswith("/events/status")]
     assert len(events) >= 15
-    assert {"temperature_c", "humidity_pct", "battery_mv", "uptime_s"} == set(events[0]["fields"])
-    online = {r["device"]: r["facts"]["node_id"] for r in records
-              if r.get("state") == "online" and r.get("reason") == "registered"}
-    assert sorted(online.values()) == [1, 2, 3]
-    stopped = [r for r in records if r.get("reason") == "gateway_stopped"]
-    assert len(stopped) == 3
+    assert set(events[0]["payload"]["payload"]) == {"temperature_c", "humidity_pct",
+                                                    "battery_mv", "uptime_s"}
+    statuses = [r["payload"] for r in records if r.get("topic", "").endswith("/status")
+                and "/devices/" in r["topic"] and "/events/" not in r["topic"]]
+    assert sorted(s["node_id"] for s in statuses if s["reason"] == "registered") == [1, 2, 3]
+    assert sum(s["reason"] == "gateway_stopped" for s in statuses) == 3
+    gateway = [r["payload"] for r in records if r.get("topic") == "mcp/v1/demo/status"]
+    assert gateway[0]["state"] == "online"
+    assert gateway[-1]["state"] == "offline"
     stats = [r["stats"] for r in records if "stats" in r]
     assert [s["device"] for s in stats] == ["sim-0", "sim-1", "sim-2"]
-    assert all(s["rx_frames"] > 10 for s in stats)
+    assert "Traceback" not in proc.stderr
 
 
 def _console_script(name):

@@ -92,6 +92,7 @@ class MqttConnection:
         self.on_message = on_message
         self.on_ack = on_ack
         self.connected = False
+        self._closing = False
         self.reconnects = 0
         self.last_error = ""
         self._loop = asyncio.get_running_loop()
@@ -158,6 +159,7 @@ class MqttConnection:
                 await asyncio.sleep(delay * rng.uniform(0.8, 1.2))
                 delay = min(delay * 2, BACKOFF_MAX_S)
         finally:
+            self._closing = True
             self._stop_misc()
             with contextlib.suppress(Exception):
                 self._client.disconnect()
@@ -199,6 +201,7 @@ class MqttConnection:
 
     async def disconnect(self) -> None:
         """Say DISCONNECT (so the broker does not publish the will) after sending what is queued."""
+        self._closing = True
         if self.connected:
             self._client.disconnect()
 
@@ -252,7 +255,8 @@ class MqttConnection:
         if self._connected_future is not None and not self._connected_future.done():
             self._connected_future.set_result(False)
         if was:
-            log.warning("disconnected from %s: %s", self.settings.url, reason)
+            (log.info if self._closing else log.warning)(
+                "disconnected from %s: %s", self.settings.url, reason)
             try:
                 self.on_disconnect()
             except Exception:
