@@ -129,10 +129,8 @@ class Bridge:
 
     async def __aexit__(self, *exc_info: object) -> None:
         # The gateway has stopped: its devices' last state changes are in the subscription.
-        self._drain_subscription()
+        waits = self._drain_subscription()
         if self.mqtt.connected:
-            waits = [self.mqtt.publish(self.topics.device_status(dev), body, retain=True)
-                     for dev, body in self._statuses.items()]
             waits.append(self.mqtt.publish(self.topics.status, b'{"state":"offline"}',
                                            retain=True))
             self._final_done.clear()
@@ -163,17 +161,19 @@ class Bridge:
             self._take(batch)
             self.gateway._consumed()
 
-    def _drain_subscription(self) -> None:
+    def _drain_subscription(self) -> list[int | None]:
         batch: list[DeviceEvent] = []
         while True:
             try:
                 batch.append(self.subscription.queue.get_nowait())
             except asyncio.QueueEmpty:
                 break
-        self._take(batch)
+        return self._take(batch)
 
-    def _take(self, batch: list[DeviceEvent]) -> None:
+    def _take(self, batch: list[DeviceEvent]) -> list[int | None]:
+        """Spool the events, publish the state changes; returns the status publishes' mids."""
         rows = []
+        status_mids: list[int | None] = []
         gw = self.config.gateway_id
         for event in batch:
             if isinstance(event, TelemetryEvent):
@@ -189,10 +189,12 @@ class Bridge:
                     continue
                 body = json.dumps(status, default=str).encode()
                 self._statuses[event.device_id] = body
-                self.mqtt.publish(self.topics.device_status(event.device_id), body, retain=True)
+                status_mids.append(self.mqtt.publish(
+                    self.topics.device_status(event.device_id), body, retain=True))
         if rows:
             self.spool.append(rows, replayed=not self.mqtt.connected)
             self._wake.set()
+        return status_mids
 
     # ------------------------------------------------------------------ events out
 
