@@ -249,3 +249,21 @@ async def test_tls_with_verification_and_a_wrong_host_name_refused(tmp_path):
         await asyncio.gather(task, return_exceptions=True)
     finally:
         tls.stop()
+
+
+async def test_every_malformed_request_gets_its_own_invalid_over_mqtt(tmp_path, broker, client):
+    from tests.test_envelope import MALFORMED  # noqa: PLC0415 - the same table as the parser's
+
+    async with stack(tmp_path, broker, spec=FleetSpec(count=1, interval_ms=1000),
+                     max_request_bytes=65536) as (fleet, gateway, bridge):
+        await wait_for(lambda: bridge.mqtt.connected, what="connected")
+        topic = f"{P}/devices/sim-0/requests"
+        for raw, message in MALFORMED:
+            _, response = await request(client, topic, raw)
+            assert response["status"] == "invalid", raw[:40]
+            assert message in response["error"]["message"]
+        assert bridge.invalid_requests == len(MALFORMED)
+        # and the device was never disturbed
+        assert not any(f.cmd_id == 0x10 for f in fleet.devices[0].received)
+        _, response = await request(client, topic, {"action": "ping"})
+        assert response["status"] == "ok"
