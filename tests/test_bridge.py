@@ -255,7 +255,7 @@ async def test_every_malformed_request_gets_its_own_invalid_over_mqtt(tmp_path, 
     from tests.test_envelope import MALFORMED  # noqa: PLC0415 - the same table as the parser's
 
     async with stack(tmp_path, broker, spec=FleetSpec(count=1, interval_ms=1000),
-                     max_request_bytes=65536) as (fleet, gateway, bridge):
+                     max_request_bytes=65536) as (fleet, _gateway, bridge):
         await wait_for(lambda: bridge.mqtt.connected, what="connected")
         topic = f"{P}/devices/sim-0/requests"
         for raw, message in MALFORMED:
