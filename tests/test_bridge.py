@@ -267,3 +267,50 @@ async def test_every_malformed_request_gets_its_own_invalid_over_mqtt(tmp_path, 
         assert not any(f.cmd_id == 0x10 for f in fleet.devices[0].received)
         _, response = await request(client, topic, {"action": "ping"})
         assert response["status"] == "ok"
+
+
+def test_a_gateway_killed_during_an_outage_loses_nothing_it_had_queued(tmp_path, broker):
+    links = tmp_path / "links"
+    binaries = os.path.dirname(sys.executable)
+    sim = subprocess.Popen([os.path.join(binaries, "mcp-sim"), "--pty", "--link-dir", str(links),
+                            "--interval-ms", "50"], stdout=subprocess.PIPE, text=True)
+    subscriber = Client(broker.port, client_id="sub-kill")
+    subscriber.client.on_connect = lambda c, *a: c.subscribe(f"{P}/devices/+/events/#", qos=1)
+    subscriber.subscribe(f"{P}/devices/+/events/#")
+    config = tmp_path / "gw.toml"
+    config.write_text(f'gateway_id = "test-gw"\nstate_dir = "{tmp_path / "state"}"\n'
+                      f'[broker]\nurl = "{broker.url}"\n'
+                      f'[[ports]]\nname = "a"\npath = "{links}/sim-0"\n')
+    run = [os.path.join(binaries, "mcp-gateway"), "run", "--config", str(config)]
+
+    def wait(predicate, timeout=20.0, what="it"):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+            time.sleep(0.05)
+
+    def seqs():
+        return [json.loads(m.payload)["seq"] for m in subscriber.on(f"{P}/devices/a/")]
+
+    try:
+        sim.stdout.readline()
+        gw = subprocess.Popen(run, stderr=subprocess.DEVNULL)
+        wait(lambda: len(seqs()) >= 10, what="events before the outage")
+        broker.stop()
+        time.sleep(1.0)  # events pile up in the gateway's queue for a second
+        gw.send_signal(signal.SIGKILL)
+        gw.wait(10)
+        broker.start()
+        wait(subscriber.client.is_connected, what="the subscriber to reconnect")
+        gw = subprocess.Popen(run, stderr=subprocess.DEVNULL)
+        queued_max = max(seqs())
+        wait(lambda: len(seqs()) and max(seqs()) > queued_max + 20, what="events after restart")
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(10) == 0
+        got = sorted(set(seqs()))
+        assert got == list(range(got[0], got[-1] + 1)), "events were lost"
+        assert any(json.loads(m.payload).get("replayed") for m in subscriber.on(f"{P}/devices/a/"))
+    finally:
+        subscriber.close()
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(10)
