@@ -11,6 +11,7 @@ import asyncio
 import enum
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ from gateway.transactions import (
 log = logging.getLogger(__name__)
 
 SILENT_HEARTBEATS = 3
+TRACE_FRAMES = 64
 BUILTIN_ACTIONS = ("read", "write", "raw", "ping")
 
 
@@ -127,6 +129,8 @@ class DeviceSession:
         self.decode_errors = 0
         self.link: SerialLink | None = None
         self._totals = _Totals()
+        #: the last frames both ways, for the fabric's ``trace`` request
+        self.trace: deque[tuple[str, float, Frame]] = deque(maxlen=TRACE_FRAMES)
         self._last_heard = 0.0
         self._last_ping = 0.0
         self._liveness_pings = 0
@@ -204,6 +208,7 @@ class DeviceSession:
             # Heard again after a heartbeat timeout.
             back = DeviceState.ONLINE if self.node_id is not None else DeviceState.UNREGISTERED
             self._set_state(back, "heard_again")
+        self.trace.extend(("rx", wall, frame) for frame in frames)
         for frame in frames:
             cmd = frame.cmd_id
             if cmd == Command.HELLO:
@@ -264,14 +269,15 @@ class DeviceSession:
     # ------------------------------------------------------------------ frames out
 
     def _reply(self, frame: Frame) -> None:
-        if self.link is not None:
-            self.link.send_nowait(frame)
+        if self.link is not None and self.link.send_nowait(frame):
+            self.trace.append(("tx", time.time(), frame))
 
     async def _send_request(self, frame: Frame) -> None:
         link = self.link
         if link is None:
             raise LinkClosed(f"{self.device_id} has no open port")
         await link.send(frame)
+        self.trace.append(("tx", time.time(), frame))
 
     async def _liveness(self) -> None:
         heartbeat = self.settings.heartbeat_s

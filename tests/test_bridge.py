@@ -314,3 +314,21 @@ def test_a_gateway_killed_during_an_outage_loses_nothing_it_had_queued(tmp_path,
         subscriber.close()
         sim.send_signal(signal.SIGTERM)
         sim.wait(10)
+
+
+async def test_trace_shows_the_last_frames_both_ways(tmp_path, broker, client):
+    async with stack(tmp_path, broker, spec=FleetSpec(count=1, interval_ms=100)) as (
+            _, gateway, _bridge):
+        await wait_for(lambda: gateway.device("sim-0").node_id, what="registration")
+        _, response = await request(client, f"{P}/requests",
+                                    {"action": "trace", "payload": {"device": "sim-0"}})
+        assert response["status"] == "ok"
+        frames = response["payload"]["frames"]
+        assert {f["dir"] for f in frames} == {"rx", "tx"}
+        hello = next(f for f in frames if f["cmd"] == "HELLO")
+        assert hello["fields"]["model"] == "env-sensor"
+        assert hello["hex"].startswith("5a 01")
+        assert any(f["cmd"] == "HELLO_ACK" and f["dir"] == "tx" for f in frames)
+        _, response = await request(client, f"{P}/requests",
+                                    {"action": "trace", "payload": {"device": "zz"}})
+        assert response["status"] == "unknown_device"

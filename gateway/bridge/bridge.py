@@ -31,6 +31,7 @@ from gateway.bridge.spool import Spool, SpooledEvent
 from gateway.bridge.topics import Topics, valid_reply_topic
 from gateway.config import GatewayConfig, PortConfig
 from gateway.errors import InvalidRequest
+from gateway.monitor import describe
 from gateway.session import DeviceEvent, StateChange, TelemetryEvent
 from gateway.transactions import Status
 
@@ -330,9 +331,23 @@ class Bridge:
             devices = {name: {"state": str(s.state), **s.facts}
                        for name, s in self.gateway.devices.items()}
             self._respond(message, request, "ok", started, payload={"devices": devices})
+        elif request.action == "trace":
+            device_id = request.payload.get("device")
+            try:
+                session = self.gateway.device(str(device_id))
+            except UnknownDevice as exc:
+                self._respond(message, request, "unknown_device", started,
+                              error=("unknown_device", str(exc)))
+                return
+            frames = [{"t": t, "dir": direction, "hex": frame.encode().hex(" "),
+                       **describe(frame, session.profile)}
+                      for direction, t, frame in session.trace]
+            self._respond(message, request, "ok", started,
+                          payload={"device": session.device_id, "frames": frames})
         else:
             self._respond(message, request, "invalid", started, error=(
-                "invalid", f"unknown gateway action {request.action!r}; known: list_devices"))
+                "invalid", f"unknown gateway action {request.action!r}; known: list_devices, "
+                "trace (reload arrives with configuration hot reload)"))
 
     def _respond(self, message: Message, request: RequestEnvelope, status: str, started: float,
                  *, payload: dict[str, Any] | None = None,
