@@ -97,6 +97,8 @@ class GatewayConfig:
     queue: QueueConfig = field(default_factory=QueueConfig)
     max_request_bytes: int = 65536
     stats_interval_s: float = 5.0
+    #: host:port of the Prometheus endpoint; None: off
+    metrics_address: str | None = None
 
     def profiles(self) -> ProfileRegistry:
         """The built-in profiles plus those in ``profiles_dir``."""
@@ -104,7 +106,7 @@ class GatewayConfig:
 
 
 _TOP_KEYS = {"gateway_id", "state_dir", "topic_prefix", "profiles_dir", "broker", "queue", "ports",
-             "max_request_bytes", "stats_interval_s"}
+             "max_request_bytes", "stats_interval_s", "metrics"}
 _BROKER_KEYS = {"url", "protocol", "embedded", "client_id", "username", "password_file",
                 "password_env", "ca_file", "cert_file", "key_file", "tls_insecure"}
 
@@ -269,6 +271,18 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfi
                                 maximum=1 << 24, integer=True)
     stats_interval_s = _number(errors, data, "stats_interval_s", "", 5.0, minimum=0.1,
                                maximum=3600)
+    metrics_address = None
+    metrics = data.get("metrics")
+    if metrics is not None:
+        address = metrics.get("address") if isinstance(metrics, dict) else None
+        if isinstance(address, int) and not isinstance(address, bool):
+            address = f"127.0.0.1:{address}"  # a bare port: loopback only
+        if not isinstance(metrics, dict) or set(metrics) - {"address"} or not isinstance(
+                address, str) or not re.fullmatch(r"[\w.:\[\]-]*:\d{1,5}", address):
+            errors.add("metrics", metrics, "is not valid; expected a table with address = "
+                       "\"127.0.0.1:9108\" (host:port) or a port number")
+        else:
+            metrics_address = address
     if errors.items:
         raise ConfigError(errors.items, source)
     return GatewayConfig(
@@ -281,6 +295,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfi
         queue=queue,
         max_request_bytes=max_request_bytes,
         stats_interval_s=stats_interval_s,
+        metrics_address=metrics_address,
     )
 
 

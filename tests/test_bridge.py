@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -332,3 +333,17 @@ async def test_trace_shows_the_last_frames_both_ways(tmp_path, broker, client):
         _, response = await request(client, f"{P}/requests",
                                     {"action": "trace", "payload": {"device": "zz"}})
         assert response["status"] == "unknown_device"
+
+
+async def test_prometheus_endpoint_serves_the_stats(tmp_path, broker):
+    port = free_port()
+    async with stack(tmp_path, broker, spec=FleetSpec(count=1, interval_ms=50),
+                     metrics={"address": port}) as (_, _, bridge):
+        await wait_for(lambda: bridge.last_stats and bridge.last_stats["devices"]["sim-0"][
+            "rx_frames"] > 0, what="a stats interval")
+        loop = asyncio.get_running_loop()
+        url = f"http://127.0.0.1:{port}/metrics"
+        text = await loop.run_in_executor(None, lambda: urllib.request.urlopen(url, timeout=5)
+                                          .read().decode())
+        assert 'mcp_device_rx_frames_total{device="sim-0",gateway="test-gw"}' in text
+        assert "mcp_mqtt_connected 1.0" in text

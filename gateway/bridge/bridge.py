@@ -26,6 +26,7 @@ from gateway.bridge.envelope import (
     parse_request,
     response_body,
 )
+from gateway.bridge.metrics import StatsCollector, serve_metrics
 from gateway.bridge.mqtt import BrokerSettings, Message, MqttConnection
 from gateway.bridge.spool import Spool, SpooledEvent
 from gateway.bridge.topics import Topics, valid_reply_topic
@@ -118,11 +119,18 @@ class Bridge:
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self._final_acks: set[int] = set()
+        self._stop_metrics: Callable[[], None] | None = None
+        #: the stats of the last interval (what Prometheus scrapes)
+        self.last_stats: dict[str, Any] | None = None
         self._final_done = asyncio.Event()
 
     # ------------------------------------------------------------------ lifetime
 
     async def __aenter__(self) -> Bridge:
+        if self.config.metrics_address:
+            collector = StatsCollector(lambda: self.last_stats, self.config.gateway_id)
+            self._stop_metrics = serve_metrics(self.config.metrics_address, collector)
+            log.info("metrics on http://%s/metrics", self.config.metrics_address)
         for coro, name in ((self.mqtt.run(), "mqtt"), (self._collect(), "collect"),
                            (self._publish_loop(), "publish"), (self._stats_loop(), "stats")):
             self._tasks.append(asyncio.create_task(coro, name=f"bridge-{name}"))
@@ -146,6 +154,8 @@ class Bridge:
         await asyncio.gather(*self._tasks, *self._request_tasks, return_exceptions=True)
         self._flush_acks()
         self.spool.close()
+        if self._stop_metrics is not None:
+            self._stop_metrics()
 
 
     # ------------------------------------------------------------------ events in
@@ -394,5 +404,5 @@ class Bridge:
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.stats_interval_s)
-            self.mqtt.publish(self.topics.stats, json.dumps(self.stats()).encode(), qos=0,
-                              retain=True)
+            self.last_stats = stats = self.stats()
+            self.mqtt.publish(self.topics.stats, json.dumps(stats).encode(), qos=0, retain=True)
