@@ -61,6 +61,8 @@ class Gateway:
         self._profiles = config.profiles()
         self._subscribers: list[EventSubscription] = []
         self._paused = False
+        self._backlogged = False
+        self._holds: set[str] = set()
         self._tasks: list[asyncio.Task[Any]] = []
         self._group: asyncio.TaskGroup | None = None
         self.node_ids: NodeIdStore | None = None
@@ -163,18 +165,28 @@ class Gateway:
                 link.pause_reading()
         for subscription in self._subscribers:
             subscription.queue.put_nowait(event)
-            if not self._paused and subscription.queue.qsize() >= self.event_high_water:
+            if not self._backlogged and subscription.queue.qsize() >= self.event_high_water:
                 # Backpressure, not buffering: stop reading ports until the consumer catches up.
                 log.warning("event consumer is %d events behind; pausing serial reads",
                             subscription.queue.qsize())
-                self._set_reading(paused=True)
+                self._backlogged = True
+                self._apply_reading()
 
     def _consumed(self) -> None:
-        if self._paused and all(s.queue.qsize() < self.event_high_water // 2
-                                for s in self._subscribers):
-            self._set_reading(paused=False)
+        if self._backlogged and all(s.queue.qsize() < self.event_high_water // 2
+                                    for s in self._subscribers):
+            self._backlogged = False
+            self._apply_reading()
 
-    def _set_reading(self, *, paused: bool) -> None:
+    def hold_reading(self, holder: str, hold: bool) -> None:
+        """Pause serial reads while any holder (say, a slow broker) asks for it."""
+        (self._holds.add if hold else self._holds.discard)(holder)
+        self._apply_reading()
+
+    def _apply_reading(self) -> None:
+        paused = self._backlogged or bool(self._holds)
+        if paused == self._paused:
+            return
         self._paused = paused
         for session in self.devices.values():
             if session.link is not None:

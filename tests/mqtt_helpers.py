@@ -30,8 +30,10 @@ class Mosquitto:
         self.port = port or free_port()
         self.conf = directory / f"mosquitto-{self.port}.conf"
         # As root mosquitto would switch to its own user, which cannot read pytest's tmp dirs.
+        # Unlimited queues for slow subscribers: a test or bench must see every message.
         self.conf.write_text(f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\n"
-                             f"allow_anonymous true\npersistence false\n{extra}")
+                             "allow_anonymous true\npersistence false\nmax_queued_messages 0\n"
+                             f"max_inflight_messages 0\nset_tcp_nodelay true\n{extra}")
         self.log = directory / f"mosquitto-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -57,6 +59,11 @@ class Mosquitto:
             self.proc = None
 
 
+def _no_delay(client, userdata, sock) -> None:
+    """Nagle off: a request must not wait for the ACK of the previous small packet."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class Client:
     """paho in its own thread; collects every message it sees."""
 
@@ -67,6 +74,7 @@ class Client:
         self.messages: list[paho.MQTTMessage] = []
         self.lock = threading.Lock()
         self.client.on_message = self._on_message
+        self.client.on_socket_open = _no_delay
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 

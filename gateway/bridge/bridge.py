@@ -39,6 +39,9 @@ from gateway.transactions import Status
 log = logging.getLogger(__name__)
 
 WINDOW = 1000
+#: While connected, serial reads pause when this many events wait to be published (the
+#: broker is slower than the devices): backpressure instead of a growing queue.
+SPOOL_HOLD = 4 * WINDOW
 _BATCH = 1000
 _SHUTDOWN_ACK_S = 3.0
 
@@ -114,11 +117,13 @@ class Bridge:
             self.settings,
             will=(self.topics.status, b'{"state":"offline"}'),
             on_connect=self._on_connect,
+            on_disconnect=self._backpressure,
             on_message=self._on_message,
             on_ack=self._on_ack,
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self._final_acks: set[int] = set()
+        self._holding = False
         self._stop_metrics: Callable[[], None] | None = None
         #: the stats of the last interval (what Prometheus scrapes)
         self.last_stats: dict[str, Any] | None = None
@@ -205,7 +210,19 @@ class Bridge:
         if rows:
             self.spool.append(rows, replayed=not self.mqtt.connected)
             self._wake.set()
+            self._backpressure()
         return status_mids
+
+    def _backpressure(self) -> None:
+        # During an outage the queue is what absorbs events: hold reads only while connected.
+        count = self.spool.count
+        if self.mqtt.connected and count > SPOOL_HOLD:
+            if not self._holding:
+                self._holding = True
+                self.gateway.hold_reading("bridge", hold=True)
+        elif self._holding and (count < SPOOL_HOLD // 2 or not self.mqtt.connected):
+            self._holding = False
+            self.gateway.hold_reading("bridge", hold=False)
 
     # ------------------------------------------------------------------ events out
 
@@ -247,6 +264,7 @@ class Bridge:
             self.spool.remove(acked)
             self.published += len(acked)
             self._wake.set()
+            self._backpressure()
 
     def _on_connect(self) -> None:
         # Whatever was in flight on the old connection is sent again (QoS 1: at least once).

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -288,6 +289,10 @@ class MqttConnection:
         self._loop.call_soon_threadsafe(fn, *args)
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        # paho leaves Nagle on: a small PUBLISH would wait for the ACK of the one before.
+        with contextlib.suppress(OSError, AttributeError):
+            raw = getattr(sock, "socket", sock)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._in_loop(self._loop.add_reader, sock, self._read)
 
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:

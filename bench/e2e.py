@@ -1,0 +1,244 @@
+"""End to end: simulated devices on ptys -> gateway (sessions, spool, bridge) -> Mosquitto ->
+a subscriber process. Prints sustained events/s with zero loss, serial-to-subscriber latency
+at 1,000 events/s, request round trips through MQTT, the queue's drain rate after an
+outage, and the gateway's CPU and RSS.
+
+    .venv/bin/python bench/e2e.py [--devices 8] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from sessions import _fleet_process, _percentiles, _rss_mib
+
+from firmware_sim import Fleet, FleetSpec
+from gateway.app import Gateway
+from gateway.bridge.bridge import Bridge
+from gateway.config import parse_config
+from gateway.session import DeviceState
+from tests.mqtt_helpers import Mosquitto, _no_delay
+
+PREFIX = "mcp/v1/bench"
+
+
+def _subscriber(port: int, conn) -> None:
+    """Child: count events per device, keep seqs and latencies; report on "stop"."""
+    seen: dict[str, set[int]] = {}
+    latencies: list[float] = []
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-sub",
+                         protocol=paho.MQTTv5)
+
+    def on_message(client, userdata, message) -> None:
+        now = time.time()
+        event = json.loads(message.payload)
+        seen.setdefault(message.topic.split("/")[4], set()).add(event["seq"])
+        latencies.append(now - event["timestamp"])
+
+    client.on_message = on_message
+    client.on_socket_open = _no_delay
+    client.on_connect = lambda c, *a: c.subscribe(f"{PREFIX}/devices/+/events/#", qos=1)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    while True:
+        command = conn.recv()
+        if command == "reset":
+            latencies.clear()
+            conn.send("ok")
+        elif command == "count":
+            conn.send(sum(len(s) for s in seen.values()))
+        elif command == "stop":
+            client.loop_stop()
+            conn.send({"seqs": {d: (min(s), max(s), len(s)) for d, s in seen.items()},
+                       "latencies": latencies})
+            return
+
+
+async def _wait(predicate, limit_s: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while not predicate():
+        if loop.time() > deadline:
+            raise RuntimeError("timed out")
+        await asyncio.sleep(0.02)
+
+
+def _config(tmp: Path, broker: Mosquitto, names: list[str], links: Path):
+    return parse_config({
+        "gateway_id": "bench",
+        "state_dir": str(tmp / "state"),
+        "broker": {"url": broker.url},
+        "ports": [{"name": n, "path": str(links / n), "allow": ["read", "ping"],
+                   "rate_limit": 100000} for n in names],
+    })
+
+
+async def _ask(sub_conn, command: str):
+    loop = asyncio.get_running_loop()
+    sub_conn.send(command)
+    return await loop.run_in_executor(None, sub_conn.recv)
+
+
+async def flood(count: int, seconds: float, tmp: Path, broker: Mosquitto) -> dict:
+    """All-out flood: sustained events/s through the whole path, and loss."""
+    links = tmp / "flood"
+    parent, child = multiprocessing.Pipe()
+    fleet = multiprocessing.Process(target=_fleet_process, args=(count, str(links), child))
+    fleet.start()
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, parent.recv) == "ready"
+    sub_parent, sub_child = multiprocessing.Pipe()
+    subscriber = multiprocessing.Process(target=_subscriber, args=(broker.port, sub_child))
+    subscriber.start()
+    config = _config(tmp, broker, [f"sim-{i}" for i in range(count)], links)
+    gateway = Gateway(config)
+    async with Bridge(gateway, config) as bridge, gateway:
+        await _wait(lambda: bridge.mqtt.connected and all(
+            s.state is DeviceState.ONLINE for s in gateway.devices.values()))
+        cpu0, wall0 = os.times(), time.perf_counter()
+        parent.send("go")
+        await asyncio.sleep(seconds)
+        parent.send("stop")
+        sent = await loop.run_in_executor(None, parent.recv)
+        accepted = sum(s.counters()["rx_frames"] for s in gateway.devices.values())
+        await _wait(lambda: bridge.spool.count == 0 and not bridge._in_flight, limit_s=120)
+        wall1, cpu1 = time.perf_counter(), os.times()
+        rss = _rss_mib()
+        spool_dropped = bridge.spool.dropped
+    # Let the subscriber catch up with what the broker acknowledged.
+    received, last = await _ask(sub_parent, "count"), -1
+    while received != last:
+        await asyncio.sleep(0.5)
+        received, last = await _ask(sub_parent, "count"), received
+    report = await _ask(sub_parent, "stop")
+    subscriber.join(10)
+    parent.send("exit")
+    fleet.join(10)
+    gaps = sum((hi - lo + 1) - n for lo, hi, n in report["seqs"].values())
+    elapsed = wall1 - wall0
+    return {
+        "devices": count,
+        "events_per_s": round(received / elapsed),
+        "frames_sent": sum(sent.values()),
+        "events_accepted": accepted,
+        "events_received": received,
+        "seq_gaps": gaps,
+        "spool_dropped": spool_dropped,
+        "gateway_cpu_percent": round(100 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system))
+                                     / elapsed, 1),
+        "gateway_rss_mib": round(rss, 1),
+    }
+
+
+async def steady(tmp: Path, broker: Mosquitto, seconds: float) -> dict:
+    """1,000 events/s (10 devices x 100/s): latency, request round trips, outage drain."""
+    links = tmp / "steady"
+    sub_parent, sub_child = multiprocessing.Pipe()
+    subscriber = multiprocessing.Process(target=_subscriber, args=(broker.port, sub_child))
+    subscriber.start()
+    async with Fleet(FleetSpec(count=10, interval_ms=10, link_dir=links)) as fleet:
+        config = _config(tmp, broker, [d.name for d in fleet.devices], links)
+        gateway = Gateway(config)
+        async with Bridge(gateway, config) as bridge, gateway:
+            await _wait(lambda: bridge.mqtt.connected and all(
+                s.state is DeviceState.ONLINE for s in gateway.devices.values()))
+            await asyncio.sleep(1)
+            await _ask(sub_parent, "reset")
+            await asyncio.sleep(seconds)
+            latency = (await _ask(sub_parent, "stop"))["latencies"]
+            subscriber.join(10)
+            rtts = await _request_round_trips(broker.port, 200)
+            # Outage: stop the broker for 3 s while 1,000 events/s keep coming, then drain.
+            broker.stop()
+            await asyncio.sleep(3)
+            backlog = bridge.spool.count
+            broker.start()
+            await _wait(lambda: bridge.mqtt.connected)
+            t0, before = time.perf_counter(), bridge.published
+            await _wait(lambda: bridge.spool.count < 100, limit_s=60)
+            drain = (bridge.published - before) / (time.perf_counter() - t0)
+    return {
+        "events_per_s": 1000,
+        "latency": _percentiles(latency),
+        "request_rtt": _percentiles(rtts),
+        "outage_backlog": backlog,
+        "drain_events_per_s": round(drain),
+    }
+
+
+async def _request_round_trips(port: int, count: int) -> list[float]:
+    loop = asyncio.get_running_loop()
+
+    def run() -> list[float]:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-req",
+                             protocol=paho.MQTTv5)
+        got: list[float] = []
+
+        answered = threading.Event()
+        client.on_message = lambda c, u, m: answered.set()
+        client.on_socket_open = _no_delay
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        client.subscribe("bench/replies", qos=1)
+        time.sleep(0.3)
+        for i in range(count):
+            answered.clear()
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.ResponseTopic = "bench/replies"
+            properties.CorrelationData = str(i).encode()
+            start = time.perf_counter()
+            client.publish(f"{PREFIX}/devices/sim-{i % 10}/requests",
+                           json.dumps({"action": "ping"}), qos=1, properties=properties)
+            if answered.wait(5):
+                got.append(time.perf_counter() - start)
+        client.loop_stop()
+        client.disconnect()
+        return got
+
+    return await loop.run_in_executor(None, run)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        broker = Mosquitto(tmp)
+        broker.start()
+        try:
+            sustained = asyncio.run(flood(args.devices, args.seconds, tmp, broker))
+            steady_state = asyncio.run(steady(tmp, broker, args.seconds))
+        finally:
+            broker.stop()
+    print(f"sustained: {sustained['events_per_s']:,} events/s end to end "
+          f"({sustained['devices']} devices flooding), seq gaps {sustained['seq_gaps']}, "
+          f"queue drops {sustained['spool_dropped']}, gateway CPU "
+          f"{sustained['gateway_cpu_percent']}%, RSS {sustained['gateway_rss_mib']} MiB")
+    lat, rtt = steady_state["latency"], steady_state["request_rtt"]
+    print(f"at 1,000 events/s: serial-to-subscriber p50 {lat['p50_ms']} ms, p99 "
+          f"{lat['p99_ms']} ms; request round trip p50 {rtt['p50_ms']} ms, p99 {rtt['p99_ms']} ms")
+    print(f"outage of 3 s: {steady_state['outage_backlog']} events queued, drained at "
+          f"{steady_state['drain_events_per_s']:,} events/s")
+    print(json.dumps({"sustained": sustained, "steady": steady_state}))
+
+
+if __name__ == "__main__":
+    main()
