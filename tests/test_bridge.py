@@ -35,13 +35,13 @@ def broker(tmp_path):
     mosquitto.stop()
 
 
-def config_for(tmp_path: Path, broker: Mosquitto, names: list[str], links: Path, **extra):
+def config_for(tmp_path: Path, mosquitto: Mosquitto, names: list[str], links: Path, **extra):
     ports = extra.pop("ports", {})
     return parse_config({
         "gateway_id": "test-gw",
         "state_dir": str(tmp_path / "state"),
         "stats_interval_s": 0.5,
-        "broker": {"url": broker.url, **extra.pop("broker", {})},
+        "broker": {"url": mosquitto.url, **extra.pop("broker", {})},
         **extra,
         "ports": [{"name": n, "path": str(links / n), "request_timeout_s": 0.3, "retries": 1,
                    **ports} for n in names],
@@ -49,11 +49,11 @@ def config_for(tmp_path: Path, broker: Mosquitto, names: list[str], links: Path,
 
 
 @contextlib.asynccontextmanager
-async def stack(tmp_path, broker, spec=None, **extra):
+async def stack(tmp_path, mosquitto, spec=None, **extra):
     links = tmp_path / "links"
     spec = replace(spec or FleetSpec(count=2, interval_ms=100), link_dir=links)
     async with Fleet(spec) as fleet:
-        config = config_for(tmp_path, broker, [d.name for d in fleet.devices], links, **extra)
+        config = config_for(tmp_path, mosquitto, [d.name for d in fleet.devices], links, **extra)
         gateway = Gateway(config)
         async with Bridge(gateway, config) as bridge, gateway:
             yield fleet, gateway, bridge
@@ -347,3 +347,30 @@ async def test_prometheus_endpoint_serves_the_stats(tmp_path, broker):
                                           .read().decode())
         assert 'mcp_device_rx_frames_total{device="sim-0",gateway="test-gw"}' in text
         assert "mcp_mqtt_connected 1.0" in text
+
+
+async def test_the_bridge_over_mqtt_311(tmp_path, broker, client):
+    async with stack(tmp_path, broker, spec=FleetSpec(count=1, interval_ms=100),
+                     broker={"protocol": 3}) as (_, gateway, bridge):
+        assert not bridge.mqtt.is_v5
+        await wait_for(lambda: gateway.device("sim-0").node_id, what="registration")
+        await wait_for(lambda: len(client.on(f"{P}/devices/sim-0/events/status")) >= 3,
+                       what="events")
+        _, response = await request(client, f"{P}/devices/sim-0/requests",
+                                    {"action": "read", "payload": {"key": 3}}, v5=False)
+        assert response["status"] == "ok"
+        assert response["payload"]["value"] == 4242
+        assert response["correlation_id"] == "c-31"
+
+
+async def test_the_rate_limit_answers_busy(tmp_path, broker, client):
+    async with stack(tmp_path, broker, spec=FleetSpec(count=1, interval_ms=1000),
+                     ports={"rate_limit": 1}) as (_, gateway, _):
+        await wait_for(lambda: gateway.device("sim-0").node_id, what="registration")
+        statuses = []
+        for _ in range(4):  # a burst of two is allowed at 1 request/s
+            _, response = await request(client, f"{P}/devices/sim-0/requests",
+                                        {"action": "ping"})
+            statuses.append(response["status"])
+        assert statuses.count("ok") == 2
+        assert "busy" in statuses
