@@ -333,8 +333,8 @@ class Bridge:
             self._respond(message, request, "invalid", started, error=("invalid", str(exc)))
             return
         if outcome.status is Status.OK:
-            payload = outcome.value if isinstance(outcome.value, dict) else {
-                "key": key, "value": outcome.value}
+            # Only a read answers a bare value; every other action's value is already a dict.
+            payload = outcome.value
             if request.action == "read":
                 spec = session.profile.key(key)
                 payload = {"key": spec.name, "value": outcome.value}
