@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import sys
 import tempfile
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -38,36 +39,56 @@ from tests.mqtt_helpers import Mosquitto, _no_delay
 PREFIX = "mcp/v1/bench"
 
 
-def _subscriber(port: int, conn) -> None:
-    """Child: count events per device, keep seqs and latencies; report on "stop"."""
-    seen: dict[str, set[int]] = {}
-    latencies: list[float] = []
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-sub",
-                         protocol=paho.MQTTv5)
+def _lines(data: bytes):
+    offset = 0
+    for line in data.splitlines(keepends=True):
+        yield offset, line
+        offset += len(line)
 
-    def on_message(client, userdata, message) -> None:
-        now = time.time()
-        event = json.loads(message.payload)
-        seen.setdefault(message.topic.split("/")[4], set()).add(event["seq"])
-        latencies.append(now - event["timestamp"])
 
-    client.on_message = on_message
-    client.on_socket_open = _no_delay
-    client.on_connect = lambda c, *a: c.subscribe(f"{PREFIX}/devices/+/events/#", qos=1)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    while True:
-        command = conn.recv()
-        if command == "reset":
-            latencies.clear()
-            conn.send("ok")
-        elif command == "count":
-            conn.send(sum(len(s) for s in seen.values()))
-        elif command == "stop":
-            client.loop_stop()
-            conn.send({"seqs": {d: (min(s), max(s), len(s)) for d, s in seen.items()},
-                       "latencies": latencies})
-            return
+class Subscriber:
+    """``mosquitto_sub`` (a C client: cheap, so the gateway gets the CPU) writing every event
+    with its arrival time to a file; parsed afterwards for seq gaps and latencies."""
+
+    def __init__(self, port: int, path: Path) -> None:
+        self.path = path
+        self._out = path.open("wb")
+        self.proc = subprocess.Popen(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5", "-q", "1",
+             "--nodelay", "-i", "bench-sub", "-t", f"{PREFIX}/devices/+/events/#",
+             "-F", "%U %t %p"], stdout=self._out)
+        self._from = 0
+        self.pid = self.proc.pid
+
+    def reset(self) -> None:
+        """Latencies from here on only."""
+        self._from = self.path.stat().st_size
+
+    def count(self) -> int:
+        with self.path.open("rb") as lines:
+            return sum(1 for _ in lines)
+
+    def stop(self) -> dict:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self._out.close()
+        seen: dict[str, set[int]] = {}
+        latencies: list[float] = []
+        data = self.path.read_bytes()
+        for offset, line in _lines(data):
+            arrived, topic, payload = line.split(b" ", 2)
+            event = json.loads(payload)
+            seen.setdefault(topic.split(b"/")[4].decode(), set()).add(event["seq"])
+            if offset >= self._from:
+                latencies.append(float(arrived) - event["timestamp"])
+        return {"seqs": {d: (min(s), max(s), len(s)) for d, s in seen.items()},
+                "latencies": latencies}
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _wait(predicate, limit_s: float = 30.0) -> None:
@@ -89,12 +110,6 @@ def _config(tmp: Path, broker: Mosquitto, names: list[str], links: Path):
     })
 
 
-async def _ask(sub_conn, command: str):
-    loop = asyncio.get_running_loop()
-    sub_conn.send(command)
-    return await loop.run_in_executor(None, sub_conn.recv)
-
-
 async def flood(count: int, seconds: float, tmp: Path, broker: Mosquitto) -> dict:
     """All-out flood: sustained events/s through the whole path, and loss."""
     links = tmp / "flood"
@@ -103,15 +118,16 @@ async def flood(count: int, seconds: float, tmp: Path, broker: Mosquitto) -> dic
     fleet.start()
     loop = asyncio.get_running_loop()
     assert await loop.run_in_executor(None, parent.recv) == "ready"
-    sub_parent, sub_child = multiprocessing.Pipe()
-    subscriber = multiprocessing.Process(target=_subscriber, args=(broker.port, sub_child))
-    subscriber.start()
+    subscriber = Subscriber(broker.port, tmp / "flood-events.txt")
     config = _config(tmp, broker, [f"sim-{i}" for i in range(count)], links)
     gateway = Gateway(config)
     async with Bridge(gateway, config) as bridge, gateway:
         await _wait(lambda: bridge.mqtt.connected and all(
             s.state is DeviceState.ONLINE for s in gateway.devices.values()))
         cpu0, wall0 = os.times(), time.perf_counter()
+        others = {"fleet": fleet.pid, "mosquitto": broker.proc.pid,
+                  "subscriber": subscriber.pid}
+        others0 = {name: _cpu_s(pid) for name, pid in others.items()}
         parent.send("go")
         await asyncio.sleep(seconds)
         parent.send("stop")
@@ -119,15 +135,15 @@ async def flood(count: int, seconds: float, tmp: Path, broker: Mosquitto) -> dic
         accepted = sum(s.counters()["rx_frames"] for s in gateway.devices.values())
         await _wait(lambda: bridge.spool.count == 0 and not bridge._in_flight, limit_s=120)
         wall1, cpu1 = time.perf_counter(), os.times()
+        others1 = {name: _cpu_s(pid) for name, pid in others.items()}
         rss = _rss_mib()
         spool_dropped = bridge.spool.dropped
     # Let the subscriber catch up with what the broker acknowledged.
-    received, last = await _ask(sub_parent, "count"), -1
+    received, last = subscriber.count(), -1
     while received != last:
         await asyncio.sleep(0.5)
-        received, last = await _ask(sub_parent, "count"), received
-    report = await _ask(sub_parent, "stop")
-    subscriber.join(10)
+        received, last = subscriber.count(), received
+    report = subscriber.stop()
     parent.send("exit")
     fleet.join(10)
     gaps = sum((hi - lo + 1) - n for lo, hi, n in report["seqs"].values())
@@ -143,15 +159,15 @@ async def flood(count: int, seconds: float, tmp: Path, broker: Mosquitto) -> dic
         "gateway_cpu_percent": round(100 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system))
                                      / elapsed, 1),
         "gateway_rss_mib": round(rss, 1),
+        "other_cpu_percent": {name: round(100 * (others1[name] - others0[name]) / elapsed, 1)
+                              for name in others},
     }
 
 
 async def steady(tmp: Path, broker: Mosquitto, seconds: float) -> dict:
     """1,000 events/s (10 devices x 100/s): latency, request round trips, outage drain."""
     links = tmp / "steady"
-    sub_parent, sub_child = multiprocessing.Pipe()
-    subscriber = multiprocessing.Process(target=_subscriber, args=(broker.port, sub_child))
-    subscriber.start()
+    subscriber = Subscriber(broker.port, tmp / "steady-events.txt")
     async with Fleet(FleetSpec(count=10, interval_ms=10, link_dir=links)) as fleet:
         config = _config(tmp, broker, [d.name for d in fleet.devices], links)
         gateway = Gateway(config)
@@ -159,10 +175,9 @@ async def steady(tmp: Path, broker: Mosquitto, seconds: float) -> dict:
             await _wait(lambda: bridge.mqtt.connected and all(
                 s.state is DeviceState.ONLINE for s in gateway.devices.values()))
             await asyncio.sleep(1)
-            await _ask(sub_parent, "reset")
+            subscriber.reset()
             await asyncio.sleep(seconds)
-            latency = (await _ask(sub_parent, "stop"))["latencies"]
-            subscriber.join(10)
+            latency = subscriber.stop()["latencies"]
             rtts = await _request_round_trips(broker.port, 200)
             # Outage: stop the broker for 3 s while 1,000 events/s keep coming, then drain.
             broker.stop()
@@ -218,26 +233,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--only", choices=("flood", "steady"),
+                        help="run one part (for profiling)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         broker = Mosquitto(tmp)
         broker.start()
         try:
-            sustained = asyncio.run(flood(args.devices, args.seconds, tmp, broker))
-            steady_state = asyncio.run(steady(tmp, broker, args.seconds))
+            if args.only != "steady":
+                sustained = asyncio.run(flood(args.devices, args.seconds, tmp, broker))
+                print(json.dumps({"sustained": sustained}))
+            if args.only != "flood":
+                steady_state = asyncio.run(steady(tmp, broker, args.seconds))
+                print(json.dumps({"steady": steady_state}))
         finally:
             broker.stop()
-    print(f"sustained: {sustained['events_per_s']:,} events/s end to end "
-          f"({sustained['devices']} devices flooding), seq gaps {sustained['seq_gaps']}, "
-          f"queue drops {sustained['spool_dropped']}, gateway CPU "
-          f"{sustained['gateway_cpu_percent']}%, RSS {sustained['gateway_rss_mib']} MiB")
-    lat, rtt = steady_state["latency"], steady_state["request_rtt"]
-    print(f"at 1,000 events/s: serial-to-subscriber p50 {lat['p50_ms']} ms, p99 "
-          f"{lat['p99_ms']} ms; request round trip p50 {rtt['p50_ms']} ms, p99 {rtt['p99_ms']} ms")
-    print(f"outage of 3 s: {steady_state['outage_backlog']} events queued, drained at "
-          f"{steady_state['drain_events_per_s']:,} events/s")
-    print(json.dumps({"sustained": sustained, "steady": steady_state}))
+    if args.only is None:
+        print(f"sustained: {sustained['events_per_s']:,} events/s end to end "
+              f"({sustained['devices']} devices flooding), seq gaps {sustained['seq_gaps']}, "
+              f"queue drops {sustained['spool_dropped']}, gateway CPU "
+              f"{sustained['gateway_cpu_percent']}%, RSS {sustained['gateway_rss_mib']} MiB; "
+              f"CPU of the others: {sustained['other_cpu_percent']}")
+        lat, rtt = steady_state["latency"], steady_state["request_rtt"]
+        print(f"at 1,000 events/s: serial-to-subscriber p50 {lat['p50_ms']} ms, p99 "
+              f"{lat['p99_ms']} ms; request round trip p50 {rtt['p50_ms']} ms, p99 {rtt['p99_ms']} ms")
+        print(f"outage of 3 s: {steady_state['outage_backlog']} events queued, drained at "
+              f"{steady_state['drain_events_per_s']:,} events/s")
 
 
 if __name__ == "__main__":
