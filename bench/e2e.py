@@ -13,9 +13,9 @@ import asyncio
 import json
 import multiprocessing
 import os
+import subprocess
 import sys
 import tempfile
-import subprocess
 import threading
 import time
 from pathlib import Path

@@ -94,6 +94,9 @@ def test_event_and_response_bodies():
     assert event["seq"] == 7
     assert event["payload"] == {"t": 1.5, "x": None}
     assert len(event["message_id"]) == 32
+    ids = {json.loads(event_body("g/d", "s", {}, 1.0, 1))["message_id"] for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     replayed = json.loads(mark_replayed(event_body("gw/dev", "status", {}, 1.0, 1)))
     assert replayed["replayed"] is True
     request = RequestEnvelope(action="read", source="app", correlation_id="c", message_id="m")

@@ -168,6 +168,14 @@ def test_a_user_profile_from_a_directory(tmp_path):
     assert motor.key("target_rpm").encode(6000) == (6000).to_bytes(2, "little")
 
 
+@given(st.binary(max_size=16))
+def test_a_bytes_field_decodes_to_hex_and_takes_hex_back(data):
+    layout = Layout.build((FieldSpec(name="blob", type="bytes", max_len=16),))
+    decoded = layout.decode(layout.encode({"blob": data}))
+    assert decoded == {"blob": data.hex()}  # JSON-ready, like every decoded value
+    assert layout.encode(decoded) == data
+
+
 BROKEN = [
     ("", "name: is required"),
     ("name = 'x'\ncolour = 1", "colour: unknown key"),

@@ -21,6 +21,7 @@ from gateway.app import Gateway, UnknownDevice
 from gateway.bridge.envelope import (
     InvalidEnvelope,
     RequestEnvelope,
+    encode_json,
     event_body,
     mark_replayed,
     parse_request,
@@ -203,7 +204,7 @@ class Bridge:
                           **event.facts}
                 if event.state == "connecting":
                     continue
-                body = json.dumps(status, default=str).encode()
+                body = encode_json(status)
                 self._statuses[event.device_id] = body
                 status_mids.append(self.mqtt.publish(
                     self.topics.device_status(event.device_id), body, retain=True))
@@ -423,4 +424,4 @@ class Bridge:
         while True:
             await asyncio.sleep(self.config.stats_interval_s)
             self.last_stats = stats = self.stats()
-            self.mqtt.publish(self.topics.stats, json.dumps(stats).encode(), qos=0, retain=True)
+            self.mqtt.publish(self.topics.stats, encode_json(stats), qos=0, retain=True)

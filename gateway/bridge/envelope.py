@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from gateway.bridge.topics import valid_reply_topic
 from gateway.errors import GatewayError
@@ -47,28 +50,32 @@ class RequestEnvelope:
     correlation_id: str | None = None
 
 
+# Message ids: 16 random hex digits per process, then a counter. Unique across gateways and
+# restarts without a uuid4 per event (3 us each, a tenth of an event's budget).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
+
+#: JSON out: compact UTF-8; NaN and infinities become null (msgspec does this itself).
+_encoder = msgspec.json.Encoder(enc_hook=str)
+
+
 def new_message_id() -> str:
-    """32 hex digits."""
-    return uuid.uuid4().hex
+    """32 hex digits, unique."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
 
 
-def _dumps(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False,
-                      default=_jsonable).encode("utf-8")
+def encode_json(obj: Any) -> bytes:
+    """Compact UTF-8 JSON; NaN and infinities as null, unknown types as ``str()``.
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
+    Bytes are never expected here (decoders give hex strings); msgspec would write base64.
+    """
+    return _encoder.encode(obj)
 
 
 def event_body(source: str, name: str, fields: dict[str, Any], received_at: float,
                seq: int) -> bytes:
     """An event envelope (``replayed`` is added at publish time if it waited in the queue)."""
-    return _dumps({
+    return _encoder.encode({
         "mcp_version": MCP_VERSION,
         "message_id": new_message_id(),
         "message_type": "event",
@@ -76,7 +83,7 @@ def event_body(source: str, name: str, fields: dict[str, Any], received_at: floa
         "source": source,
         "destination": "*",
         "action": name,
-        "payload": _finite(fields),
+        "payload": fields,
         "seq": seq,
     })
 
@@ -104,7 +111,7 @@ def response_body(
         "source": source,
         "destination": request.source or "",
         "action": request.action,
-        "payload": _finite(payload or {}),
+        "payload": payload or {},
         "status": status,
         "latency_ms": round(latency_ms, 3),
     }
@@ -114,17 +121,7 @@ def response_body(
         body["correlation_id"] = request.correlation_id
     if error is not None:
         body["error"] = {"code": error[0], "message": error[1]}
-    return _dumps(body)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return _encoder.encode(body)
 
 
 def parse_request(

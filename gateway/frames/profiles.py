@@ -151,9 +151,13 @@ class FieldSpec:
         return value
 
     def from_wire(self, raw: Any) -> Any:
-        """The real value of a wire value (scaled, rounded to the scale's own decimals)."""
+        """The real value of a wire value (scaled, rounded to the scale's own decimals).
+
+        ``bytes`` fields become hex strings, so decoded values are JSON-ready (and a hex
+        string is what ``to_wire`` takes back).
+        """
         if self.scale is None:
-            return raw
+            return raw.hex() if self.type == "bytes" else raw
         return round(raw * self.scale, _decimals(self.scale))
 
 
