@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from gateway.bridge.spool import Spool
+import shutil
+import tempfile
+from pathlib import Path
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from gateway.bridge.spool import Spool, SpooledEvent
 
 
 def fill(spool: Spool, device: str, count: int, size: int = 10, replayed: bool = False):
@@ -61,3 +69,75 @@ def test_acknowledging_an_event_dropped_meanwhile_does_not_miscount(tmp_path):
     assert spool.count == 3
     assert spool.bytes == 30
     assert [e.body for e in spool.peek(0, 10)] == [b"%010d" % i for i in (6, 7, 8)]
+
+
+class SpoolMachine(RuleBasedStateMachine):
+    """The spool against a plain list: whatever the mix of appends, sends (from memory or
+    disk), acks, reconnects, drops and restarts, it hands out exactly the model's rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp())
+        self.spool = self._open()
+        self.model: list[tuple[int, bytes]] = []  # (id, body) still queued, oldest first
+        self.sent = 0  # id of the last row handed out since the last (re)connect
+        self.in_flight: list[SpooledEvent] = []
+        self.counter = 0
+
+    def _open(self) -> Spool:
+        return Spool(self.dir / "q.db", max_messages=12, memory_rows=5)
+
+    def teardown(self) -> None:
+        self.spool.close()
+        shutil.rmtree(self.dir)
+
+    @rule(count=st.integers(1, 8))
+    def append(self, count):
+        rows = []
+        for _ in range(count):
+            self.counter += 1
+            rows.append(("t", b"%d" % self.counter, "d", self.counter))
+        self.spool.append(rows, replayed=False)
+        self.model.extend((i, b"%d" % i) for i in range(self.counter - count + 1,
+                                                          self.counter + 1))
+        del self.model[:max(0, len(self.model) - 12)]  # the bound drops the oldest
+
+    @rule(limit=st.integers(1, 6))
+    def send(self, limit):
+        rows = self.spool.peek(self.sent, limit)
+        expected = [m for m in self.model if m[0] > self.sent][:limit]
+        assert [(e.id, e.body) for e in rows] == expected
+        if rows:
+            self.sent = rows[-1].id
+        self.in_flight.extend(rows)
+
+    @rule(data=st.data())
+    def ack(self, data):
+        if not self.in_flight:
+            return
+        acked = data.draw(st.lists(st.sampled_from(self.in_flight), unique=True))
+        self.spool.remove(acked)
+        gone = {e.id for e in acked}
+        self.in_flight = [e for e in self.in_flight if e.id not in gone]
+        self.model = [m for m in self.model if m[0] not in gone]
+
+    @rule()
+    def reconnect(self):
+        self.sent = 0
+        self.in_flight.clear()
+
+    @rule()
+    def restart(self):
+        self.spool.close()
+        self.spool = self._open()
+        self.reconnect()
+
+    @invariant()
+    def counts_match(self):
+        assert self.spool.count == len(self.model)
+        assert self.spool.bytes == sum(len(body) for _, body in self.model)
+
+
+SpoolMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40,
+                                          deadline=None)
+test_the_spool_behaves_like_a_list = SpoolMachine.TestCase
