@@ -72,6 +72,31 @@ async def test_reading_pauses_when_the_event_consumer_falls_behind(tmp_path):
             await wait_for(lambda: subscription.queue.qsize() > 50, what="reads to resume")
 
 
+async def test_a_pause_in_reading_does_not_make_a_half_read_frame_stale(pty_pair):
+    """Backpressure stops reads; the rest of a frame then waits in the OS, not on a silent
+    line, so the inter-frame timeout must not drop the half already read."""
+    master, path = pty_pair
+    got: list[Frame] = []
+    timeout = 0.05
+    link = await SerialLink.open(path, SerialSettings(inter_frame_timeout=timeout), got.extend)
+    data = Frame(0x20, bytes(range(10))).encode()
+    os.write(master, data[:6])
+    await wait_for(lambda: link.deframer.buffered == 6, what="half a frame to be read")
+    link.pause_reading()
+    await asyncio.sleep(3 * timeout)  # the pause under test: longer than the timeout
+    os.write(master, data[6:])
+    await asyncio.sleep(3 * timeout)
+    assert got == []  # nothing read while paused
+    link.resume_reading()
+    await wait_for(lambda: got, what="the frame after resuming")
+    assert got == [Frame(0x20, bytes(range(10)))]
+    assert link.deframer.stats.stale_frames == 0
+    # A real silence still drops a partial frame.
+    os.write(master, data[:6])
+    await wait_for(lambda: link.deframer.stats.stale_frames == 1, what="the partial to expire")
+    link.close()
+
+
 def test_open_errors_say_what_to_do():
     denied = PermissionError(errno.EACCES, "Permission denied")
     assert "add the gateway's user to the 'dialout' group" in explain_open_error("/dev/x", denied)

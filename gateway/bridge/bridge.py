@@ -100,6 +100,8 @@ class Bridge:
         self.started_at = time.time()
         self.published = 0
         self.invalid_requests = 0
+        #: events the broker refused (MQTT 5 PUBACK reason code >= 0x80)
+        self.rejected = 0
         self.requests = 0
         self._ports = {p.name: p for p in config.ports}
         self._buckets: dict[str, TokenBucket] = {}
@@ -235,20 +237,30 @@ class Bridge:
 
     def _publish_some(self) -> None:
         mqtt = self.mqtt
-        while mqtt.connected and len(self._in_flight) < WINDOW:
-            rows = self.spool.peek(self._last_sent, WINDOW - len(self._in_flight))
-            if not rows:
-                return
-            for row in rows:
-                body = mark_replayed(row.body) if row.replayed else row.body
-                mid = mqtt.publish(row.topic, body)
-                if mid is None:
+        in_flight = self._in_flight
+        try:
+            while mqtt.connected and len(in_flight) < WINDOW:
+                rows = self.spool.peek(self._last_sent, WINDOW - len(in_flight))
+                if not rows:
                     return
-                self._in_flight[mid] = row
-                self._last_sent = row.id
+                for row in rows:
+                    body = mark_replayed(row.body) if row.replayed else row.body
+                    mid = mqtt.publish_event(row.topic.encode(), body)
+                    if mid is None:
+                        return
+                    in_flight[mid] = row
+                    self._last_sent = row.id
+        finally:
+            mqtt.flush()
 
-    def _on_ack(self, mid: int) -> None:
+    def _on_ack(self, mid: int, reason: int) -> None:
         row = self._in_flight.pop(mid, None)
+        if row is not None and reason >= 0x80:
+            # The broker refused it (MQTT 5 reason code, e.g. not authorized): sending it
+            # again would be refused again. Counted and logged; it leaves the queue.
+            self.rejected += 1
+            log.warning("the broker refused an event on %s: reason code 0x%02x", row.topic,
+                        reason)
         if row is None:
             if mid in self._final_acks:
                 self._final_acks.discard(mid)
@@ -414,6 +426,7 @@ class Bridge:
                 "published": self.published,
                 "spooled": self.spool.count,
                 "dropped": self.spool.dropped,
+                "rejected": self.rejected,
                 "reconnects": self.mqtt.reconnects,
                 "requests": self.requests,
                 "invalid_requests": self.invalid_requests,

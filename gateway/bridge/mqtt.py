@@ -14,6 +14,7 @@ import logging
 import random
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,20 +36,27 @@ BACKOFF_MAX_S = 10.0
 _RECV_SIZE = 65536
 _CLOSE_FLUSH_S = 0.5
 _PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
+_U16 = struct.Struct("!H")
 _NO_PROPERTIES = Properties(PacketTypes.PUBACK)
 
 
 class _Client(paho.Client):
-    """paho's client with buffered socket I/O and a fast path for plain PUBACKs.
+    """paho's client with buffered socket I/O and a lean QoS 1 publish for events.
 
     paho 2.x reads every packet with two or three ``recv`` calls (type byte, length
     bytes, body) and writes every packet with its own ``send``: at 20,000 publishes a
     second that is ~80,000 system calls. Here reads take up to 64 KiB at once and serve
     paho from the buffer, and writes collect until the connection flushes them once per
-    loop turn (``flush``); a close flushes first, so a DISCONNECT is never lost. A PUBACK
-    with no reason code (success: the common case) skips building reason-code and
-    properties objects. Overrides paho's private ``_sock_recv``, ``_sock_send``,
-    ``_sock_close`` and ``_handle_pubackcomp``, stable through paho 2.x (pinned < 3).
+    loop turn (``flush``); a close flushes first, so a DISCONNECT is never lost.
+
+    ``publish_lean`` writes a QoS 1 PUBLISH (no properties, not retained) straight into
+    the send buffer without paho's per-message objects (a message, its info and a
+    condition variable: ~8 us); its PUBACK goes to ``on_lean_ack(mid, reason)``. paho
+    does not keep these messages for a resend: the caller does (the bridge's spool
+    sends again whatever was unacknowledged when a connection ends). PUBACKs with no
+    reason code skip paho's reason-code and properties objects. Overrides paho's private
+    ``_sock_recv``, ``_sock_send``, ``_sock_close`` and ``_handle_pubackcomp`` and uses
+    ``_mid_generate``, stable through paho 2.x (pinned < 3).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -56,6 +64,30 @@ class _Client(paho.Client):
         self._rx = b""
         self._rx_pos = 0
         self.tx = bytearray()
+        self._lean: set[int] = set()
+        self._lean_properties = b"\x00" if self._protocol == paho.MQTTv5 else b""
+        self.on_lean_ack: Callable[[int, int], None] = lambda mid, reason: None
+
+    def publish_lean(self, topic: bytes, payload: bytes) -> int | None:
+        """Queue a QoS 1 PUBLISH; returns its mid, None when there is no connection."""
+        if self._sock is None:
+            return None
+        mid = self._mid_generate()
+        properties = self._lean_properties
+        remaining = 4 + len(topic) + len(properties) + len(payload)
+        tx = self.tx
+        tx.append(0x32)  # PUBLISH, QoS 1
+        while remaining > 0x7F:
+            tx.append(remaining & 0x7F | 0x80)
+            remaining >>= 7
+        tx.append(remaining)
+        tx += _U16.pack(len(topic))
+        tx += topic
+        tx += _U16.pack(mid)
+        tx += properties
+        tx += payload
+        self._lean.add(mid)
+        return mid
 
     @property
     def buffered(self) -> bool:
@@ -101,14 +133,21 @@ class _Client(paho.Client):
                 sock.settimeout(_CLOSE_FLUSH_S)
                 sock.sendall(self.tx)
         self.tx.clear()
+        self._lean.clear()
         self._rx, self._rx_pos = b"", 0
         super()._sock_close()
 
     def _handle_pubackcomp(self, cmd: Any) -> paho.MQTTErrorCode:
         packet = self._in_packet["packet"]
-        if cmd != "PUBACK" or len(packet) != 2:
+        if cmd != "PUBACK" or len(packet) < 2:
             return super()._handle_pubackcomp(cmd)
         mid = packet[0] << 8 | packet[1]
+        if mid in self._lean:
+            self._lean.discard(mid)
+            self.on_lean_ack(mid, packet[2] if len(packet) > 2 else 0)
+            return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+        if len(packet) != 2:
+            return super()._handle_pubackcomp(cmd)
         with self._out_message_mutex:
             if mid in self._out_messages:
                 return self._do_on_publish(mid, _PUBACK_OK, _NO_PROPERTIES)
@@ -167,7 +206,7 @@ class MqttConnection:
         on_connect: Callable[[], None] = lambda: None,
         on_disconnect: Callable[[], None] = lambda: None,
         on_message: Callable[[Message], None] = lambda message: None,
-        on_ack: Callable[[int], None] = lambda mid: None,
+        on_ack: Callable[[int, int], None] = lambda mid, reason: None,
     ) -> None:
         self.settings = settings
         self.host, self.port, self.tls = settings.endpoint()
@@ -219,6 +258,7 @@ class MqttConnection:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_lean_ack = self._on_lean_ack
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
@@ -306,6 +346,21 @@ class MqttConnection:
             return None
         return info.mid
 
+    def publish_event(self, topic: bytes, body: bytes) -> int | None:
+        """Queue a QoS 1 publish on the hot path (see ``_Client.publish_lean``); it goes out
+        at the next ``flush``. Returns its mid, None when not connected."""
+        if not self.connected:
+            return None
+        return self._client.publish_lean(topic, body)
+
+    def flush(self) -> None:
+        """Send what is queued now; the rest when the socket has room."""
+        client = self._client
+        if not client.flush():
+            sock = client.socket()
+            if sock is not None:
+                self._loop.add_writer(sock, self._write)
+
     def subscribe(self, topics: list[str]) -> None:
         """Subscribe (QoS 1) to topic filters."""
         if topics:
@@ -361,8 +416,11 @@ class MqttConnection:
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
+        self._on_lean_ack(mid, getattr(reason, "value", 0))
+
+    def _on_lean_ack(self, mid: int, reason: int) -> None:
         try:
-            self.on_ack(mid)
+            self.on_ack(mid, reason)
         except Exception:
             log.exception("ack handler failed")
 

@@ -89,6 +89,7 @@ class SerialLink(asyncio.Protocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self._expiry: asyncio.TimerHandle | None = None
+        self._paused = False
 
     @classmethod
     async def open(cls, url: str, settings: SerialSettings, on_frames: FramesHandler) -> SerialLink:
@@ -149,7 +150,7 @@ class SerialLink(asyncio.Protocol):
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        if deadline is not None:
+        if deadline is not None and not self._paused:
             self._expiry = self._loop.call_at(deadline + 0.001, self._expire)
 
     def _expire(self) -> None:
@@ -196,16 +197,24 @@ class SerialLink(asyncio.Protocol):
         self.tx_bytes += len(data)
 
     def pause_reading(self) -> None:
-        """Stop reading (backpressure from consumers)."""
+        """Stop reading (backpressure from consumers); a held partial frame does not age."""
         if self._transport is not None:
             with contextlib.suppress(Exception):
                 self._transport.pause_reading()
+            self._paused = True
+            if self._expiry is not None:
+                self._expiry.cancel()
+                self._expiry = None
 
     def resume_reading(self) -> None:
-        """Read again."""
+        """Read again; a held partial frame's inter-frame timeout starts over."""
         if self._transport is not None:
             with contextlib.suppress(Exception):
                 self._transport.resume_reading()
+            if self._paused:
+                self._paused = False
+                self.deframer.restart_clock()
+                self._schedule_expiry()
 
     def close(self) -> None:
         """Close the port (``closed`` resolves with None)."""

@@ -107,6 +107,16 @@ class Deframer:
         """Bytes held for an incomplete frame."""
         return len(self._buf)
 
+    def restart_clock(self) -> None:
+        """Count a held incomplete frame's age from now.
+
+        For a reader that stopped reading on purpose (backpressure): meanwhile the rest of
+        the frame waited in the OS's buffer, not on a silent line, so the pause must not
+        make it stale.
+        """
+        now = self._clock()
+        self._since = self._last_rx = now
+
     @property
     def deadline(self) -> float | None:
         """Clock time at which the held incomplete frame goes stale, or None if none is held."""
