@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,6 +39,8 @@ from gateway.session import DeviceState
 from tests.mqtt_helpers import Mosquitto, _no_delay
 
 PREFIX = "mcp/v1/bench"
+#: 16-byte-payload frames per second on a 3 Mbaud link (21 bytes = 210 bits each)
+LINE_RATE_HZ = 14_286
 
 
 def _lines(data: bytes):
@@ -173,69 +176,117 @@ async def flood(count: int, seconds: float, tmp: Path, broker: Mosquitto) -> dic
     }
 
 
-async def steady(tmp: Path, broker: Mosquitto, seconds: float) -> dict:
-    """1,000 events/s (10 devices x 100/s): latency, request round trips, outage drain."""
-    links = tmp / "steady"
-    subscriber = Subscriber(broker.port, tmp / "steady-events.txt")
-    async with Fleet(FleetSpec(count=10, interval_ms=10, link_dir=links)) as fleet:
-        config = _config(tmp, broker, [d.name for d in fleet.devices], links)
-        gateway = Gateway(config)
-        async with Bridge(gateway, config) as bridge, gateway:
-            await _wait(lambda: bridge.mqtt.connected and all(
-                s.state is DeviceState.ONLINE for s in gateway.devices.values()))
-            await asyncio.sleep(1)
-            subscriber.reset()
-            await asyncio.sleep(seconds)
-            latency = subscriber.stop()["latencies"]
-            rtts = await _request_round_trips(broker.port, 200)
-            # Outage: stop the broker for 3 s while 1,000 events/s keep coming, then drain.
+def _device_process(count: int, interval_ms: int, rate_hz: float, link_dir: str,
+                    conn) -> None:
+    """Child: devices sending STATUS on their own timer (``interval_ms``) or, from "go"
+    to "stop", paced at ``rate_hz`` each (a link's line rate); reports what was sent."""
+
+    async def main() -> None:
+        spec = FleetSpec(count=count, interval_ms=interval_ms, link_dir=Path(link_dir), seed=1)
+        async with Fleet(spec) as fleet:
+            conn.send("ready")
+            loop = asyncio.get_running_loop()
+            assert await loop.run_in_executor(None, conn.recv) == "go"
+            stop = asyncio.Event()
+            streams = [asyncio.create_task(d.stream(stop, rate_hz))
+                       for d in fleet.devices if rate_hz]
+            assert await loop.run_in_executor(None, conn.recv) == "stop"
+            stop.set()
+            await asyncio.gather(*streams)
+            conn.send(sum(d.counters.status_sent for d in fleet.devices))
+            assert await loop.run_in_executor(None, conn.recv) == "exit"
+
+    asyncio.run(main())
+
+
+def _requester(port: int, count: int, conn) -> None:
+    """Child: ``count`` pings through MQTT 5 request/response, one at a time."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-req",
+                         protocol=paho.MQTTv5)
+    got: list[float] = []
+    answered = threading.Event()
+    subscribed = threading.Event()
+    client.on_message = lambda c, u, m: answered.set()
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_socket_open = _no_delay
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.subscribe("bench/replies", qos=1)
+    subscribed.wait(5)
+    for i in range(count):
+        answered.clear()
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.ResponseTopic = "bench/replies"
+        properties.CorrelationData = str(i).encode()
+        start = time.perf_counter()
+        client.publish(f"{PREFIX}/devices/sim-{i % 10}/requests",
+                       json.dumps({"action": "ping"}), qos=1, properties=properties)
+        if answered.wait(5):
+            got.append(time.perf_counter() - start)
+    client.loop_stop()
+    client.disconnect()
+    conn.send(got)
+
+
+async def _in_child(target, *args) -> tuple[multiprocessing.Process, Any]:
+    parent, child = multiprocessing.Pipe()
+    process = multiprocessing.Process(target=target, args=(*args, child))
+    process.start()
+    return process, parent
+
+
+async def _recv(conn) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+
+
+async def steady(tmp: Path, broker: Mosquitto, seconds: float, *, name: str, count: int,
+                 interval_ms: int = 3_600_000, rate_hz: float = 0.0,
+                 extras: bool = False) -> dict:
+    """Devices in a child process at a steady rate: serial-to-subscriber latency; with
+    ``extras`` also request round trips and the drain after a broker outage."""
+    links = tmp / name
+    devices, conn = await _in_child(_device_process, count, interval_ms, rate_hz, str(links))
+    assert await _recv(conn) == "ready"
+    subscriber = Subscriber(broker.port, tmp / f"{name}-events.txt")
+    config = _config(tmp / name, broker, [f"sim-{i}" for i in range(count)], links)
+    gateway = Gateway(config)
+    result: dict[str, Any] = {}
+    async with Bridge(gateway, config) as bridge, gateway:
+        await _wait(lambda: bridge.mqtt.connected and all(
+            s.state is DeviceState.ONLINE for s in gateway.devices.values()))
+        conn.send("go")
+        await asyncio.sleep(1)
+        subscriber.reset()
+        t0, before = time.perf_counter(), bridge.published
+        procs = {"gateway": os.getpid(), "devices": devices.pid,
+                 "mosquitto": broker.proc.pid, "subscriber": subscriber.pid}
+        cpu0 = {name: _cpu_s(pid) for name, pid in procs.items()}
+        await asyncio.sleep(seconds)
+        elapsed = time.perf_counter() - t0
+        rate = (bridge.published - before) / elapsed
+        result["events_per_s"] = round(rate)
+        result["cpu_percent"] = {name: round(100 * (_cpu_s(pid) - cpu0[name]) / elapsed, 1)
+                                 for name, pid in procs.items()}
+        result["latency"] = _percentiles(subscriber.stop()["latencies"])
+        if extras:
+            requester, rconn = await _in_child(_requester, broker.port, 300)
+            result["request_rtt"] = _percentiles(await _recv(rconn))
+            requester.join(10)
+            # Outage: stop the broker for 5 s while events keep coming, then drain.
             broker.stop()
-            await asyncio.sleep(3)
-            backlog = bridge.spool.count
+            await asyncio.sleep(5)
+            result["outage_backlog"] = bridge.spool.count
             broker.start()
             await _wait(lambda: bridge.mqtt.connected)
             t0, before = time.perf_counter(), bridge.published
             await _wait(lambda: bridge.spool.count < 100, limit_s=60)
-            drain = (bridge.published - before) / (time.perf_counter() - t0)
-    return {
-        "events_per_s": 1000,
-        "latency": _percentiles(latency),
-        "request_rtt": _percentiles(rtts),
-        "outage_backlog": backlog,
-        "drain_events_per_s": round(drain),
-    }
-
-
-async def _request_round_trips(port: int, count: int) -> list[float]:
-    loop = asyncio.get_running_loop()
-
-    def run() -> list[float]:
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-req",
-                             protocol=paho.MQTTv5)
-        got: list[float] = []
-
-        answered = threading.Event()
-        client.on_message = lambda c, u, m: answered.set()
-        client.on_socket_open = _no_delay
-        client.connect("127.0.0.1", port)
-        client.loop_start()
-        client.subscribe("bench/replies", qos=1)
-        time.sleep(0.3)
-        for i in range(count):
-            answered.clear()
-            properties = Properties(PacketTypes.PUBLISH)
-            properties.ResponseTopic = "bench/replies"
-            properties.CorrelationData = str(i).encode()
-            start = time.perf_counter()
-            client.publish(f"{PREFIX}/devices/sim-{i % 10}/requests",
-                           json.dumps({"action": "ping"}), qos=1, properties=properties)
-            if answered.wait(5):
-                got.append(time.perf_counter() - start)
-        client.loop_stop()
-        client.disconnect()
-        return got
-
-    return await loop.run_in_executor(None, run)
+            result["drain_events_per_s"] = round(
+                (bridge.published - before) / (time.perf_counter() - t0))
+        conn.send("stop")
+        await _recv(conn)
+    conn.send("exit")
+    devices.join(10)
+    return result
 
 
 def main() -> None:
@@ -254,8 +305,14 @@ def main() -> None:
                 sustained = asyncio.run(flood(args.devices, args.seconds, tmp, broker))
                 print(json.dumps({"sustained": sustained}))
             if args.only != "flood":
-                steady_state = asyncio.run(steady(tmp, broker, args.seconds))
+                steady_state = asyncio.run(steady(
+                    tmp, broker, args.seconds, name="steady", count=10, interval_ms=10,
+                    extras=True))
                 print(json.dumps({"steady": steady_state}))
+                line_rate = asyncio.run(steady(
+                    tmp, broker, args.seconds, name="line-rate", count=1,
+                    rate_hz=LINE_RATE_HZ))
+                print(json.dumps({"line_rate": line_rate}))
         finally:
             broker.stop()
     if args.only is None:
@@ -269,8 +326,11 @@ def main() -> None:
         print(f"at 1,000 events/s: serial-to-subscriber p50 {lat['p50_ms']} ms, p99 "
               f"{lat['p99_ms']} ms; request round trip p50 {rtt['p50_ms']} ms, "
               f"p99 {rtt['p99_ms']} ms")
-        print(f"outage of 3 s: {steady_state['outage_backlog']} events queued, drained at "
+        print(f"outage of 5 s: {steady_state['outage_backlog']} events queued, drained at "
               f"{steady_state['drain_events_per_s']:,} events/s")
+        lat = line_rate["latency"]
+        print(f"at the line rate of a 3 Mbaud link ({line_rate['events_per_s']:,} events/s): "
+              f"serial-to-subscriber p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms")
 
 
 if __name__ == "__main__":

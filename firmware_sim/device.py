@@ -157,6 +157,8 @@ class SimulatedDevice:
         self.node_id: int | None = None
         self.heartbeat_s = DEFAULT_HEARTBEAT_S
         self.sent_status: deque[bytes] = deque(maxlen=100_000)
+        self._ring: list[tuple[bytes, bytes]] = []
+        self._ring_pos = 0
         self._status_event = next(
             (e for e in profile.events.values() if e.cmd_id == Command.STATUS), None
         )
@@ -306,6 +308,24 @@ class SimulatedDevice:
                 values[spec.name] = {"bool": False, "utf8": self.name}.get(spec.type, b"")
         return self._status_event.layout.encode(values)
 
+    def _status_frames(self, count: int) -> bytes:
+        """``count`` STATUS frames for a flood or stream, counted like any others.
+
+        Their payloads cycle through 1,024 drifting ones made once: a flood measures the
+        gateway, so the simulator's own cost per frame is kept small.
+        """
+        ring = self._ring
+        if not ring:
+            ring.extend((p, encode_frame(Command.STATUS, p))
+                        for p in (self.status_payload() for _ in range(1024)))
+        start = self._ring_pos
+        picked = [ring[(start + i) % len(ring)] for i in range(count)]
+        self._ring_pos = (start + count) % len(ring)
+        self.sent_status.extend(p for p, _ in picked)
+        self.counters.status_sent += count
+        self.counters.frames_sent += count
+        return b"".join(f for _, f in picked)
+
     async def flood(self, stop: asyncio.Event, batch: int = 64) -> int:
         """Send STATUS frames as fast as the link takes them until ``stop``; returns the count.
 
@@ -315,16 +335,26 @@ class SimulatedDevice:
         assert self._status_event is not None
         sent = 0
         while not stop.is_set():
-            chunk = []
-            for _ in range(batch):
-                payload = self.status_payload()
-                self.sent_status.append(payload)
-                chunk.append(encode_frame(Command.STATUS, payload))
-            await self.link.write_all(b"".join(chunk))
+            await self.link.write_all(self._status_frames(batch))
             await asyncio.sleep(0)  # let received frames in between batches, as firmware would
             sent += batch
-            self.counters.status_sent += batch
-            self.counters.frames_sent += batch
+        return sent
+
+    async def stream(self, stop: asyncio.Event, rate_hz: float, tick_s: float = 0.001) -> int:
+        """Send STATUS frames at ``rate_hz`` (e.g. a link's line rate) until ``stop``.
+
+        Every ``tick_s`` the frames due so far go out in one write, as a UART's FIFO would
+        deliver them; returns the count.
+        """
+        assert self._status_event is not None
+        loop = asyncio.get_running_loop()
+        start, sent = loop.time(), 0
+        while not stop.is_set():
+            due = int((loop.time() - start) * rate_hz) - sent
+            if due > 0:
+                await self.link.write_all(self._status_frames(due))
+                sent += due
+            await asyncio.sleep(tick_s)
         return sent
 
     def log_line(self, level: LogLevel, text: str) -> None:

@@ -72,39 +72,50 @@ def test_acknowledging_an_event_dropped_meanwhile_does_not_miscount(tmp_path):
 
 
 class SpoolMachine(RuleBasedStateMachine):
-    """The spool against a plain list: whatever the mix of appends, sends (from memory or
-    disk), acks, reconnects, drops and restarts, it hands out exactly the model's rows."""
+    """The spool against a plain list: whatever the mix of appends (committed at once or
+    staged), sends (from memory or disk), acks, commits, reconnects, drops, clean restarts
+    and crashes, it hands out exactly the model's rows, and a crash loses only what was
+    staged and not committed."""
 
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp())
         self.spool = self._open()
-        self.model: list[tuple[int, bytes]] = []  # (id, body) still queued, oldest first
+        self.model: list[tuple[int, bytes]] = []  # (id, body) queued, oldest first
+        self.durable: list[tuple[int, bytes]] = []  # what the last commit wrote
         self.sent = 0  # id of the last row handed out since the last (re)connect
         self.in_flight: list[SpooledEvent] = []
-        self.counter = 0
+        self.next_id = 1
+        self.committed_next_id = 1
 
     def _open(self) -> Spool:
         return Spool(self.dir / "q.db", max_messages=12, memory_rows=5)
+
+    def _committed(self) -> None:
+        del self.model[:max(0, len(self.model) - 12)]  # the bound drops the oldest
+        self.durable = list(self.model)
+        self.committed_next_id = self.next_id
 
     def teardown(self) -> None:
         self.spool.close()
         shutil.rmtree(self.dir)
 
-    @rule(count=st.integers(1, 8))
-    def append(self, count):
-        rows = []
-        for _ in range(count):
-            self.counter += 1
-            rows.append(("t", b"%d" % self.counter, "d", self.counter))
-        self.spool.append(rows, replayed=False)
-        self.model.extend((i, b"%d" % i) for i in range(self.counter - count + 1,
-                                                          self.counter + 1))
-        del self.model[:max(0, len(self.model) - 12)]  # the bound drops the oldest
+    @rule(count=st.integers(1, 8), commit=st.booleans())
+    def append(self, count, commit):
+        first = self.next_id
+        rows = [("t", b"%d" % i, "d", i) for i in range(first, first + count)]
+        self.spool.append(rows, replayed=False, commit=commit)
+        self.model.extend((i, b"%d" % i) for i in range(first, first + count))
+        self.next_id += count
+        if commit:
+            self._committed()
 
     @rule(limit=st.integers(1, 6))
     def send(self, limit):
+        staged = self.spool.staged
         rows = self.spool.peek(self.sent, limit)
+        if staged and not self.spool.staged:
+            self._committed()  # a read from the disk commits first
         expected = [m for m in self.model if m[0] > self.sent][:limit]
         assert [(e.id, e.body) for e in rows] == expected
         if rows:
@@ -122,6 +133,11 @@ class SpoolMachine(RuleBasedStateMachine):
         self.model = [m for m in self.model if m[0] not in gone]
 
     @rule()
+    def commit(self):
+        self.spool.commit()
+        self._committed()
+
+    @rule()
     def reconnect(self):
         self.sent = 0
         self.in_flight.clear()
@@ -129,6 +145,16 @@ class SpoolMachine(RuleBasedStateMachine):
     @rule()
     def restart(self):
         self.spool.close()
+        self._committed()
+        self.spool = self._open()
+        self.reconnect()
+
+    @rule()
+    def crash(self):
+        self.spool._checkpointer.stopping.set()
+        self.spool._db.close()  # no commit: what was only staged is gone
+        self.model = list(self.durable)
+        self.next_id = self.committed_next_id  # ids never written are handed out again
         self.spool = self._open()
         self.reconnect()
 
@@ -138,6 +164,6 @@ class SpoolMachine(RuleBasedStateMachine):
         assert self.spool.bytes == sum(len(body) for _, body in self.model)
 
 
-SpoolMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40,
+SpoolMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40,
                                           deadline=None)
 test_the_spool_behaves_like_a_list = SpoolMachine.TestCase

@@ -45,6 +45,8 @@ WINDOW = 1000
 SPOOL_HOLD = 4 * WINDOW
 _BATCH = 1000
 _SHUTDOWN_ACK_S = 3.0
+#: acknowledged events are deleted from the queue at most this late
+COMMIT_DELAY_S = 0.05
 
 
 class TokenBucket:
@@ -110,6 +112,7 @@ class Bridge:
         self._acked: list[SpooledEvent] = []
         self._last_sent = 0
         self._wake = asyncio.Event()
+        self._commit_handle: asyncio.TimerHandle | None = None
         self._request_tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
         self._last_rx: dict[str, tuple[float, int]] = {}
@@ -161,6 +164,7 @@ class Bridge:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._request_tasks, return_exceptions=True)
         self._flush_acks()
+        self._commit()
         self.spool.close()
         if self._stop_metrics is not None:
             self._stop_metrics()
@@ -211,8 +215,11 @@ class Bridge:
                 status_mids.append(self.mqtt.publish(
                     self.topics.device_status(event.device_id), body, retain=True))
         if rows:
-            self.spool.append(rows, replayed=not self.mqtt.connected)
-            self._wake.set()
+            # Staged, sent, then written, all in this loop turn: the disk is off the
+            # latency path, and no PUBACK can be handled before the rows are on disk.
+            self.spool.append(rows, replayed=not self.mqtt.connected, commit=False)
+            self._publish_some()
+            self._commit()
             self._backpressure()
         return status_mids
 
@@ -276,8 +283,18 @@ class Bridge:
         if acked:
             self.spool.remove(acked)
             self.published += len(acked)
+            # Deletes ride along with the next batch's commit, or go within COMMIT_DELAY_S:
+            # a crash before that only sends them again (at least once).
+            if self._commit_handle is None:
+                self._commit_handle = self._loop.call_later(COMMIT_DELAY_S, self._commit)
             self._wake.set()
             self._backpressure()
+
+    def _commit(self) -> None:
+        if self._commit_handle is not None:
+            self._commit_handle.cancel()
+            self._commit_handle = None
+        self.spool.commit()
 
     def _on_connect(self) -> None:
         # Whatever was in flight on the old connection is sent again (QoS 1: at least once).
