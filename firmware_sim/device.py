@@ -340,13 +340,16 @@ class SimulatedDevice:
             sent += batch
         return sent
 
-    async def stream(self, stop: asyncio.Event, rate_hz: float, tick_s: float = 0.001) -> int:
+    async def stream(self, stop: asyncio.Event, rate_hz: float,
+                     tick_s: float | None = None) -> int:
         """Send STATUS frames at ``rate_hz`` (e.g. a link's line rate) until ``stop``.
 
-        Every ``tick_s`` the frames due so far go out in one write, as a UART's FIFO would
-        deliver them; returns the count.
+        Every ``tick_s`` (default: one frame's period, at least 1 ms) the frames due so far
+        go out in one write, as a UART's FIFO would deliver them; returns the count.
         """
         assert self._status_event is not None
+        if tick_s is None:
+            tick_s = max(0.001, 1.0 / rate_hz)
         loop = asyncio.get_running_loop()
         start, sent = loop.time(), 0
         while not stop.is_set():
