@@ -128,3 +128,16 @@ def make_certificates(directory: Path, host: str = "localhost") -> dict[str, Pat
         "-CAkey", str(paths["ca-key"]), "-CAcreateserial", "-days", "2",
         "-extfile", str(ext), "-out", str(paths["server"]))
     return paths
+
+
+def make_client_certificate(certs: dict[str, Path], directory: Path,
+                            name: str = "gateway") -> tuple[Path, Path]:
+    """A client certificate and key signed by ``make_certificates``' CA."""
+    cert, key, csr = (directory / f"{name}{suffix}.pem" for suffix in ("", "-key", "-csr"))
+    for args in (("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                  "-keyout", str(key), "-out", str(csr)),
+                 ("x509", "-req", "-in", str(csr), "-CA", str(certs["ca"]),
+                  "-CAkey", str(certs["ca-key"]), "-CAcreateserial", "-days", "2",
+                  "-out", str(cert))):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+    return cert, key

@@ -22,7 +22,13 @@ from gateway.bridge.bridge import Bridge
 from gateway.bridge.mqtt import BrokerSettings, MqttConnection
 from gateway.config import parse_config
 from tests.harness import wait_for
-from tests.mqtt_helpers import Client, Mosquitto, free_port, make_certificates
+from tests.mqtt_helpers import (
+    Client,
+    Mosquitto,
+    free_port,
+    make_certificates,
+    make_client_certificate,
+)
 
 P = "mcp/v1/test-gw"
 
@@ -252,6 +258,70 @@ async def test_tls_with_verification_and_a_wrong_host_name_refused(tmp_path):
         tls.stop()
 
 
+async def _connects(settings: BrokerSettings) -> tuple[bool, str]:
+    """Does a connection with these settings get accepted? (and the last error if not)"""
+    conn = MqttConnection(settings)
+    task = asyncio.create_task(conn.run())
+    try:
+        await wait_for(lambda: conn.connected or conn.last_error, what="an answer")
+        return conn.connected, conn.last_error
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_client_certificates(tmp_path):
+    certs = make_certificates(tmp_path)
+    cert, key = make_client_certificate(certs, tmp_path)
+    port = free_port()
+    mutual = Mosquitto(tmp_path, port=port, extra=(
+        f"cafile {certs['ca']}\ncertfile {certs['server']}\nkeyfile {certs['server-key']}\n"
+        "require_certificate true\n"))
+    mutual.start()
+    try:
+        config = parse_config({"state_dir": str(tmp_path / "s"), "broker": {
+            "url": f"mqtts://localhost:{port}", "ca_file": str(certs["ca"]),
+            "cert_file": str(cert), "key_file": str(key), "client_id": "with-cert"}})
+        assert await _connects(BrokerSettings.from_config(config.broker)) == (True, "")
+        without = replace(BrokerSettings.from_config(config.broker), cert_file=None,
+                          key_file=None, client_id="without-cert")
+        accepted, error = await _connects(without)
+        assert not accepted
+        assert "certificate" in error.lower() or "before accepting" in error, error
+    finally:
+        mutual.stop()
+
+
+async def test_username_and_password_from_a_file_or_the_environment(tmp_path, monkeypatch,
+                                                                      caplog):
+    secret = "s3cret-Pa55"
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), "gw", secret],  # noqa: ASYNC221
+                   check=True)
+    port = free_port()
+    locked = Mosquitto(tmp_path, port=port, extra=(
+        f"allow_anonymous false\npassword_file {passwords}\n"))
+    locked.start()
+    try:
+        (tmp_path / "broker-password").write_text(secret + "\n")
+        monkeypatch.setenv("GW_BROKER_PASSWORD", secret)
+        url = f"mqtt://127.0.0.1:{port}"
+        for source in ({"password_file": str(tmp_path / "broker-password")},
+                       {"password_env": "GW_BROKER_PASSWORD"}):
+            config = parse_config({"state_dir": str(tmp_path / "s"), "broker": {
+                "url": url, "username": "gw", **source}})
+            settings = BrokerSettings.from_config(config.broker)
+            assert await _connects(settings) == (True, ""), source
+            assert secret not in repr(config) + repr(settings)
+        wrong = replace(settings, password="wrong")
+        accepted, error = await _connects(wrong)
+        assert not accepted
+        assert "refused" in error
+        assert secret not in caplog.text
+    finally:
+        locked.stop()
+
+
 async def test_every_malformed_request_gets_its_own_invalid_over_mqtt(tmp_path, broker, client):
     from tests.test_envelope import MALFORMED  # noqa: PLC0415 - the same table as the parser's
 
@@ -373,3 +443,34 @@ async def test_the_rate_limit_answers_busy(tmp_path, broker, client):
                                         {"action": "ping"})
             statuses.append(response["status"])
         assert statuses == ["ok", "busy", "busy", "busy"]
+
+
+async def test_events_in_flight_respect_the_brokers_receive_maximum(tmp_path):
+    # Mosquitto announces max_inflight_messages as MQTT 5 Receive Maximum (its default: 20).
+    limited = Mosquitto(tmp_path, extra="max_inflight_messages 8\n")
+    limited.start()
+    subscriber = Client(limited.port, client_id="sub-limited")
+    subscriber.subscribe(f"{P}/devices/+/events/#")
+    try:
+        async with stack(tmp_path, limited, spec=FleetSpec(count=2, interval_ms=1000)) as (
+                fleet, gateway, bridge):
+            await wait_for(lambda: bridge.mqtt.connected, what="connected")
+            assert bridge.mqtt.receive_maximum == 8
+            assert bridge.window == 4  # room left for statuses and responses
+            await wait_for(lambda: all(s.node_id for s in gateway.devices.values()),
+                           what="registration")
+            stop = asyncio.Event()
+            floods = [asyncio.create_task(d.flood(stop, batch=16)) for d in fleet.devices]
+            await wait_for(lambda: bridge.published >= 3000, timeout=30, what="a flood through")
+            stop.set()
+            sent = sum(await asyncio.gather(*floods))
+            await wait_for(lambda: bridge.published >= sent, timeout=30, what="the rest")
+            assert bridge.peak_in_flight <= 4
+            await wait_for(lambda: len(subscriber.on(f"{P}/devices/")) >= sent, timeout=30,
+                           what="the subscriber to get every event")
+        for name in ("sim-0", "sim-1"):
+            seqs = [e["seq"] for e in subscriber.json_on(f"{P}/devices/{name}/")]
+            assert seqs == list(range(1, len(seqs) + 1)), "events out of order or missing"
+    finally:
+        subscriber.close()
+        limited.stop()

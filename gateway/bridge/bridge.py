@@ -90,11 +90,7 @@ class Bridge:
         broker = config.broker
         self.gateway = gateway
         self.config = config
-        self.settings = settings or BrokerSettings(
-            url=broker.url, protocol=broker.protocol, client_id=broker.client_id,
-            username=broker.username, password=broker.password, ca_file=broker.ca_file,
-            cert_file=broker.cert_file, key_file=broker.key_file,
-            tls_insecure=broker.tls_insecure)
+        self.settings = settings or BrokerSettings.from_config(broker)
         self.topics = Topics(config.topic_prefix, config.gateway_id)
         self.subscription = gateway.subscribe()  # before the gateway starts: nothing missed
         self.spool = Spool(config.state_dir / "spool.db", max_messages=config.queue.max_messages,
@@ -112,6 +108,9 @@ class Bridge:
         self._acked: list[SpooledEvent] = []
         self._last_sent = 0
         self._wake = asyncio.Event()
+        #: events in flight at most (set per connection from the broker's Receive Maximum)
+        self.window = WINDOW
+        self.peak_in_flight = 0
         self._commit_handle: asyncio.TimerHandle | None = None
         self._request_tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
@@ -246,8 +245,9 @@ class Bridge:
         mqtt = self.mqtt
         in_flight = self._in_flight
         try:
-            while mqtt.connected and len(in_flight) < WINDOW:
-                rows = self.spool.peek(self._last_sent, WINDOW - len(in_flight))
+            window = self.window
+            while mqtt.connected and len(in_flight) < window:
+                rows = self.spool.peek(self._last_sent, window - len(in_flight))
                 if not rows:
                     return
                 for row in rows:
@@ -258,6 +258,7 @@ class Bridge:
                     in_flight[mid] = row
                     self._last_sent = row.id
         finally:
+            self.peak_in_flight = max(self.peak_in_flight, len(in_flight))
             mqtt.flush()
 
     def _on_ack(self, mid: int, reason: int) -> None:
@@ -297,6 +298,10 @@ class Bridge:
         self.spool.commit()
 
     def _on_connect(self) -> None:
+        # Events in flight stay within the broker's Receive Maximum, leaving room for the
+        # statuses and responses that paho sends beside them.
+        limit = self.mqtt.receive_maximum
+        self.window = WINDOW if limit is None else max(1, min(WINDOW, limit - min(10, limit // 2)))
         # Whatever was in flight on the old connection is sent again (QoS 1: at least once).
         self._flush_acks()
         self._in_flight.clear()

@@ -17,7 +17,7 @@ import ssl
 import struct
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.config import BrokerConfig
 from gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -167,13 +168,21 @@ class BrokerSettings:
     client_id: str = ""
     keepalive: int = 30
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
     tls_insecure: bool = False
     #: unacknowledged QoS 1 publishes in flight
     window: int = 1000
+
+    @classmethod
+    def from_config(cls, broker: BrokerConfig) -> BrokerSettings:
+        """The connection settings of a validated ``[broker]`` table."""
+        return cls(url=broker.url, protocol=broker.protocol, client_id=broker.client_id,
+                   username=broker.username, password=broker.password,
+                   ca_file=broker.ca_file, cert_file=broker.cert_file,
+                   key_file=broker.key_file, tls_insecure=broker.tls_insecure)
 
     def endpoint(self) -> tuple[str, int, bool]:
         """(host, port, tls) of the URL."""
@@ -218,6 +227,8 @@ class MqttConnection:
         self._closing = False
         self.reconnects = 0
         self.last_error = ""
+        #: the broker's Receive Maximum (MQTT 5), None for 3.1.1 or before a connection
+        self.receive_maximum: int | None = None
         self._loop = asyncio.get_running_loop()
         self._lost: asyncio.Future[None] | None = None
         self._connected_future: asyncio.Future[bool] | None = None
@@ -378,6 +389,10 @@ class MqttConnection:
             return
         self.connected = True
         self.last_error = ""
+        # MQTT 5: the broker says how many QoS 1/2 publishes it takes unacknowledged
+        # (Mosquitto's default is 20); absent means 65,535. 3.1.1 has no such limit.
+        self.receive_maximum = (getattr(properties, "ReceiveMaximum", 65535)
+                                if self.is_v5 else None)
         log.info("connected to %s", self.settings.url)
         if future is not None and not future.done():
             future.set_result(True)
@@ -393,6 +408,10 @@ class MqttConnection:
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
         if self._connected_future is not None and not self._connected_future.done():
+            # Closed before CONNACK: a TLS client certificate the broker refused, a broker
+            # shutting down, a protocol it does not speak...
+            self._note_error(f"{self.settings.url} closed the connection before accepting "
+                             f"it ({reason})")
             self._connected_future.set_result(False)
         if was:
             (log.info if self._closing else log.warning)(
