@@ -323,9 +323,9 @@ def main() -> None:
               f"{sustained['gateway_cpu_percent']}%, RSS {sustained['gateway_rss_mib']} MiB; "
               f"CPU of the others: {sustained['other_cpu_percent']}")
         lat, rtt = steady_state["latency"], steady_state["request_rtt"]
-        print(f"at {steady_state['events_per_s']:,} events/s: serial-to-subscriber p50 {lat['p50_ms']} ms, p99 "
-              f"{lat['p99_ms']} ms; request round trip p50 {rtt['p50_ms']} ms, "
-              f"p99 {rtt['p99_ms']} ms")
+        print(f"at {steady_state['events_per_s']:,} events/s: serial-to-subscriber p50 "
+              f"{lat['p50_ms']} ms, p99 {lat['p99_ms']} ms; request round trip p50 "
+              f"{rtt['p50_ms']} ms, p99 {rtt['p99_ms']} ms")
         print(f"outage of 5 s: {steady_state['outage_backlog']} events queued, drained at "
               f"{steady_state['drain_events_per_s']:,} events/s")
         lat = line_rate["latency"]

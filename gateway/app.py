@@ -12,7 +12,7 @@ from gateway.drivers.serial import SerialSettings
 from gateway.errors import GatewayError
 from gateway.nodeids import NodeIdStore
 from gateway.ports import GlobWatcher, PortRunner, device_id_for_match
-from gateway.session import DeviceEvent, DeviceSession, SessionSettings
+from gateway.session import DeviceEvent, DeviceSession, DeviceState, SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,11 @@ class Gateway:
             max_queue=port.max_queue,
             circuit_threshold=port.circuit_threshold,
             circuit_reset_s=port.circuit_reset_s,
+            port_name=port.name,
+            id_from_uid=port.is_glob,
         )
-        session = DeviceSession(device_id, path, settings, self.node_ids, self._emit)
+        session = DeviceSession(device_id, path, settings, self.node_ids, self._emit,
+                                claim_id=self._claim_id)
         serial_settings = SerialSettings(
             baudrate=port.baudrate,
             bytesize=port.bytesize,
@@ -121,6 +124,34 @@ class Gateway:
         self.runners[device_id] = runner
         self._spawn(session.run(), f"session-{device_id}")
         self._spawn(runner.run(), f"port-{device_id}")
+
+    def _claim_id(self, session: DeviceSession, device_id: str) -> None:
+        """A glob port's device said HELLO: it becomes ``uid-<hex>`` unless that id is online
+        elsewhere. An offline session holding it (the same device, replugged under another
+        path) gives it up and goes back to its path id."""
+        holder = self.devices.get(device_id)
+        if holder is session:
+            return
+        if holder is not None:
+            if holder.state is DeviceState.ONLINE:
+                log.error("%s: uid id %s is online on %s already (two devices with one uid?); "
+                          "this one stays %s", session.port, device_id, holder.port,
+                          session.path_id)
+                if session.device_id != session.path_id:
+                    self._move(session, session.path_id)  # its old uid id is not its own now
+                return
+            self._move(holder, holder.path_id)
+        self._move(session, device_id)
+
+    def _move(self, session: DeviceSession, device_id: str) -> None:
+        other = self.devices.get(device_id)
+        if other is not None and other is not session:
+            log.error("%s: cannot take id %s: in use by %s", session.port, device_id, other.port)
+            return
+        old = session.device_id
+        self.devices[device_id] = self.devices.pop(old)
+        self.runners[device_id] = self.runners.pop(old)
+        session.rename(device_id)
 
     @property
     def reading_paused(self) -> bool:

@@ -27,7 +27,7 @@ from gateway.config import load_config, parse_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.frames import ProfileRegistry
 from gateway.monitor import PortMonitor, monitor_ports
-from gateway.session import DeviceEvent, StateChange
+from gateway.session import DeviceEvent, DeviceRenamed, StateChange
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -52,6 +52,8 @@ async def _run(args: argparse.Namespace) -> int:
         if isinstance(event, StateChange):
             log.info("%s is %s (%s) %s", event.device_id, event.state, event.reason,
                      json.dumps(event.facts, default=str))
+        elif isinstance(event, DeviceRenamed):
+            log.info("%s is now known as %s", event.old_id, event.device_id)
         else:
             log.info("%s %s %s", event.device_id, event.name, json.dumps(event.fields, default=str))
 

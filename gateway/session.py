@@ -78,8 +78,18 @@ class TelemetryEvent:
     received_at: float
 
 
-DeviceEvent = StateChange | TelemetryEvent
+@dataclass(frozen=True, slots=True)
+class DeviceRenamed:
+    """A device of a glob port took its ``uid-<hex>`` id after HELLO (or gave it back)."""
+
+    device_id: str
+    old_id: str
+
+
+DeviceEvent = StateChange | TelemetryEvent | DeviceRenamed
 EventSink = Callable[[DeviceEvent], None]
+#: asks the gateway for a device id; the gateway renames the session if it may
+IdClaim = Callable[["DeviceSession", str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +103,10 @@ class SessionSettings:
     max_queue: int = 64
     circuit_threshold: int = 5
     circuit_reset_s: float = 30.0
+    #: the configured port this device is on (for access control)
+    port_name: str = ""
+    #: a device of a glob port: named ``uid-<hex>`` once it says HELLO
+    id_from_uid: bool = False
 
 
 @dataclass
@@ -114,8 +128,14 @@ class DeviceSession:
         settings: SessionSettings,
         node_ids: NodeIdStore,
         emit: EventSink,
+        *,
+        claim_id: IdClaim | None = None,
     ) -> None:
         self.device_id = device_id
+        #: the id from the port's path, before (or without) a ``uid-`` id
+        self.path_id = device_id
+        self._claim_id = claim_id
+        self.reason = "starting"
         self.port = port
         self.settings = settings
         self.profile = settings.profile
@@ -193,9 +213,18 @@ class DeviceSession:
         if state is self.state and reason != "registered":
             return
         self.state = state
+        self.reason = reason
         self.since = time.time()
         log.info("%s: %s (%s)", self.device_id, state, reason)
         self._emit(StateChange(self.device_id, state, reason, self.since, self.facts))
+
+    def rename(self, device_id: str) -> None:
+        """Take another id (the gateway's decision); subscribers see ``DeviceRenamed`` and
+        then the current state under the new id."""
+        old, self.device_id = self.device_id, device_id
+        log.info("%s is now %s", old, device_id)
+        self._emit(DeviceRenamed(device_id, old))
+        self._emit(StateChange(device_id, self.state, self.reason, self.since, self.facts))
 
     # ------------------------------------------------------------------ frames in
 
@@ -237,6 +266,8 @@ class DeviceSession:
             self._reply(Frame(Command.NACK, bytes([Command.HELLO, NackCode.BAD_PAYLOAD])))
             return
         self.hello = hello
+        if self.settings.id_from_uid and self._claim_id is not None:
+            self._claim_id(self, f"uid-{hello['uid']}")
         self.node_id = self._node_ids.get(hello["uid"])
         # HELLO_ACK carries whole seconds; sub-second heartbeats (tests) round up to 1.
         ack = {"node_id": self.node_id, "heartbeat_s": max(1, round(self.settings.heartbeat_s))}

@@ -474,3 +474,34 @@ async def test_events_in_flight_respect_the_brokers_receive_maximum(tmp_path):
     finally:
         subscriber.close()
         limited.stop()
+
+
+async def test_glob_devices_appear_under_their_uid_ids(tmp_path, broker):
+    links = tmp_path / "links"
+    config = parse_config({
+        "gateway_id": "test-gw", "state_dir": str(tmp_path / "state"),
+        "broker": {"url": broker.url},
+        "ports": [{"name": "bus", "path": str(links / "sim-*")}]})
+    async with Fleet(FleetSpec(count=2, interval_ms=100, link_dir=links)) as fleet:
+        gateway = Gateway(config)
+        async with Bridge(gateway, config), gateway:
+            uid_ids = {f"uid-{d.uid.hex()}" for d in fleet.devices}
+            await wait_for(lambda: set(gateway.devices) == uid_ids, what="uid ids")
+            late = Client(broker.port, client_id="late")  # sees only what is retained
+            late.subscribe(f"{P}/devices/+/status")
+            try:
+                await wait_for(lambda: {m.topic.split("/")[4] for m in late.on(P)} >= uid_ids,
+                               what="retained statuses under the uid ids")
+                await asyncio.sleep(0.3)  # anything else retained arrives with them
+                assert {m.topic.split("/")[4] for m in late.on(P) if m.payload} == uid_ids
+            finally:
+                late.close()
+            client = Client(broker.port, client_id="asker")
+            client.subscribe("replies/#")
+            try:
+                uid_id = sorted(uid_ids)[0]
+                _, response = await request(client, f"{P}/devices/{uid_id}/requests",
+                                            {"action": "ping"})
+                assert response["status"] == "ok"  # the port's access rules apply
+            finally:
+                client.close()

@@ -3,25 +3,48 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 BIN = os.path.dirname(sys.executable)
 
 
-def _read_until(stream, needle, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            break
-        seen.append(line)
-        if needle in line:
-            return seen
-    raise AssertionError(f"{needle!r} not seen; got:\n{''.join(seen)}")
+class Lines:
+    """A process's output lines, read by a thread so waiting for one has a deadline."""
+
+    def __init__(self, stream) -> None:
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream) -> None:
+        for line in stream:
+            self.queue.put(line)
+        self.queue.put(None)
+
+    def until(self, needle: str, timeout: float = 15.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        seen: list[str] = []
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            seen.append(line)
+            if needle in line:
+                return seen
+        raise AssertionError(f"{needle!r} not seen; got:\n{''.join(seen)}")
+
+    def rest(self, timeout: float = 15.0) -> str:
+        lines = []
+        while (line := self.queue.get(timeout=timeout)) is not None:
+            lines.append(line)
+        return "".join(lines)
 
 
 def test_run_registers_devices_and_stops_cleanly(tmp_path):
@@ -43,11 +66,14 @@ def test_run_registers_devices_and_stops_cleanly(tmp_path):
             stderr=subprocess.PIPE, text=True,
         )
         try:
-            for name in names:
-                _read_until(gw.stderr, f"all-{name} is online (registered)")
-            _read_until(gw.stderr, "status {")
+            lines = Lines(gw.stderr)
+            seen = lines.until("is online (registered)") + lines.until("is online (registered)")
+            for name in names:  # a glob's devices take their uid ids at HELLO
+                assert any(f"all-{name} is now uid-" in line for line in seen)
+            assert all("uid-" in line for line in seen if "is online" in line)
+            lines.until("status {")
             gw.send_signal(signal.SIGTERM)
-            rest = gw.stderr.read()
+            rest = lines.rest()
             assert gw.wait(timeout=10) == 0
             assert "offline (gateway_stopped)" in rest
             assert (tmp_path / "state" / "node_ids.json").exists()

@@ -10,7 +10,7 @@ import pytest
 from firmware_sim import Faults, Fleet, FleetSpec
 from gateway.errors import InvalidRequest
 from gateway.frames import Command, NackCode
-from gateway.session import DeviceState, StateChange, TelemetryEvent
+from gateway.session import DeviceRenamed, DeviceState, StateChange, TelemetryEvent
 from gateway.transactions import Status
 from tests.harness import (
     fleet_and_gateway,
@@ -304,15 +304,49 @@ async def test_a_missing_port_logs_once_and_does_not_stop_the_others(tmp_path, c
             assert (await gw.device("ghost").request("ping")).status is Status.OFFLINE
 
 
-async def test_a_glob_picks_up_new_devices(tmp_path):
+async def test_a_glob_picks_up_new_devices_and_names_them_by_uid(tmp_path):
     links = tmp_path / "links"
     config = gateway_config(tmp_path, {"bus": str(links / "dev-*")})
     async with running_gateway(config) as (gw, sub):
         assert gw.devices == {}
-        async with Fleet(FleetSpec(count=2, name_prefix="dev", link_dir=links, interval_ms=100)):
-            for name in ("bus-dev-0", "bus-dev-1"):
-                await next_event(sub, is_state(name, "online"), timeout=5)
-            assert set(gw.devices) == {"bus-dev-0", "bus-dev-1"}
+        async with Fleet(FleetSpec(count=2, name_prefix="dev", link_dir=links,
+                                   interval_ms=100)) as fleet:
+            uid_ids = {f"uid-{d.uid.hex()}": f"bus-{d.name}" for d in fleet.devices}
+            for uid_id, path_id in uid_ids.items():
+                renamed = await next_event(
+                    sub, lambda e, i=uid_id: isinstance(e, DeviceRenamed) and e.device_id == i,
+                    timeout=5)
+                assert renamed.old_id == path_id  # the id it had before HELLO
+                await next_event(sub, is_state(uid_id, "online"), timeout=5)
+            assert set(gw.devices) == set(uid_ids)
+            event = await next_event(sub, lambda e: isinstance(e, TelemetryEvent))
+            assert event.device_id in uid_ids
+
+
+async def test_a_uid_id_goes_to_the_device_that_is_online(tmp_path):
+    links = tmp_path / "links"
+    config = gateway_config(tmp_path, {"bus": str(links / "dev-*")}, heartbeat_s=0.3)
+    async with running_gateway(config) as (gw, sub), Fleet(FleetSpec(
+            count=2, name_prefix="dev", link_dir=links, interval_ms=100)) as fleet:
+        first, second = fleet.devices
+        uid_id = f"uid-{first.uid.hex()}"
+        await next_event(sub, is_state(uid_id, "online"), timeout=5)
+        await next_event(sub, is_state(f"uid-{second.uid.hex()}", "online"), timeout=5)
+        # A second device claiming the same uid while the first is online keeps its path id.
+        second.uid = first.uid
+        await second.unplug(0.05)
+        await next_event(sub, is_state("bus-dev-1", "online"), timeout=5)
+        assert gw.devices[uid_id].port.endswith("dev-0")
+        # Once the first is gone, the uid id moves to the one that says HELLO with it.
+        await first.unplug()
+        await next_event(sub, is_state(uid_id, "offline"), timeout=5)
+        await second.unplug(0.05)
+        back = await next_event(sub, lambda e: isinstance(e, DeviceRenamed) and
+                                e.old_id == uid_id, timeout=5)
+        assert back.device_id == "bus-dev-0"
+        await next_event(sub, is_state(uid_id, "online"), timeout=5)
+        assert gw.devices[uid_id].port.endswith("dev-1")
+        assert gw.devices["bus-dev-0"].state is DeviceState.OFFLINE
 
 
 async def test_events_keep_arrival_order_and_state_changes_carry_facts(one):

@@ -34,7 +34,7 @@ from gateway.bridge.topics import Topics, valid_reply_topic
 from gateway.config import GatewayConfig, PortConfig
 from gateway.errors import InvalidRequest
 from gateway.monitor import describe
-from gateway.session import DeviceEvent, StateChange, TelemetryEvent
+from gateway.session import DeviceEvent, DeviceRenamed, StateChange, TelemetryEvent
 from gateway.transactions import Status
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,8 @@ class Bridge:
         self._ports = {p.name: p for p in config.ports}
         self._buckets: dict[str, TokenBucket] = {}
         self._statuses: dict[str, bytes] = {}
+        #: ids given up (renamed) whose retained status must be cleared
+        self._cleared: set[str] = set()
         self._in_flight: dict[int, SpooledEvent] = {}
         self._acked: list[SpooledEvent] = []
         self._last_sent = 0
@@ -204,6 +206,12 @@ class Bridge:
                                   event.received_at, seq)
                 rows.append((self.topics.device_event(event.device_id, event.name), body,
                              event.device_id, seq))
+            elif isinstance(event, DeviceRenamed):
+                # The old id is gone: clear its retained status (now, or on the next connect).
+                self._statuses.pop(event.old_id, None)
+                self._buckets.pop(event.old_id, None)
+                self._cleared.add(event.old_id)
+                self._clear_old_statuses()
             elif isinstance(event, StateChange):
                 status = {"state": event.state, "reason": event.reason, "since": event.since,
                           **event.facts}
@@ -211,6 +219,7 @@ class Bridge:
                     continue
                 body = encode_json(status)
                 self._statuses[event.device_id] = body
+                self._cleared.discard(event.device_id)
                 status_mids.append(self.mqtt.publish(
                     self.topics.device_status(event.device_id), body, retain=True))
         if rows:
@@ -221,6 +230,12 @@ class Bridge:
             self._commit()
             self._backpressure()
         return status_mids
+
+    def _clear_old_statuses(self) -> None:
+        for device_id in list(self._cleared):
+            if self.mqtt.publish(self.topics.device_status(device_id), b"", retain=True) \
+                    is not None:  # fmt: skip
+                self._cleared.discard(device_id)
 
     def _backpressure(self) -> None:
         # During an outage the queue is what absorbs events: hold reads only while connected.
@@ -310,6 +325,7 @@ class Bridge:
         mqtt.publish(self.topics.status, self._online, retain=True)
         for device_id, body in self._statuses.items():
             mqtt.publish(self.topics.device_status(device_id), body, retain=True)
+        self._clear_old_statuses()
         mqtt.subscribe([self.topics.device_requests_filter, self.topics.gateway_requests])
         self._wake.set()
 
@@ -342,8 +358,7 @@ class Bridge:
             self._respond(message, request, "unknown_device", started,
                           error=("unknown_device", str(exc)))
             return
-        port = self._ports.get(device_id) or next(
-            (p for p in self._ports.values() if device_id.startswith(f"{p.name}-")), None)
+        port = self._ports.get(session.settings.port_name)
         key = request.payload.get("key") if isinstance(request.payload, dict) else None
         if port is None or not allowed(port, request.action, key):
             on_key = f" on key {key!r}" if key is not None else ""
