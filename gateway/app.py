@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from gateway.config import GatewayConfig, PortConfig
@@ -20,8 +21,30 @@ log = logging.getLogger(__name__)
 EVENT_HIGH_WATER = 10_000
 
 
+#: settings a reload cannot change (they are kept, and reported)
+RESTART_ONLY = ("gateway_id", "state_dir", "topic_prefix", "broker", "queue", "metrics_address")
+#: port settings a reload changes without restarting the port
+LIVE_PORT_FIELDS = ("allow", "rate_limit")
+
+
 class UnknownDevice(GatewayError):
     """No device has this id."""
+
+
+@dataclass
+class ReloadReport:
+    """What a reload changed, by port name, and what needs a restart."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    needs_restart: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the log."""
+        parts = [f"{what} {', '.join(names)}" for what, names in asdict(self).items() if names]
+        return "; ".join(parts) or "nothing changed"
 
 
 class EventSubscription:
@@ -63,7 +86,7 @@ class Gateway:
         self._paused = False
         self._backlogged = False
         self._holds: set[str] = set()
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._port_tasks: dict[str, list[asyncio.Task[Any]]] = {}
         self._group: asyncio.TaskGroup | None = None
         self.node_ids: NodeIdStore | None = None
 
@@ -72,24 +95,80 @@ class Gateway:
         self._group = asyncio.TaskGroup()
         await self._group.__aenter__()
         for port in self.config.ports:
-            if port.is_glob:
-                watcher = GlobWatcher(port.path, lambda path, p=port: self._start_device(
-                    device_id_for_match(p.name, path), path, p))
-                watcher.scan()
-                self._spawn(watcher.run(), f"glob-{port.name}")
-            else:
-                self._start_device(port.name, port.path, port)
+            self._start_port(port)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        for task in self._tasks:
-            task.cancel()
+        for tasks in self._port_tasks.values():
+            for task in tasks:
+                task.cancel()
         assert self._group is not None
         await self._group.__aexit__(None, None, None)
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _start_port(self, port: PortConfig) -> None:
+        if port.is_glob:
+            watcher = GlobWatcher(port.path, lambda path, p=port: self._start_device(
+                device_id_for_match(p.name, path), path, p))
+            watcher.scan()
+            self._spawn(watcher.run(), f"glob-{port.name}", port.name)
+        else:
+            self._start_device(port.name, port.path, port)
+
+    async def _stop_port(self, name: str, reason: str) -> None:
+        """Stop a port's tasks; its devices go offline with ``reason`` and are forgotten."""
+        for runner in self.runners.values():
+            if runner.session.settings.port_name == name:
+                runner.stop_reason = reason
+        tasks = self._port_tasks.pop(name, [])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for device_id, session in list(self.devices.items()):
+            if session.settings.port_name == name:
+                session.mark_unavailable(reason)
+                del self.devices[device_id]
+                self.runners.pop(device_id, None)
+
+    def _spawn(self, coro: Any, name: str, port_name: str) -> None:
         assert self._group is not None
-        self._tasks.append(self._group.create_task(coro, name=name))
+        task = self._group.create_task(coro, name=name)
+        self._port_tasks.setdefault(port_name, []).append(task)
+
+    async def apply(self, config: GatewayConfig) -> ReloadReport:
+        """Change to ``config`` while running: ports added, removed or restarted (their
+        devices go offline with ``removed``/``reconfigured`` and come back); access rules
+        (``allow``, ``rate_limit``) change in place. Settings that only a restart can change
+        (gateway id, state dir, topic prefix, broker, queue, metrics) keep their old values
+        and are listed in the report. ``ProfileError`` if the new profiles do not load."""
+        old = self.config
+        report = ReloadReport()
+        report.needs_restart = [key for key in RESTART_ONLY
+                                if getattr(old, key) != getattr(config, key)]
+        config = replace(config, **{key: getattr(old, key) for key in report.needs_restart})
+        profiles_changed = config.profiles_dir != old.profiles_dir
+        profiles = config.profiles() if profiles_changed else self._profiles
+        for port in config.ports:
+            profiles.get(port.profile)  # every port's profile exists, before anything changes
+        before = {p.name: p for p in old.ports}
+        after = {p.name: p for p in config.ports}
+        self.config, self._profiles = config, profiles
+        for name in before.keys() - after.keys():
+            await self._stop_port(name, "removed")
+            report.removed.append(name)
+        for name, port in after.items():
+            previous = before.get(name)
+            if previous is None:
+                self._start_port(port)
+                report.added.append(name)
+            elif profiles_changed or replace(
+                    previous, **{k: getattr(port, k) for k in LIVE_PORT_FIELDS}) != port:
+                await self._stop_port(name, "reconfigured")
+                self._start_port(port)
+                report.restarted.append(name)
+            elif previous != port:
+                report.updated.append(name)
+        log.info("configuration reloaded: %s", report.summary())
+        return report
 
     def _start_device(self, device_id: str, path: str, port: PortConfig) -> None:
         if device_id in self.devices:
@@ -122,8 +201,8 @@ class Gateway:
         runner = PortRunner(path, serial_settings, session)
         self.devices[device_id] = session
         self.runners[device_id] = runner
-        self._spawn(session.run(), f"session-{device_id}")
-        self._spawn(runner.run(), f"port-{device_id}")
+        self._spawn(session.run(), f"session-{device_id}", port.name)
+        self._spawn(runner.run(), f"port-{device_id}", port.name)
 
     def _claim_id(self, session: DeviceSession, device_id: str) -> None:
         """A glob port's device said HELLO: it becomes ``uid-<hex>`` unless that id is online

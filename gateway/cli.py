@@ -27,6 +27,7 @@ from gateway.config import load_config, parse_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.frames import ProfileRegistry
 from gateway.monitor import PortMonitor, monitor_ports
+from gateway.reload import Reloader
 from gateway.session import DeviceEvent, DeviceRenamed, StateChange
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -65,9 +66,11 @@ async def _run(args: argparse.Namespace) -> int:
     async with contextlib.AsyncExitStack() as stack:
         if config.broker is not None and config.broker.embedded:
             await stack.enter_async_context(EmbeddedBroker(config.broker.url))
+        bridge = None
         if config.broker is not None:
             # The bridge outlives the gateway: devices go offline on the fabric first.
-            await stack.enter_async_context(Bridge(gateway, config))
+            bridge = await stack.enter_async_context(Bridge(gateway, config))
+        Reloader(args.config, gateway, bridge)  # the fabric's reload request re-reads the file
         await stack.enter_async_context(gateway)
         log.info("gateway %s running %d port(s); state in %s", config.gateway_id,
                  len(config.ports), config.state_dir)

@@ -111,3 +111,7 @@ class InvalidRequest(GatewayError):
 
 class LinkClosed(GatewayError):
     """The port went away while a frame was being written."""
+
+
+class ReloadBusy(GatewayError):
+    """A configuration reload is already running."""

@@ -44,6 +44,8 @@ class PortRunner:
         self.settings = settings
         self.session = session
         self.opens = 0
+        #: the device's offline reason when this runner is cancelled
+        self.stop_reason = "gateway_stopped"
         self._rng = rng or random.Random()
 
     @property
@@ -78,7 +80,7 @@ class PortRunner:
                 exc = await link.closed
             except asyncio.CancelledError:
                 link.close()
-                self.session.detach("gateway_stopped")
+                self.session.detach(self.stop_reason)
                 raise
             reason = _reason(self.url, exc)
             log.warning("%s: lost %s (%s)", name, self.url, exc or "closed")

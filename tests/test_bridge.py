@@ -505,3 +505,75 @@ async def test_glob_devices_appear_under_their_uid_ids(tmp_path, broker):
                 assert response["status"] == "ok"  # the port's access rules apply
             finally:
                 client.close()
+
+
+def _toml(tmp_path, broker, links, ports: list[dict], url: str | None = None) -> str:
+    lines = [f'gateway_id = "test-gw"\nstate_dir = "{tmp_path / "state"}"\n',
+             f'[broker]\nurl = "{url or broker.url}"\n']
+    for port in ports:
+        lines.append("[[ports]]\n" + "".join(
+            f"{k} = {json.dumps(v)}\n" for k, v in {"path": str(links / port["name"]),
+                                                     **port}.items()))
+    return "\n".join(lines)
+
+
+async def test_reload_over_the_fabric_applies_the_file_or_changes_nothing(tmp_path, broker,
+                                                                          client):
+    from gateway.config import load_config  # noqa: PLC0415
+    from gateway.reload import Reloader  # noqa: PLC0415
+
+    links = tmp_path / "links"
+    path = tmp_path / "gateway.toml"
+    path.write_text(_toml(tmp_path, broker, links, [{"name": "sim-0"}]))
+    config = load_config(path)
+    async with Fleet(FleetSpec(count=2, interval_ms=200, link_dir=links)):
+        gateway = Gateway(config)
+        async with Bridge(gateway, config) as bridge, gateway:
+            Reloader(path, gateway, bridge)
+            await wait_for(lambda: gateway.device("sim-0").node_id, what="sim-0 registered")
+            _, denied = await request(client, f"{P}/devices/sim-0/requests",
+                                      {"action": "write", "payload": {"key": "interval_ms",
+                                                                      "value": 500}})
+            assert denied["status"] == "forbidden"
+            # Add a port, open up writes on the other, move the broker (a restart's job).
+            path.write_text(_toml(tmp_path, broker, links, [
+                {"name": "sim-0", "allow": ["read", "ping", "write"]}, {"name": "sim-1"}],
+                url="mqtt://127.0.0.1:1"))
+            _, done = await request(client, f"{P}/requests", {"action": "reload"})
+            assert done["status"] == "ok", done
+            assert done["payload"] == {"added": ["sim-1"], "removed": [], "restarted": [],
+                                       "updated": ["sim-0"], "needs_restart": ["broker"]}
+            await wait_for(lambda: any(s.get("state") == "online" for s in client.json_on(
+                f"{P}/devices/sim-1/status")), what="the added port's device online")
+            _, written = await request(client, f"{P}/devices/sim-0/requests",
+                                       {"action": "write", "payload": {"key": "interval_ms",
+                                                                       "value": 500}})
+            assert written["status"] == "ok", written
+            # A broken file changes nothing and says every error.
+            path.write_text('gateway_id = "test-gw"\n[[ports]]\nname = "x"\nbaudrate = 7\n')
+            _, broken = await request(client, f"{P}/requests", {"action": "reload"})
+            assert broken["status"] == "invalid"
+            assert "ports[0].path" in broken["error"]["message"]
+            assert "ports[0].baudrate" in broken["error"]["message"]
+            assert set(gateway.devices) == {"sim-0", "sim-1"}
+            # Removing a port takes its device off, with the reason on the fabric.
+            path.write_text(_toml(tmp_path, broker, links, [{"name": "sim-0"}]))
+            _, removed = await request(client, f"{P}/requests", {"action": "reload"})
+            assert removed["payload"]["removed"] == ["sim-1"]
+            await wait_for(lambda: any(s.get("reason") == "removed" for s in client.json_on(
+                f"{P}/devices/sim-1/status")), what="sim-1 offline, removed")
+            assert set(gateway.devices) == {"sim-0"}
+            assert bridge.mqtt.connected  # the broker change waits for a restart
+            # Any other port setting restarts the port; the device comes back.
+            path.write_text(_toml(tmp_path, broker, links, [{"name": "sim-0",
+                                                             "heartbeat_s": 2.0}]))
+            seen = len(client.json_on(f"{P}/devices/sim-0/status"))
+            _, restarted = await request(client, f"{P}/requests", {"action": "reload"})
+            assert restarted["payload"]["restarted"] == ["sim-0"]
+
+            def restarted_and_back() -> bool:
+                after = client.json_on(f"{P}/devices/sim-0/status")[seen:]
+                return "reconfigured" in [s["reason"] for s in after] and \
+                    after[-1]["state"] == "online"
+
+            await wait_for(restarted_and_back, what="sim-0 offline (reconfigured), then online")

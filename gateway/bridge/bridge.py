@@ -13,11 +13,12 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any
 
 from gateway import __version__
-from gateway.app import Gateway, UnknownDevice
+from gateway.app import Gateway, ReloadReport, UnknownDevice
 from gateway.bridge.envelope import (
     InvalidEnvelope,
     RequestEnvelope,
@@ -32,7 +33,7 @@ from gateway.bridge.mqtt import BrokerSettings, Message, MqttConnection
 from gateway.bridge.spool import Spool, SpooledEvent
 from gateway.bridge.topics import Topics, valid_reply_topic
 from gateway.config import GatewayConfig, PortConfig
-from gateway.errors import InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest, ReloadBusy
 from gateway.monitor import describe
 from gateway.session import DeviceEvent, DeviceRenamed, StateChange, TelemetryEvent
 from gateway.transactions import Status
@@ -135,6 +136,8 @@ class Bridge:
         #: the stats of the last interval (what Prometheus scrapes)
         self.last_stats: dict[str, Any] | None = None
         self._final_done = asyncio.Event()
+        #: set by ``gateway.reload.Reloader``: re-read the configuration file and apply it
+        self.reloader: Callable[[], Awaitable[ReloadReport]] | None = None
 
     # ------------------------------------------------------------------ lifetime
 
@@ -422,10 +425,29 @@ class Bridge:
                       for direction, t, frame in session.trace]
             self._respond(message, request, "ok", started,
                           payload={"device": session.device_id, "frames": frames})
+        elif request.action == "reload":
+            await self._serve_reload(message, request, started)
         else:
             self._respond(message, request, "invalid", started, error=(
                 "invalid", f"unknown gateway action {request.action!r}; known: list_devices, "
-                "trace (reload arrives with configuration hot reload)"))
+                "reload, trace"))
+
+    async def _serve_reload(self, message: Message, request: RequestEnvelope,
+                            started: float) -> None:
+        if self.reloader is None:
+            self._respond(message, request, "invalid", started, error=(
+                "invalid", "this gateway was not started from a configuration file: "
+                "there is nothing to reload"))
+            return
+        try:
+            report = await self.reloader()
+        except ReloadBusy as exc:
+            self._respond(message, request, "busy", started, error=("busy", str(exc)))
+            return
+        except GatewayError as exc:  # the file does not load or validate: nothing changed
+            self._respond(message, request, "invalid", started, error=("invalid", str(exc)))
+            return
+        self._respond(message, request, "ok", started, payload=asdict(report))
 
     def _respond(self, message: Message, request: RequestEnvelope, status: str, started: float,
                  *, payload: dict[str, Any] | None = None,
@@ -438,6 +460,13 @@ class Bridge:
         body = response_body(request, f"{self.config.gateway_id}", status, payload=payload,
                              error=error, latency_ms=(self._loop.time() - started) * 1000)
         self.mqtt.publish(reply_to, body, correlation_data=correlation)
+
+    def apply(self, config: GatewayConfig) -> None:
+        """Take a reloaded configuration (the gateway's, after its own ``apply``): access
+        rules, rate limits, request limits and the stats interval change at once."""
+        self.config = config
+        self._ports = {p.name: p for p in config.ports}
+        self._buckets.clear()
 
     # ------------------------------------------------------------------ stats
 
