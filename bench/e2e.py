@@ -104,17 +104,20 @@ async def _wait(predicate, limit_s: float = 30.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def _config(tmp: Path, broker: Mosquitto, names: list[str], links: Path):
+def _config(tmp: Path, broker: Mosquitto, names: list[str], links: Path,
+            commit_delay_ms: float = 0.0):
     return parse_config({
         "gateway_id": "bench",
         "state_dir": str(tmp / "state"),
         "broker": {"url": broker.url},
+        "queue": {"commit_delay_ms": commit_delay_ms},
         "ports": [{"name": n, "path": str(links / n), "allow": ["read", "ping"],
                    "rate_limit": 100000} for n in names],
     })
 
 
-async def flood(count: int, seconds: float, tmp: Path, broker: Mosquitto) -> dict:
+async def flood(count: int, seconds: float, tmp: Path, broker: Mosquitto,
+                commit_delay_ms: float = 0.0) -> dict:
     """All-out flood: sustained events/s through the whole path, and loss."""
     links = tmp / "flood"
     parent, child = multiprocessing.Pipe()
@@ -123,7 +126,7 @@ async def flood(count: int, seconds: float, tmp: Path, broker: Mosquitto) -> dic
     loop = asyncio.get_running_loop()
     assert await loop.run_in_executor(None, parent.recv) == "ready"
     subscriber = Subscriber(broker.port, tmp / "flood-events.txt")
-    config = _config(tmp, broker, [f"sim-{i}" for i in range(count)], links)
+    config = _config(tmp, broker, [f"sim-{i}" for i in range(count)], links, commit_delay_ms)
     gateway = Gateway(config)
     async with Bridge(gateway, config) as bridge, gateway:
         await _wait(lambda: bridge.mqtt.connected and all(
@@ -241,14 +244,15 @@ async def _recv(conn) -> Any:
 
 async def steady(tmp: Path, broker: Mosquitto, seconds: float, *, name: str, count: int,
                  interval_ms: int = 3_600_000, rate_hz: float = 0.0,
-                 extras: bool = False) -> dict:
+                 extras: bool = False, commit_delay_ms: float = 0.0) -> dict:
     """Devices in a child process at a steady rate: serial-to-subscriber latency; with
     ``extras`` also request round trips and the drain after a broker outage."""
     links = tmp / name
     devices, conn = await _in_child(_device_process, count, interval_ms, rate_hz, str(links))
     assert await _recv(conn) == "ready"
     subscriber = Subscriber(broker.port, tmp / f"{name}-events.txt")
-    config = _config(tmp / name, broker, [f"sim-{i}" for i in range(count)], links)
+    config = _config(tmp / name, broker, [f"sim-{i}" for i in range(count)], links,
+                     commit_delay_ms)
     gateway = Gateway(config)
     result: dict[str, Any] = {}
     async with Bridge(gateway, config) as bridge, gateway:
@@ -293,25 +297,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--only", choices=("flood", "steady"),
+    parser.add_argument("--only", choices=("flood", "steady", "line-rate"),
                         help="run one part (for profiling)")
+    parser.add_argument("--commit-delay-ms", type=float, default=0.0,
+                        help="[queue] commit_delay_ms of the gateway (default 0: strict)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         broker = Mosquitto(tmp)
         broker.start()
         try:
-            if args.only != "steady":
-                sustained = asyncio.run(flood(args.devices, args.seconds, tmp, broker))
+            delay = args.commit_delay_ms
+            if args.only in (None, "flood"):
+                sustained = asyncio.run(flood(args.devices, args.seconds, tmp, broker, delay))
                 print(json.dumps({"sustained": sustained}))
-            if args.only != "flood":
+            if args.only in (None, "steady"):
                 steady_state = asyncio.run(steady(
                     tmp, broker, args.seconds, name="steady", count=10, rate_hz=100,
-                    extras=True))
+                    extras=True, commit_delay_ms=delay))
                 print(json.dumps({"steady": steady_state}))
+            if args.only in (None, "line-rate"):
                 line_rate = asyncio.run(steady(
                     tmp, broker, args.seconds, name="line-rate", count=1,
-                    rate_hz=LINE_RATE_HZ))
+                    rate_hz=LINE_RATE_HZ, commit_delay_ms=delay))
                 print(json.dumps({"line_rate": line_rate}))
         finally:
             broker.stop()

@@ -577,3 +577,18 @@ async def test_reload_over_the_fabric_applies_the_file_or_changes_nothing(tmp_pa
                     after[-1]["state"] == "online"
 
             await wait_for(restarted_and_back, what="sim-0 offline (reconfigured), then online")
+
+
+async def test_a_commit_delay_writes_only_what_the_broker_has_not_acknowledged(tmp_path,
+                                                                            broker):
+    async with stack(tmp_path, broker, spec=FleetSpec(count=2, interval_ms=20),
+                     queue={"commit_delay_ms": 300}) as (_, _gateway, bridge):
+        await wait_for(lambda: bridge.published >= 100, what="events through")
+        assert bridge.spool.written < bridge.published / 4  # acked long before their commit
+        broker.stop()
+        await wait_for(lambda: not bridge.mqtt.connected, what="the outage")
+        written = bridge.spool.written
+        await wait_for(lambda: bridge.spool.written >= written + 20, what="the outage's events "
+                       "on disk within the delay")
+        broker.start()
+        await wait_for(lambda: bridge.spool.count == 0, timeout=15, what="the queue to drain")

@@ -230,7 +230,11 @@ class Bridge:
             # latency path, and no PUBACK can be handled before the rows are on disk.
             self.spool.append(rows, replayed=not self.mqtt.connected, commit=False)
             self._publish_some()
-            self._commit()
+            delay = self.config.queue.commit_delay_ms / 1000.0
+            if delay > 0:
+                self._schedule_commit(delay)  # acked by then: never written at all
+            else:
+                self._commit()
             self._backpressure()
         return status_mids
 
@@ -304,10 +308,18 @@ class Bridge:
             self.published += len(acked)
             # Deletes ride along with the next batch's commit, or go within COMMIT_DELAY_S:
             # a crash before that only sends them again (at least once).
-            if self._commit_handle is None:
-                self._commit_handle = self._loop.call_later(COMMIT_DELAY_S, self._commit)
+            self._schedule_commit(COMMIT_DELAY_S)
             self._wake.set()
             self._backpressure()
+
+    def _schedule_commit(self, delay: float) -> None:
+        when = self._loop.time() + delay
+        handle = self._commit_handle
+        if handle is not None:
+            if handle.when() <= when:
+                return
+            handle.cancel()
+        self._commit_handle = self._loop.call_at(when, self._commit)
 
     def _commit(self) -> None:
         if self._commit_handle is not None:

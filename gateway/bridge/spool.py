@@ -99,6 +99,8 @@ class Spool:
         self.count = count
         self.bytes = size
         self.dropped = self._total("dropped")
+        #: events written to the disk by this process (acked before a delayed commit: never)
+        self.written = 0
         self._dropped_upto = 0
         self._seqs: dict[str, int] = dict(db.execute("SELECT device, seq FROM seqs"))
         last_id = self._last_id()
@@ -107,7 +109,7 @@ class Spool:
         self._unsent: deque[SpooledEvent] = deque()
         self._memory_after = last_id
         # Staged for the next commit.
-        self._inserts: list[tuple[int, str, bytes, int]] = []
+        self._inserts: dict[int, tuple[int, str, bytes, int]] = {}
         self._deletes: list[tuple[int, int]] = []
         self._seq_updates: dict[str, int] = {}
         self._checkpointer = _Checkpointer(path, checkpoint_interval)
@@ -135,10 +137,14 @@ class Spool:
         self._seqs[device_id] = seq
         return seq
 
+    def last_seq(self, device_id: str) -> int:
+        """The last event seq handed out for a device (0 if none)."""
+        return self._seqs.get(device_id, 0)
+
     @property
     def staged(self) -> bool:
         """True while something waits for ``commit``."""
-        return bool(self._inserts or self._deletes)
+        return bool(self._inserts or self._deletes or self._seq_updates)
 
     def append(self, messages: Iterable[tuple[str, bytes, str, int]], *, replayed: bool,
                commit: bool = True) -> int:
@@ -159,7 +165,7 @@ class Spool:
         size = 0
         for i, (topic, body, device_id, seq) in enumerate(rows, first):
             unsent.append(SpooledEvent(i, topic, body, replayed))
-            inserts.append((i, topic, body, flag))
+            inserts[i] = (i, topic, body, flag)
             seqs[device_id] = seq
             size += len(body)
         while len(unsent) > self.memory_rows:
@@ -172,14 +178,16 @@ class Spool:
 
     def commit(self) -> None:
         """Write what is staged (adds, deletes, seqs; then the bounds) in one transaction."""
-        if not self._inserts and not self._deletes:
+        if not self._inserts and not self._deletes and not self._seq_updates:
             return
         db = self._db
         db.execute("BEGIN")
         try:
             if self._inserts:
                 db.executemany("INSERT INTO queue (id, topic, body, replayed) "
-                               "VALUES (?, ?, ?, ?)", self._inserts)
+                               "VALUES (?, ?, ?, ?)", list(self._inserts.values()))
+                self.written += len(self._inserts)
+            if self._seq_updates:
                 db.executemany("INSERT INTO seqs (device, seq) VALUES (?, ?) "
                                "ON CONFLICT(device) DO UPDATE SET seq = excluded.seq",
                                list(self._seq_updates.items()))
@@ -245,10 +253,18 @@ class Spool:
 
     def remove(self, events: Iterable[SpooledEvent]) -> None:
         """Delete acknowledged messages at the next ``commit`` (those already dropped as
-        oldest are skipped). A crash before that sends them again: at least once."""
+        oldest are skipped; those not written yet never will be). A crash before that
+        sends them again: at least once."""
         done = [e for e in events if e.id > self._dropped_upto]
         if not done:
             return
+        self.count -= len(done)
+        self.bytes -= sum(len(e.body) for e in done)
+        inserts = self._inserts
+        if inserts:
+            done = [e for e in done if inserts.pop(e.id, None) is None]
+            if not done:
+                return
         # Acks come mostly in order: runs of consecutive ids, one statement per run.
         ids = sorted(e.id for e in done)
         start = ids[0]
@@ -257,5 +273,3 @@ class Spool:
                 self._deletes.append((start, previous))
                 start = current
         self._deletes.append((start, ids[-1]))
-        self.count -= len(done)
-        self.bytes -= sum(len(e.body) for e in done)
