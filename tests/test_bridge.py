@@ -388,7 +388,8 @@ def test_a_gateway_killed_during_an_outage_loses_nothing_it_had_queued(tmp_path,
 
 
 async def test_trace_shows_the_last_frames_both_ways(tmp_path, broker, client):
-    async with stack(tmp_path, broker, spec=FleetSpec(count=1, interval_ms=100)) as (
+    # STATUS once a second: the HELLO stays within the trace's last 64 frames.
+    async with stack(tmp_path, broker, spec=FleetSpec(count=1, interval_ms=1000)) as (
             _, gateway, _bridge):
         await wait_for(lambda: gateway.device("sim-0").node_id, what="registration")
         _, response = await request(client, f"{P}/requests",
