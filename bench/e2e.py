@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import multiprocessing
@@ -78,15 +79,34 @@ class Subscriber:
         self._out.close()
         seen: dict[str, set[int]] = {}
         latencies: list[float] = []
+        arrivals: list[tuple[str, int, float]] = []
         data = self.path.read_bytes()
         for offset, line in _lines(data):
             arrived, topic, payload = line.split(b" ", 2)
             event = json.loads(payload)
-            seen.setdefault(topic.split(b"/")[4].decode(), set()).add(event["seq"])
+            device = topic.split(b"/")[4].decode()
+            seen.setdefault(device, set()).add(event["seq"])
             if offset >= self._from:
                 latencies.append(float(arrived) - event["timestamp"])
+                arrivals.append((device, event["seq"], float(arrived)))
         return {"seqs": {d: (min(s), max(s), len(s)) for d, s in seen.items()},
-                "latencies": latencies}
+                "latencies": latencies, "arrivals": arrivals}
+
+
+def _serial_latencies(arrivals: list[tuple[str, int, float]], bases: dict[str, int],
+                      writes: dict[str, list[tuple[int, float]]]) -> list[float]:
+    """Subscriber arrival minus the device's write of the same frame: the stream's k-th
+    frame of a device is its event ``bases[device] + 1 + k`` (no STATUS before the stream)."""
+    found = []
+    for device, seq, arrived in arrivals:
+        log = writes.get(device)
+        k = seq - bases[device] - 1
+        if not log or k < 0:
+            continue
+        i = bisect.bisect_right(log, (k, float("inf"))) - 1
+        if i >= 0:
+            found.append(arrived - log[i][1])
+    return found
 
 
 def _cpu_s(pid: int) -> float:
@@ -191,12 +211,15 @@ def _device_process(count: int, interval_ms: int, rate_hz: float, link_dir: str,
             loop = asyncio.get_running_loop()
             assert await loop.run_in_executor(None, conn.recv) == "go"
             stop = asyncio.Event()
-            streams = [asyncio.create_task(d.stream(stop, rate_hz))
-                       for d in fleet.devices if rate_hz]
+            writes: dict[str, list[tuple[int, float]]] = {d.name: [] for d in fleet.devices}
+            # Devices at their own phases, as real ones are (not in lockstep).
+            streams = [asyncio.create_task(d.stream(
+                stop, rate_hz, writes=writes[d.name], phase_s=i / count / max(rate_hz, 1.0)))
+                for i, d in enumerate(fleet.devices) if rate_hz]
             assert await loop.run_in_executor(None, conn.recv) == "stop"
             stop.set()
             await asyncio.gather(*streams)
-            conn.send(sum(d.counters.status_sent for d in fleet.devices))
+            conn.send(writes)
             assert await loop.run_in_executor(None, conn.recv) == "exit"
 
     asyncio.run(main())
@@ -258,6 +281,7 @@ async def steady(tmp: Path, broker: Mosquitto, seconds: float, *, name: str, cou
     async with Bridge(gateway, config) as bridge, gateway:
         await _wait(lambda: bridge.mqtt.connected and all(
             s.state is DeviceState.ONLINE for s in gateway.devices.values()))
+        bases = {name: bridge.spool.last_seq(name) for name in gateway.devices}
         conn.send("go")
         await asyncio.sleep(1)
         subscriber.reset()
@@ -271,7 +295,9 @@ async def steady(tmp: Path, broker: Mosquitto, seconds: float, *, name: str, cou
         result["events_per_s"] = round(rate)
         result["cpu_percent"] = {name: round(100 * (_cpu_s(pid) - cpu0[name]) / elapsed, 1)
                                  for name, pid in procs.items()}
-        result["latency"] = _percentiles(subscriber.stop()["latencies"])
+        received = subscriber.stop()
+        result["latency_from_gateway_read"] = _percentiles(received["latencies"])
+        serial_side = received["arrivals"]
         if extras:
             requester, rconn = await _in_child(_requester, broker.port, 300)
             result["request_rtt"] = _percentiles(await _recv(rconn))
@@ -287,17 +313,41 @@ async def steady(tmp: Path, broker: Mosquitto, seconds: float, *, name: str, cou
             result["drain_events_per_s"] = round(
                 (bridge.published - before) / (time.perf_counter() - t0))
         conn.send("stop")
-        await _recv(conn)
+        writes = await _recv(conn)
     conn.send("exit")
     devices.join(10)
+    result["latency"] = _percentiles(_serial_latencies(serial_side, bases, writes))
     return result
+
+
+def broker_floor(tmp: Path, broker: Mosquitto, count: int = 3000) -> dict:
+    """The broker leg alone: a plain paho publisher in one thread (no gateway) -> Mosquitto
+    -> the same subscriber, at ~1,000 QoS 1 messages/s: the floor under every latency above."""
+    subscriber = Subscriber(broker.port, tmp / "floor-events.txt")
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-floor",
+                         protocol=paho.MQTTv5)
+    client.on_socket_open = _no_delay
+    client.connect("127.0.0.1", broker.port)
+    deadline = time.monotonic() + 5
+    while not client.is_connected() and time.monotonic() < deadline:
+        client.loop(0.01)
+    time.sleep(0.5)  # the subscriber's SUBACK
+    for seq in range(1, count + 1):
+        client.publish(f"{PREFIX}/devices/floor/events/status",
+                       json.dumps({"seq": seq, "timestamp": time.time()}), qos=1)
+        client.loop(0.001)
+    for _ in range(100):
+        client.loop(0.01)
+    client.disconnect()
+    return {"messages_per_s": "~1000", "latency": _percentiles(subscriber.stop()["latencies"])}
+
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--only", choices=("flood", "steady", "line-rate"),
+    parser.add_argument("--only", choices=("flood", "steady", "line-rate", "floor"),
                         help="run one part (for profiling)")
     parser.add_argument("--commit-delay-ms", type=float, default=0.0,
                         help="[queue] commit_delay_ms of the gateway (default 0: strict)")
@@ -316,6 +366,9 @@ def main() -> None:
                     tmp, broker, args.seconds, name="steady", count=10, rate_hz=100,
                     extras=True, commit_delay_ms=delay))
                 print(json.dumps({"steady": steady_state}))
+            if args.only in (None, "floor"):
+                floor = broker_floor(tmp, broker)
+                print(json.dumps({"broker_floor": floor}))
             if args.only in (None, "line-rate"):
                 line_rate = asyncio.run(steady(
                     tmp, broker, args.seconds, name="line-rate", count=1,
@@ -336,6 +389,9 @@ def main() -> None:
               f"{rtt['p50_ms']} ms, p99 {rtt['p99_ms']} ms")
         print(f"outage of 5 s: {steady_state['outage_backlog']} events queued, drained at "
               f"{steady_state['drain_events_per_s']:,} events/s")
+        lat = floor["latency"]
+        print(f"broker leg alone (paho publisher -> Mosquitto -> subscriber, ~1,000/s): p50 "
+              f"{lat['p50_ms']} ms, p99 {lat['p99_ms']} ms")
         lat = line_rate["latency"]
         print(f"at the line rate of a 3 Mbaud link ({line_rate['events_per_s']:,} events/s): "
               f"serial-to-subscriber p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms")

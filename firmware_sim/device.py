@@ -341,21 +341,29 @@ class SimulatedDevice:
         return sent
 
     async def stream(self, stop: asyncio.Event, rate_hz: float,
-                     tick_s: float | None = None) -> int:
+                     tick_s: float | None = None,
+                     writes: list[tuple[int, float]] | None = None,
+                     phase_s: float = 0.0) -> int:
         """Send STATUS frames at ``rate_hz`` (e.g. a link's line rate) until ``stop``.
 
         Every ``tick_s`` (default: one frame's period, at least 1 ms) the frames due so far
-        go out in one write, as a UART's FIFO would deliver them; returns the count.
+        go out in one write, as a UART's FIFO would deliver them; returns the count. With
+        ``writes``, each write is logged as (index of its first frame, wall-clock time).
+        ``phase_s`` delays the start, so devices of a fleet are not in lockstep.
         """
         assert self._status_event is not None
         if tick_s is None:
             tick_s = max(0.001, 1.0 / rate_hz)
+        if phase_s > 0:
+            await asyncio.sleep(phase_s)
         loop = asyncio.get_running_loop()
         start, sent = loop.time(), 0
         while not stop.is_set():
             due = int((loop.time() - start) * rate_hz) - sent
             if due > 0:
                 await self.link.write_all(self._status_frames(due))
+                if writes is not None:
+                    writes.append((sent, time.time()))
                 sent += due
             await asyncio.sleep(tick_s)
         return sent
