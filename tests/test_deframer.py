@@ -344,3 +344,21 @@ def test_window_xor_matches_a_plain_loop():
             for b in data[i : i + width]:
                 expected ^= b
             assert got[i] == expected, (width, i)
+
+
+def test_without_expiry_on_feed_a_late_feed_completes_the_frame():
+    clock = [0.0]
+    frame = Frame(0x20, bytes(range(10))).encode()
+    for expire_on_feed, expected in ((True, []), (False, [Frame(0x20, bytes(range(10)))])):
+        deframer = Deframer(timeout=0.1, clock=lambda: clock[0], expire_on_feed=expire_on_feed)
+        assert deframer.feed(frame[:6]) == []
+        clock[0] += 1.0  # the feed comes long after: a busy reader, or a silent line
+        assert deframer.feed(frame[6:]) == expected
+        clock[0] += 1.0
+    # expire() still drops a partial that nothing completes.
+    deframer = Deframer(timeout=0.1, clock=lambda: clock[0], expire_on_feed=False)
+    deframer.feed(frame[:6])
+    clock[0] += 1.0
+    deframer.expire()
+    assert deframer.buffered == 0
+    assert deframer.stats.stale_frames == 1

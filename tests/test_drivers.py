@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import time
 import tty
 
 import pytest
@@ -94,6 +95,35 @@ async def test_a_pause_in_reading_does_not_make_a_half_read_frame_stale(pty_pair
     # A real silence still drops a partial frame.
     os.write(master, data[:6])
     await wait_for(lambda: link.deframer.stats.stale_frames == 1, what="the partial to expire")
+    link.close()
+
+
+async def test_a_busy_loop_does_not_make_a_half_read_frame_stale(pty_pair):
+    """A read that comes late because the loop was busy (or the process was preempted) is
+    not line silence: the rest of the frame waited in the OS's buffer."""
+    master, path = pty_pair
+    got: list[Frame] = []
+    timeout = 0.05
+    link = await SerialLink.open(path, SerialSettings(inter_frame_timeout=timeout), got.extend)
+    data = Frame(0x20, bytes(range(10))).encode()
+    os.write(master, data[:6])
+    await wait_for(lambda: link.deframer.buffered == 6, what="half a frame to be read")
+    os.write(master, data[6:])
+    time.sleep(3 * timeout)  # noqa: ASYNC251 - the stall under test: the loop cannot read
+    await wait_for(lambda: got, what="the frame")
+    assert got == [Frame(0x20, bytes(range(10)))]
+    # The timer, too, leaves a partial alone while its rest waits in the OS's buffer.
+    os.write(master, data[:6])
+    await wait_for(lambda: link.deframer.buffered == 6, what="half a frame again")
+    link._transport.pause_reading()  # the reader does not get to run (the link is not told)
+    os.write(master, data[6:])
+    await wait_for(link._bytes_waiting, what="the rest in the OS's buffer")
+    link.deframer._since -= 10 * timeout  # as if the timer were long overdue
+    link._expire()
+    assert link.deframer.buffered == 6  # kept: its rest is waiting
+    link._transport.resume_reading()
+    await wait_for(lambda: len(got) == 2, what="the second frame")
+    assert link.deframer.stats.stale_frames == 0
     link.close()
 
 

@@ -79,7 +79,10 @@ class SerialLink(asyncio.Protocol):
         self.settings = settings
         self.on_frames = on_frames
         loop = asyncio.get_running_loop()
-        self.deframer = Deframer(timeout=settings.frame_timeout(), clock=loop.time)
+        # Expiry by our timer only: a read that comes late because the loop was busy is not
+        # line silence, and the timer checks the OS's buffer before it drops anything.
+        self.deframer = Deframer(timeout=settings.frame_timeout(), clock=loop.time,
+                                 expire_on_feed=False)
         self.closed: asyncio.Future[BaseException | None] = loop.create_future()
         self.tx_frames = 0
         self.tx_bytes = 0
@@ -155,6 +158,10 @@ class SerialLink(asyncio.Protocol):
 
     def _expire(self) -> None:
         self._expiry = None
+        if self._bytes_waiting():
+            # The rest may be right there (we were preempted or busy): the reader goes first.
+            self._expiry = self._loop.call_later(0.001, self._expire)
+            return
         frames = self.deframer.expire()
         self._schedule_expiry()
         if frames:
@@ -162,6 +169,16 @@ class SerialLink(asyncio.Protocol):
                 self.on_frames(frames)
             except Exception:
                 log.exception("%s: frame handler failed", self.url)
+
+    def _bytes_waiting(self) -> bool:
+        transport = self._transport
+        serial_port = getattr(transport, "serial", None)
+        if serial_port is None or self._paused:
+            return False
+        try:
+            return bool(serial_port.in_waiting)
+        except (OSError, ValueError, AttributeError, NotImplementedError):
+            return False
 
     # ---------------------------------------------------------------- use
 

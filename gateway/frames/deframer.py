@@ -83,15 +83,20 @@ class Deframer:
     incomplete): on the next ``feed`` or when the caller's timer calls ``expire``
     (``deadline`` says when). A frame whose first byte was already in the buffer when it
     went stale is judged by the time of the last ``feed``, so it is never dropped early.
+
+    ``expire_on_feed=False`` leaves expiry to ``expire`` alone: for a reader with a timer
+    of its own, where a late ``feed`` means the reader was busy, not that the line was
+    silent (the rest of the frame waited in the OS's buffer).
     """
 
-    __slots__ = ("_buf", "_clock", "_last_rx", "_since", "stats", "timeout")
+    __slots__ = ("_buf", "_clock", "_expire_on_feed", "_last_rx", "_since", "stats", "timeout")
 
     def __init__(
         self,
         *,
         timeout: float = DEFAULT_INTER_FRAME_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        expire_on_feed: bool = True,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"inter-frame timeout must be positive, got {timeout}")
@@ -101,6 +106,7 @@ class Deframer:
         self._buf = b""
         self._since = 0.0
         self._last_rx = 0.0
+        self._expire_on_feed = expire_on_feed
 
     @property
     def buffered(self) -> int:
@@ -125,7 +131,7 @@ class Deframer:
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add received bytes; return the complete frames found, in stream order."""
         now = self._clock()
-        frames = self._expire(now) if self._buf else []
+        frames = self._expire(now) if self._buf and self._expire_on_feed else []
         if not data:
             return frames
         self.stats.bytes_in += len(data)
