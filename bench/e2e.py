@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import bisect
 import contextlib
 import json
@@ -64,6 +65,7 @@ class Subscriber:
              "-F", "%U %t %p"], stdout=self._out)
         self._from = 0
         self.pid = self.proc.pid
+        atexit.register(self.proc.kill)  # never left behind by a bench that fails
 
     def reset(self) -> None:
         """Latencies from here on only."""
@@ -141,7 +143,8 @@ async def flood(count: int, seconds: float, tmp: Path, broker: Mosquitto,
     """All-out flood: sustained events/s through the whole path, and loss."""
     links = tmp / "flood"
     parent, child = multiprocessing.Pipe()
-    fleet = multiprocessing.Process(target=_fleet_process, args=(count, str(links), child))
+    fleet = multiprocessing.Process(target=_fleet_process, args=(count, str(links), child),
+                                    daemon=True)
     fleet.start()
     loop = asyncio.get_running_loop()
     assert await loop.run_in_executor(None, parent.recv) == "ready"
@@ -256,7 +259,7 @@ def _requester(port: int, count: int, conn) -> None:
 
 async def _in_child(target, *args) -> tuple[multiprocessing.Process, Any]:
     parent, child = multiprocessing.Pipe()
-    process = multiprocessing.Process(target=target, args=(*args, child))
+    process = multiprocessing.Process(target=target, args=(*args, child), daemon=True)
     process.start()
     return process, parent
 
