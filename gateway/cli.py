@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
+import os
 import signal
 import socket
 import sys
@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from firmware_sim import cli as sim_cli
 from firmware_sim.device import Faults
 from firmware_sim.fleet import Fleet, FleetSpec
@@ -22,15 +24,20 @@ from gateway import __version__
 from gateway.app import Gateway
 from gateway.bridge.bridge import Bridge
 from gateway.bridge.embedded import EmbeddedBroker
+from gateway.bridge.envelope import new_message_id
 from gateway.bridge.mqtt import BrokerSettings, Message, MqttConnection
-from gateway.config import load_config, parse_config
+from gateway.config import LOG_FORMATS, LOG_LEVELS, effective, load_config, parse_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.frames import ProfileRegistry
+from gateway.logs import setup_logging
 from gateway.monitor import PortMonitor, monitor_ports
-from gateway.reload import Reloader
-from gateway.session import DeviceEvent, DeviceRenamed, StateChange
+from gateway.service import Service
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(GatewayError):
+    """Bad arguments (exit 2)."""
 
 
 async def _until_stopped(duration: float | None) -> None:
@@ -45,41 +52,79 @@ async def _until_stopped(duration: float | None) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    log = logging.getLogger("mcp-gateway")
-    gateway = Gateway(config)
-    subscription = gateway.subscribe()  # before the ports open: no state change is missed
+    return await Service(args.config, config).run()
 
-    def log_event(event: DeviceEvent) -> None:
-        if isinstance(event, StateChange):
-            log.info("%s is %s (%s) %s", event.device_id, event.state, event.reason,
-                     json.dumps(event.facts, default=str))
-        elif isinstance(event, DeviceRenamed):
-            log.info("%s is now known as %s", event.old_id, event.device_id)
-        else:
-            log.info("%s %s %s", event.device_id, event.name, json.dumps(event.fields, default=str))
 
-    async def log_events() -> None:
-        async for event in subscription:
-            log_event(event)
-
-    events = asyncio.create_task(log_events(), name="log-events")
-    async with contextlib.AsyncExitStack() as stack:
-        if config.broker is not None and config.broker.embedded:
-            await stack.enter_async_context(EmbeddedBroker(config.broker.url))
-        bridge = None
-        if config.broker is not None:
-            # The bridge outlives the gateway: devices go offline on the fabric first.
-            bridge = await stack.enter_async_context(Bridge(gateway, config))
-        Reloader(args.config, gateway, bridge)  # the fabric's reload request re-reads the file
-        await stack.enter_async_context(gateway)
-        log.info("gateway %s running %d port(s); state in %s", config.gateway_id,
-                 len(config.ports), config.state_dir)
-        await _until_stopped(None)
-    events.cancel()
-    await asyncio.gather(events, return_exceptions=True)
-    while not subscription.queue.empty():  # the devices going offline at shutdown
-        log_event(subscription.get_nowait())
+def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    sys.stdout.write(f"# {args.file}: valid. The effective configuration, every default "
+                     "filled in:\n")
+    sys.stdout.write(tomli_w.dumps(effective(config)))
     return EXIT_OK
+
+
+async def _request(args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.json) if args.json is not None else {}
+    except ValueError as exc:
+        raise UsageError(f"JSON argument is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise UsageError("JSON argument must be an object, e.g. '{\"key\": \"interval_ms\"}'")
+    me = f"mcp-request-{os.getpid()}-{new_message_id()[-8:]}"
+    reply_topic = f"mcp-request/{me}"
+    base = f"{args.prefix}/{args.gateway}"
+    topic = f"{base}/requests" if args.device == "-" else f"{base}/devices/{args.device}/requests"
+    body: dict[str, Any] = {"mcp_version": "1.0", "message_id": new_message_id(),
+                            "message_type": "request", "timestamp": time.time(),
+                            "source": me, "action": args.action, "payload": payload}
+    if args.timeout_s is not None:
+        body["timeout"] = args.timeout_s
+    correlation = new_message_id().encode()
+    if args.protocol == 3:
+        body.update(reply_to=reply_topic, correlation_id=correlation.decode())
+    answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    def on_message(message: Message) -> None:
+        with contextlib.suppress(ValueError):
+            response = json.loads(message.payload)
+            mine = (message.correlation_data == correlation if args.protocol == 5
+                    else isinstance(response, dict)
+                    and response.get("correlation_id") == correlation.decode())
+            if mine and not answer.done():
+                answer.set_result(response)
+
+    def on_connect() -> None:
+        conn.subscribe([reply_topic])  # handled before the request, on one connection
+        conn.publish(topic, json.dumps(body).encode(), correlation_data=correlation,
+                     response_topic=reply_topic)
+
+    settings = BrokerSettings(url=args.broker, protocol=args.protocol, client_id=me,
+                              username=args.username,
+                              password=os.environ.get(args.password_env or "", None),
+                              ca_file=args.ca_file)
+    conn = MqttConnection(settings, on_connect=on_connect, on_message=on_message)
+    running = asyncio.create_task(conn.run())
+    try:
+        async with asyncio.timeout(args.wait_s):
+            response = await answer
+    except TimeoutError:
+        why = f" ({conn.last_error})" if conn.last_error else ""
+        print(f"mcp-gateway: no response on {topic} within {args.wait_s:g} s{why}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        await conn.disconnect()
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    print(json.dumps(response, indent=2, ensure_ascii=False))
+    return EXIT_OK if response.get("status") == "ok" else EXIT_FAILURE
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    print("mcp-gateway: the dashboard is not built yet (the Textual dashboard issue); watch "
+          "the fabric with `mcp-gateway demo --headless` or mosquitto_sub -t 'mcp/v1/#' -v",
+          file=sys.stderr)
+    return EXIT_USAGE
 
 
 async def _monitor(args: argparse.Namespace) -> int:
@@ -161,18 +206,71 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hardware gateway for serial and embedded MCP devices.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", default="WARNING",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level")
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                        help="stderr log level (default: the config's log_level for run, "
+                        "WARNING otherwise)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS,
+                        help="text (journald-friendly: no timestamps under systemd) or json "
+                        "(one object per line); default: the config's log_format, else text")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser(
         "run",
-        help="the service: open the configured ports and run the device sessions",
-        description="Open every configured port, register devices, answer HELLO and PING, "
-        "keep them alive and log their state changes and events, until SIGTERM/SIGINT.",
+        help="the service: open the configured ports, bridge to the broker",
+        description="Open every configured port, register devices, keep them alive, bridge "
+        "them to the MQTT broker, until SIGTERM/SIGINT (devices, then the gateway, go "
+        "offline on the fabric). SIGHUP re-reads the configuration file and applies it; a "
+        "file with errors is rejected (logged) and the running configuration stays. Under "
+        "systemd (Type=notify) it sends READY=1 once the ports are tried and the broker "
+        "answered, STATUS= lines, WATCHDOG=1 pings and STOPPING=1.",
     )
     run.add_argument("--config", type=Path, required=True, metavar="FILE",
                      help="TOML configuration (see ../shared/spec/config.md)")
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a configuration file and print the effective configuration",
+        description="Validate FILE; print the effective configuration (every default filled "
+        "in, as TOML that loads back to the same configuration) and exit 0, or print every "
+        "error with its key path and exit 2. The broker password is never printed.",
+    )
+    check.add_argument("file", type=Path, metavar="FILE")
+
+    request = sub.add_parser(
+        "request",
+        help="send one request over MQTT and print the response envelope",
+        description="Send one request to a gateway over the broker and print the response "
+        "envelope as JSON. Exit 0 only if its status is ok (1 otherwise or without an "
+        "answer, 2 on bad arguments). DEVICE '-' addresses the gateway itself (list_devices, "
+        "reload, trace).",
+        epilog="examples: mcp-gateway request --broker mqtt://127.0.0.1:1883 edge-1 sensor-a "
+        "read '{\"key\": \"interval_ms\"}';  mcp-gateway request --broker URL edge-1 - "
+        "list_devices",
+    )
+    request.add_argument("--broker", required=True, metavar="URL",
+                         help="mqtt://host[:port] or mqtts://host[:port]")
+    request.add_argument("gateway", metavar="GATEWAY", help="the gateway id")
+    request.add_argument("device", metavar="DEVICE", help="the device id, or - for the gateway")
+    request.add_argument("action", metavar="ACTION",
+                         help="read, write, raw, ping, a profile command, or a gateway action")
+    request.add_argument("json", nargs="?", metavar="JSON", help="the payload object")
+    request.add_argument("--prefix", default="mcp/v1", help="topic prefix (default mcp/v1)")
+    request.add_argument("--protocol", type=int, choices=(3, 5), default=5,
+                         help="MQTT version: 5 (response topic) or 3 (envelope reply_to)")
+    request.add_argument("--timeout", dest="timeout_s", type=float,
+                         help="the device's per-try timeout, seconds (the request's timeout)")
+    request.add_argument("--wait", dest="wait_s", type=float, default=10.0,
+                         help="how long to wait for the response (default 10 s)")
+    request.add_argument("--username")
+    request.add_argument("--password-env", metavar="VAR",
+                         help="environment variable holding the password")
+    request.add_argument("--ca-file", help="CA bundle for mqtts://")
+
+    dashboard = sub.add_parser(
+        "dashboard", help="the terminal dashboard (not built yet)",
+        description="The Textual dashboard, an MQTT client of the fabric (not built yet).")
+    dashboard.add_argument("--broker", metavar="URL")
+    dashboard.add_argument("--gateway", metavar="ID")
 
     demo = sub.add_parser(
         "demo",
@@ -207,16 +305,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setup_logging(args: argparse.Namespace) -> None:
+    level, fmt = args.log_level, args.log_format
+    if args.command == "run":
+        # A service says what it does: the config's level (INFO by default) unless overridden.
+        with contextlib.suppress(GatewayError):
+            config = load_config(args.config)
+            level, fmt = level or config.log_level, fmt or config.log_format
+    setup_logging(level or ("INFO" if args.command == "run" else "WARNING"), fmt or "text")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mcp-gateway``."""
     args = build_parser().parse_args(argv)
     # Printing to a closed pipe (``| head``) ends the program quietly, as Unix filters do.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "run" and args.log_level == "WARNING":
-        logging.getLogger().setLevel(logging.INFO)  # a service says what it does
-    runners = {"run": _run, "demo": _demo, "monitor": _monitor, "sim": sim_cli.run}
+    _setup_logging(args)
+    runners = {"run": _run, "demo": _demo, "monitor": _monitor, "sim": sim_cli.run,
+               "request": _request}
+    plain = {"check-config": _check_config, "dashboard": _dashboard}
     try:
+        if args.command in plain:
+            return plain[args.command](args)
         return asyncio.run(runners[args.command](args))
     except ConfigError as exc:
         print(f"mcp-gateway: configuration error in {exc}", file=sys.stderr)

@@ -10,7 +10,7 @@ import os
 import re
 import socket
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,9 @@ class BrokerConfig:
     client_id: str = ""
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    #: where the password came from (what the effective config prints; never the password)
+    password_file: str | None = None
+    password_env: str | None = None
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -103,6 +106,10 @@ class GatewayConfig:
     stats_interval_s: float = 5.0
     #: host:port of the Prometheus endpoint; None: off
     metrics_address: str | None = None
+    #: DEBUG, INFO, WARNING or ERROR (``--log-level`` overrides it)
+    log_level: str = "INFO"
+    #: "text" (journald-friendly lines) or "json" (one object per line)
+    log_format: str = "text"
 
     def profiles(self) -> ProfileRegistry:
         """The built-in profiles plus those in ``profiles_dir``."""
@@ -110,7 +117,9 @@ class GatewayConfig:
 
 
 _TOP_KEYS = {"gateway_id", "state_dir", "topic_prefix", "profiles_dir", "broker", "queue", "ports",
-             "max_request_bytes", "stats_interval_s", "metrics"}
+             "max_request_bytes", "stats_interval_s", "metrics", "log_level", "log_format"}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 _BROKER_KEYS = {"url", "protocol", "embedded", "client_id", "username", "password_file",
                 "password_env", "ca_file", "cert_file", "key_file", "tls_insecure"}
 
@@ -289,6 +298,15 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfi
                        "\"127.0.0.1:9108\" (host:port) or a port number")
         else:
             metrics_address = address
+    log_level = data.get("log_level", "INFO")
+    if not isinstance(log_level, str) or log_level.upper() not in LOG_LEVELS:
+        errors.add("log_level", log_level, f"is not a log level; expected one of "
+                   f"{', '.join(LOG_LEVELS)}")
+        log_level = "INFO"
+    log_format = data.get("log_format", "text")
+    if log_format not in LOG_FORMATS:
+        errors.add("log_format", log_format, "is not a log format; expected text or json")
+        log_format = "text"
     if errors.items:
         raise ConfigError(errors.items, source)
     return GatewayConfig(
@@ -302,7 +320,37 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfi
         max_request_bytes=max_request_bytes,
         stats_interval_s=stats_interval_s,
         metrics_address=metrics_address,
+        log_level=log_level.upper(),
+        log_format=log_format,
     )
+
+
+def effective(config: GatewayConfig) -> dict[str, Any]:
+    """The configuration as a TOML document with every default filled in; ``parse_config``
+    of it gives ``config`` back. The broker password is never in it (only where it is read
+    from)."""
+    doc: dict[str, Any] = {
+        "gateway_id": config.gateway_id,
+        "state_dir": str(config.state_dir),
+        "topic_prefix": config.topic_prefix,
+        "log_level": config.log_level,
+        "log_format": config.log_format,
+        "max_request_bytes": config.max_request_bytes,
+        "stats_interval_s": config.stats_interval_s,
+    }
+    if config.profiles_dir is not None:
+        doc["profiles_dir"] = str(config.profiles_dir)
+    if config.metrics_address is not None:
+        doc["metrics"] = {"address": config.metrics_address}
+    if config.broker is not None:
+        broker = {k: v for k, v in asdict(config.broker).items()
+                  if v is not None and k != "password"}
+        doc["broker"] = broker
+    doc["queue"] = asdict(config.queue)
+    doc["ports"] = [{k: (list(v) if isinstance(v, tuple) else v)
+                     for k, v in asdict(port).items() if v is not None}
+                    for port in config.ports]
+    return doc
 
 
 def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerConfig | None:
@@ -366,6 +414,8 @@ def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerConfig | None:
         client_id=client_id,
         username=strings["username"],
         password=password,
+        password_file=strings["password_file"],
+        password_env=None if strings["password_file"] else strings["password_env"],
         ca_file=strings["ca_file"],
         cert_file=strings["cert_file"],
         key_file=strings["key_file"],

@@ -71,7 +71,7 @@ def test_run_registers_devices_and_stops_cleanly(tmp_path):
             for name in names:  # a glob's devices take their uid ids at HELLO
                 assert any(f"all-{name} is now uid-" in line for line in seen)
             assert all("uid-" in line for line in seen if "is online" in line)
-            lines.until("status {")
+            assert any("ready: " in line for line in seen)  # after the ports were tried
             gw.send_signal(signal.SIGTERM)
             rest = lines.rest()
             assert gw.wait(timeout=10) == 0

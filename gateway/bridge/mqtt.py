@@ -344,14 +344,19 @@ class MqttConnection:
     # ------------------------------------------------------------------ publish/subscribe
 
     def publish(self, topic: str, body: bytes, *, qos: int = 1, retain: bool = False,
-                correlation_data: bytes | None = None) -> int | None:
-        """Queue a publish; returns its mid (for ``on_ack``), None when not connected."""
+                correlation_data: bytes | None = None,
+                response_topic: str | None = None) -> int | None:
+        """Queue a publish; returns its mid (for ``on_ack``), None when not connected.
+        ``correlation_data`` and ``response_topic`` are MQTT 5 properties (else ignored)."""
         if not self.connected:
             return None
         properties = None
-        if correlation_data is not None and self.is_v5:
+        if (correlation_data is not None or response_topic is not None) and self.is_v5:
             properties = Properties(PacketTypes.PUBLISH)
-            properties.CorrelationData = correlation_data
+            if correlation_data is not None:
+                properties.CorrelationData = correlation_data
+            if response_topic is not None:
+                properties.ResponseTopic = response_topic
         info = self._client.publish(topic, body, qos=qos, retain=retain, properties=properties)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             return None

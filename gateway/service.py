@@ -1,0 +1,144 @@
+"""``mcp-gateway run``: the gateway as a service, from its configuration file to SIGTERM.
+
+Owns the process's lifetime: the embedded broker (if configured), the bridge, the gateway,
+SIGHUP (reload), SIGTERM/SIGINT (a clean stop: devices, then the gateway, go offline on
+the fabric), and what systemd is told (READY, STATUS, WATCHDOG, STOPPING).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from pathlib import Path
+
+from gateway.app import Gateway
+from gateway.bridge.bridge import Bridge
+from gateway.bridge.embedded import EmbeddedBroker
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
+from gateway.notify import Notifier
+from gateway.reload import Reloader
+from gateway.session import DeviceEvent, DeviceRenamed, DeviceState, StateChange
+
+log = logging.getLogger("mcp-gateway")
+
+#: READY=1 is sent when every port has been tried and the broker answered, or after this
+#: long regardless (the queue holds events while the broker is away; the service is up)
+READY_TIMEOUT_S = 30.0
+STATUS_INTERVAL_S = 5.0
+
+
+def _log_event(event: DeviceEvent) -> None:
+    if isinstance(event, StateChange):
+        log.info("%s is %s (%s) %s", event.device_id, event.state, event.reason,
+                 json.dumps(event.facts, default=str))
+    elif isinstance(event, DeviceRenamed):
+        log.info("%s is now known as %s", event.old_id, event.device_id)
+    else:
+        log.debug("%s %s %s", event.device_id, event.name, json.dumps(event.fields, default=str))
+
+
+def status_line(gateway: Gateway, bridge: Bridge | None) -> str:
+    """What ``systemctl status`` shows: device counts, broker, queue."""
+    states = [s.state for s in gateway.devices.values()]
+    online = sum(1 for s in states if s is DeviceState.ONLINE)
+    text = f"{online} of {len(states)} devices online"
+    if bridge is not None:
+        text += (f"; broker {'connected' if bridge.mqtt.connected else 'not connected'}; "
+                 f"{bridge.spool.count} events queued")
+    return text
+
+
+class Service:
+    """``await Service(config_path, config).run()``: until SIGTERM/SIGINT; returns 0."""
+
+    def __init__(self, path: Path, config: GatewayConfig,
+                 notifier: Notifier | None = None) -> None:
+        self.path = path
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.gateway = Gateway(config)
+        self.bridge: Bridge | None = None
+        self._stop = asyncio.Event()
+        self._reloads: set[asyncio.Task[None]] = set()
+
+    def _ready(self) -> bool:
+        ports_tried = all(s.state is not DeviceState.CONNECTING
+                          for s in self.gateway.devices.values())
+        return ports_tried and (self.bridge is None or self.bridge.mqtt.connected)
+
+    async def _announce_ready(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT_S
+        while not self._ready() and loop.time() < deadline:  # noqa: ASYNC110 - many conditions
+            await asyncio.sleep(0.05)
+        status = status_line(self.gateway, self.bridge)
+        self.notifier.send(READY=1, STATUS=status)
+        log.info("ready: %s", status)
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            self.notifier.send(STATUS=status_line(self.gateway, self.bridge))
+
+    def _on_sighup(self, reloader: Reloader) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload(reloader))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload(self, reloader: Reloader) -> None:
+        self.notifier.send(RELOADING=1, STATUS="reloading the configuration")
+        try:
+            report = await reloader.reload()
+        except GatewayError as exc:
+            log.error("reload rejected, the running configuration stays: %s", exc)
+        else:
+            if report.needs_restart:
+                log.warning("reload: %s only change with a restart",
+                            ", ".join(report.needs_restart))
+        self.notifier.send(READY=1, STATUS=status_line(self.gateway, self.bridge))
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT."""
+        config = self.config
+        loop = asyncio.get_running_loop()
+        subscription = self.gateway.subscribe()  # before the ports open: nothing missed
+        logger = asyncio.create_task(self._log_events(subscription), name="log-events")
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if config.broker is not None and config.broker.embedded:
+                    await stack.enter_async_context(EmbeddedBroker(config.broker.url))
+                if config.broker is not None:
+                    # The bridge outlives the gateway: devices go offline on the fabric first.
+                    self.bridge = await stack.enter_async_context(Bridge(self.gateway, config))
+                reloader = Reloader(self.path, self.gateway, self.bridge)
+                await stack.enter_async_context(self.gateway)
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, self._stop.set)
+                loop.add_signal_handler(signal.SIGHUP, self._on_sighup, reloader)
+                log.info("gateway %s running %d port(s); state in %s", config.gateway_id,
+                         len(config.ports), config.state_dir)
+                tasks = [asyncio.create_task(self._announce_ready(), name="ready"),
+                         asyncio.create_task(self.notifier.watchdog(), name="watchdog")]
+                await self._stop.wait()
+                log.info("stopping")
+                self.notifier.send(STOPPING=1, STATUS="stopping: devices go offline")
+                for task in [*tasks, *self._reloads]:
+                    task.cancel()
+                await asyncio.gather(*tasks, *self._reloads, return_exceptions=True)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            logger.cancel()
+            await asyncio.gather(logger, return_exceptions=True)
+            while not subscription.queue.empty():  # the devices going offline at shutdown
+                _log_event(subscription.get_nowait())
+            self.notifier.close()
+        return 0
+
+    @staticmethod
+    async def _log_events(subscription: object) -> None:
+        async for event in subscription:  # type: ignore[attr-defined]
+            _log_event(event)
