@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Install or remove mcp-gateway as a systemd service on a Debian / Raspberry Pi OS box.
+#
+#   sudo scripts/install.sh               # install (again: it is idempotent)
+#   sudo scripts/install.sh uninstall     # remove; keeps /etc/mcp-gateway and its state
+#   sudo scripts/install.sh uninstall --purge   # also the config, the state and the user
+#
+# Puts in place: a virtualenv with the gateway in /opt/mcp-gateway/venv, the system user
+# mcp-gateway (in dialout), the unit /etc/systemd/system/mcp-gateway.service, the udev rules
+# /etc/udev/rules.d/99-mcp-gateway.rules and, if there is none yet, the configuration
+# /etc/mcp-gateway/gateway.toml. An existing configuration is never overwritten.
+#
+# DESTDIR=DIR installs the files under DIR and skips users, pip and systemctl (packaging,
+# tests); SKIP_VENV=1 skips the virtualenv alone.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+dest="${DESTDIR:-}"
+prefix="$dest/opt/mcp-gateway"
+unit="$dest/etc/systemd/system/mcp-gateway.service"
+rules="$dest/etc/udev/rules.d/99-mcp-gateway.rules"
+confdir="$dest/etc/mcp-gateway"
+statedir="$dest/var/lib/mcp-gateway"
+user=mcp-gateway
+
+say() { printf 'mcp-gateway install: %s\n' "$*"; }
+system() {  # run a command that changes the system, unless installing into DESTDIR
+  if [[ -n "$dest" ]]; then say "(DESTDIR) would run: $*"; else "$@"; fi
+}
+
+if [[ -z "$dest" && $EUID -ne 0 ]]; then
+  echo "mcp-gateway install: run as root (sudo $0 ${*:-install})" >&2
+  exit 2
+fi
+
+install_all() {
+  if [[ -z "$dest" && -z "${SKIP_VENV:-}" ]]; then
+    command -v python3 >/dev/null || { echo "python3 is missing: apt install python3" >&2; exit 1; }
+    python3 -m venv --help >/dev/null 2>&1 || apt-get install -y python3-venv
+    [[ -x "$prefix/venv/bin/python" ]] || python3 -m venv "$prefix/venv"
+    "$prefix/venv/bin/pip" install --quiet --upgrade "$here"
+    say "installed $("$prefix/venv/bin/mcp-gateway" --version) in $prefix/venv"
+  fi
+  if ! id -u "$user" >/dev/null 2>&1; then
+    system useradd --system --user-group --no-create-home --home-dir /var/lib/mcp-gateway \
+      --shell /usr/sbin/nologin "$user"
+  fi
+  system usermod -a -G dialout "$user"
+  install -D -m 0644 "$here/systemd/mcp-gateway.service" "$unit"
+  install -D -m 0644 "$here/udev/99-mcp-gateway.rules" "$rules"
+  install -d -m 0750 "$confdir"
+  install -m 0644 "$here/systemd/gateway.toml.example" "$confdir/gateway.toml.example"
+  if [[ -e "$confdir/gateway.toml" ]]; then
+    say "kept the existing $confdir/gateway.toml"
+  else
+    install -m 0640 "$here/systemd/gateway.toml.example" "$confdir/gateway.toml"
+    say "wrote $confdir/gateway.toml: edit it, then check it with mcp-gateway check-config"
+  fi
+  system chgrp -R "$user" "$confdir"
+  system udevadm control --reload
+  system udevadm trigger --subsystem-match=tty --action=change
+  system systemctl daemon-reload
+  system systemctl enable mcp-gateway.service
+  say "done. Start it:    systemctl start mcp-gateway"
+  say "      its logs:    journalctl -u mcp-gateway -f"
+}
+
+uninstall_all() {
+  local purge="${1:-}"
+  system systemctl disable --now mcp-gateway.service || true
+  rm -f "$unit" "$rules"
+  rm -rf "$prefix"
+  system systemctl daemon-reload
+  system udevadm control --reload
+  if [[ "$purge" == "--purge" ]]; then
+    rm -rf "$confdir" "$statedir"
+    if id -u "$user" >/dev/null 2>&1; then system userdel "$user"; fi
+    say "removed, with the configuration, the state and the user"
+  else
+    say "removed; kept $confdir and $statedir (uninstall --purge removes them)"
+  fi
+}
+
+case "${1:-install}" in
+  install) install_all ;;
+  uninstall) uninstall_all "${2:-}" ;;
+  *) echo "usage: $0 [install | uninstall [--purge]]" >&2; exit 2 ;;
+esac
