@@ -71,6 +71,24 @@ BROKEN = [
     ({"gateway_id": "has space"}, "gateway_id: 'has space' is not an id"),
     ({"topic_prefix": "a/#"}, "topic_prefix: 'a/#' is not a topic prefix"),
     ({"ports": {"name": "a"}}, "ports: {'name': 'a'} is not a list"),
+    ({"log_level": "loud"}, "log_level: 'loud' is not a log level; expected one of DEBUG"),
+    ({"log_format": "xml"}, "log_format: 'xml' is not a log format; expected text or json"),
+    ({"queue": {"max_bytes": 1}}, "queue.max_bytes: 1 is not valid; expected a whole number"),
+    ({"queue": {"commit_delay_ms": -1}}, "queue.commit_delay_ms: -1 is not valid"),
+    ({"queue": {"size": 1}}, "queue.size: 1 is an unknown key; expected max_messages"),
+    ({"broker": {"url": "http://x"}}, "broker.url: 'http://x' is not a broker URL"),
+    ({"broker": {"protocol": 4}}, "broker.protocol: 4 is not an MQTT version; expected 5 or 3"),
+    ({"broker": {"embedded": True, "protocol": 5}},
+     "broker.protocol: 5 cannot be used with embedded = true"),
+    ({"broker": {"password": "hunter2"}}, "broker.password: '***' is an unknown key"),
+    ({"broker": {"password_env": "MCP_SURELY_UNSET_VARIABLE"}},
+     "broker.password_env: 'MCP_SURELY_UNSET_VARIABLE' names an environment variable that "
+     "is not set"),
+    ({"broker": {"ca_file": "/nonexistent/ca.pem"}},
+     "broker.ca_file: '/nonexistent/ca.pem' is not a readable file"),
+    ({"metrics": {"address": "everywhere"}}, "metrics: {'address': 'everywhere'} is not valid"),
+    ({"stats_interval_s": 0}, "stats_interval_s: 0 is not valid; expected a number from 0.1"),
+    ({"ports": [{"name": "a", "path": "/dev/x", "allow": "read"}]}, "ports[0].allow"),
 ]
 
 

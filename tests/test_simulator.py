@@ -311,6 +311,7 @@ def test_demo_runs_broker_devices_and_gateway_and_prints_the_fabric():
     assert records[0]["demo"]["broker"].startswith("mqtt://127.0.0.1:")
     events = [r for r in records if r.get("topic", "").endswith("/events/status")]
     assert len(events) >= 15
+    assert {e["topic"].split("/")[4] for e in events} == {"sim-0", "sim-1", "sim-2"}
     assert set(events[0]["payload"]["payload"]) == {"temperature_c", "humidity_pct",
                                                     "battery_mv", "uptime_s"}
     statuses = [r["payload"] for r in records if r.get("topic", "").endswith("/status")
