@@ -249,3 +249,27 @@ async def test_the_request_command(tmp_path, broker):
             assert "not valid JSON" in out
         finally:
             await stop_gateway(proc)
+
+
+def test_logs_for_journald_and_as_json(tmp_path):
+    config = tmp_path / "gw.toml"
+    config.write_text(f'gateway_id = "t"\nstate_dir = "{tmp_path}"\n'
+                      f'[[ports]]\nname = "a"\npath = "{tmp_path / "missing"}"\n')
+
+    def first_lines(*args: str, **env: str) -> list[str]:
+        proc = subprocess.Popen([BIN / "mcp-gateway", *args, "run", "--config", str(config)],
+                                env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
+        lines = [proc.stderr.readline() for _ in range(2)]
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+        return lines
+
+    journal = first_lines(JOURNAL_STREAM="8:1234")
+    assert journal[0].startswith("<6>mcp-gateway: gateway t running 1 port(s)")  # no time
+    assert any(line.startswith("<4>gateway.ports: a: ") for line in journal)  # a warning
+    plain = first_lines()
+    assert plain[0][:4].isdigit()  # a timestamp first, outside journald
+    entries = [json.loads(line) for line in first_lines("--log-format", "json")]
+    assert entries[0]["level"] == "info"
+    assert entries[0]["message"].startswith("gateway t running")
+    assert {"time", "logger"} <= set(entries[0])
