@@ -121,10 +121,11 @@ async def _request(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    print("mcp-gateway: the dashboard is not built yet (the Textual dashboard issue); watch "
-          "the fabric with `mcp-gateway demo --headless` or mosquitto_sub -t 'mcp/v1/#' -v",
-          file=sys.stderr)
-    return EXIT_USAGE
+    from tui.app import DashboardApp  # noqa: PLC0415 - Textual loads only when asked for
+
+    DashboardApp(args.broker, gateway=args.gateway, prefix=args.prefix,
+                 protocol=args.protocol).run()
+    return EXIT_OK
 
 
 async def _monitor(args: argparse.Namespace) -> int:
@@ -147,6 +148,11 @@ def _free_port() -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
+    # The dashboard needs a terminal; without one (CI, a pipe) the demo prints the fabric.
+    headless = args.headless or not (sys.stdout.isatty() and sys.stdin.isatty())
+    if headless and not args.headless:
+        print("mcp-gateway demo: no terminal for the dashboard; printing the fabric "
+              "(--headless)", file=sys.stderr)
     noisy = Faults(garbage_rate=0.05, garbage_max=8, corrupt_rate=0.02)
     url = f"mqtt://127.0.0.1:{args.port or _free_port()}"
     started = time.monotonic()
@@ -162,8 +168,9 @@ async def _demo(args: argparse.Namespace) -> int:
             "ports": [{"name": f"sim-{i}", "path": str(links / f"sim-{i}"), "heartbeat_s": 2,
                        "allow": ["read", "ping", "write"]} for i in range(args.count)],
         })
-        print(json.dumps({"demo": {"broker": url, "topics": f"{config.topic_prefix}/demo/#"}}),
-              flush=True)
+        if headless:
+            print(json.dumps({"demo": {"broker": url,
+                                       "topics": f"{config.topic_prefix}/demo/#"}}), flush=True)
 
         def show(message: Message) -> None:
             try:
@@ -176,12 +183,20 @@ async def _demo(args: argparse.Namespace) -> int:
         async with EmbeddedBroker(url), Fleet(spec) as fleet:
             watcher = MqttConnection(BrokerSettings(url=url, protocol=3,
                                                     client_id="mcp-demo-watch"),
-                                     on_message=show)
+                                     on_message=show if headless else lambda message: None)
             watcher.on_connect = lambda: watcher.subscribe([f"{config.topic_prefix}/#"])
             watching = asyncio.create_task(watcher.run())
             gateway = Gateway(config)
             async with Bridge(gateway, config), gateway:
-                await _until_stopped(args.duration)
+                if headless:
+                    await _until_stopped(args.duration)
+                else:
+                    from tui.app import DashboardApp  # noqa: PLC0415 - only when shown
+
+                    app = DashboardApp(url, gateway="demo", protocol=3)
+                    if args.duration:
+                        asyncio.get_running_loop().call_later(args.duration, app.exit)
+                    await app.run_async()
             # The bridge has published every device and the gateway offline: let them show.
             await asyncio.sleep(0.3)
             watching.cancel()
@@ -267,10 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     request.add_argument("--ca-file", help="CA bundle for mqtts://")
 
     dashboard = sub.add_parser(
-        "dashboard", help="the terminal dashboard (not built yet)",
-        description="The Textual dashboard, an MQTT client of the fabric (not built yet).")
-    dashboard.add_argument("--broker", metavar="URL")
-    dashboard.add_argument("--gateway", metavar="ID")
+        "dashboard", help="the terminal dashboard: watch and command the fabric",
+        description="The Textual dashboard, an MQTT client of the fabric: every gateway and "
+        "device on the broker, live; a device's telemetry, facts and log (enter); a command "
+        "form (c). Press ? in it for the keys.")
+    dashboard.add_argument("--broker", metavar="URL", default="mqtt://127.0.0.1:1883",
+                           help="the broker (default mqtt://127.0.0.1:1883)")
+    dashboard.add_argument("--gateway", metavar="ID", help="show only this gateway")
+    dashboard.add_argument("--prefix", default="mcp/v1", help="topic prefix (default mcp/v1)")
+    dashboard.add_argument("--protocol", type=int, choices=(3, 5), default=5,
+                           help="MQTT version (3 for brokers without MQTT 5)")
 
     demo = sub.add_parser(
         "demo",
@@ -281,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
         "device at the end. Runs until Ctrl-C.",
     )
     demo.add_argument("--headless", action="store_true",
-                      help="print events instead of a dashboard (the only mode so far)")
+                      help="print the fabric as JSON lines instead of the dashboard (the "
+                      "default without a terminal)")
     demo.add_argument("--count", type=int, default=3, help="simulated devices (default 3)")
     demo.add_argument("--interval-ms", type=int, default=1000, help="STATUS period")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
