@@ -129,3 +129,55 @@ async def test_the_dashboard_watches_and_commands_a_real_fabric(tmp_path, broker
                 await pilot.press("escape")
                 device = app.state.devices[("test-gw", "sim-0")]
                 assert any("forbidden" in line for line in device.log)
+
+
+NOW = 1_800_000_000.0
+
+
+def _fixed_fabric(state: FabricState) -> None:
+    """Deterministic content: two gateways, three devices, telemetry history, a log."""
+    msg(state, "edge-1/status", {"state": "online", "version": "0.1.0", "started_at": NOW - 90})
+    msg(state, "edge-1/stats", {"uptime_s": 90, "mqtt": {"spooled": 0, "dropped": 0},
+                                "devices": {"boiler": {"rx_fps": 1.0, "retries": 0,
+                                                       "queue_depth": 0, "last_seen": NOW - 1},
+                                            "pump": {"rx_fps": 0.0, "checksum_errors": 3,
+                                                     "last_seen": NOW - 300}}})
+    msg(state, "edge-1/devices/boiler/status", {
+        "state": "online", "reason": "registered", "since": NOW - 80, "port": "/dev/mcp/A1",
+        "profile": "env-sensor", "node_id": 1, "uid": "731f22d7f9126c9d", "fw": "1.2.3",
+        "model": "env-sensor", "caps": ["status", "read", "write"]})
+    msg(state, "edge-1/devices/pump/status", {"state": "offline", "reason": "port_gone",
+                                              "since": NOW - 300, "profile": "env-sensor"})
+    msg(state, "edge-2/status", {"state": "offline"})
+    msg(state, "edge-2/devices/uid-0011223344556677/status", {
+        "state": "unregistered", "reason": "port_open", "profile": "env-sensor"})
+    for i in range(60):
+        msg(state, "edge-1/devices/boiler/events/status", {"timestamp": NOW - 60 + i, "payload": {
+            "temperature_c": round(21 + (i % 12) / 4, 2), "humidity_pct": 40 + i % 7,
+            "battery_mv": 3300 - i, "uptime_s": 20 + i}})
+    msg(state, "edge-1/devices/boiler/events/log", {"timestamp": NOW - 5, "payload": {
+        "level": "warn", "text": "battery below 3.3 V"}})
+
+
+def _snapshot_app() -> DashboardApp:
+    app = DashboardApp("mqtt://127.0.0.1:9", connect=False, clock=lambda: NOW)
+    _fixed_fabric(app.state)
+    for device in app.state.devices.values():  # log stamps without the local time zone
+        device.log = type(device.log)((line[9:] for line in device.log), maxlen=200)
+    return app
+
+
+def test_snapshot_of_the_overview(snap_compare):
+    assert snap_compare(_snapshot_app(), terminal_size=(140, 24))
+
+
+def test_snapshot_of_a_device(snap_compare):
+    async def open_boiler(pilot) -> None:
+        await pilot.pause()
+        app = pilot.app
+        app.redraw()
+        app.push_screen(DeviceScreen(("edge-1", "boiler")))
+        await pilot.pause()
+        await pilot.pause()
+
+    assert snap_compare(_snapshot_app(), terminal_size=(120, 36), run_before=open_boiler)

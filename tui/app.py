@@ -7,6 +7,7 @@ reads MQTT, and no message redraws anything by itself.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from textual.app import App
 from textual.binding import Binding
@@ -31,14 +32,21 @@ class DashboardApp(App[None]):
     ]
 
     def __init__(self, url: str, gateway: str | None = None, prefix: str = "mcp/v1",
-                 *, protocol: int = 5, connect: bool = True) -> None:
+                 *, protocol: int = 5, connect: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
         super().__init__()
+        #: wall-clock time for "last seen" (a fixed one makes screenshots repeatable)
+        self.clock = clock
         self.state = FabricState(prefix)
-        self.fabric = Fabric(url, self.state, gateway, protocol)
+        self._fabric_args = (url, gateway, protocol)
+        #: the broker connection (made when the app starts: it needs the running loop)
+        self.fabric: Fabric
         self._connect = connect
         self.overview = OverviewScreen()
 
     def on_mount(self) -> None:
+        url, gateway, protocol = self._fabric_args
+        self.fabric = Fabric(url, self.state, gateway, protocol)
         if self._connect:
             self.fabric.start()
         self.push_screen(self.overview)
@@ -47,7 +55,7 @@ class DashboardApp(App[None]):
     def redraw(self, now: float | None = None) -> None:
         """Redraw the overview from what changed (the other screens redraw themselves)."""
         changed, _ = self.state.take_changes()
-        self.overview.redraw(changed, time.time() if now is None else now)
+        self.overview.redraw(changed, self.clock() if now is None else now)
 
     def action_help(self) -> None:
         """The help screen."""
