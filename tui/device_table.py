@@ -62,6 +62,7 @@ class DeviceTable(DataTable):
         for key, label in COLUMNS:
             self.add_column(label, key=key)
         self._order: list[str] = []
+        self._shown: dict[str, tuple[object, ...]] = {}
 
     def show(self, rows: list[DeviceView], changed: set[tuple[str, str]],
              now: float | None = None) -> None:
@@ -71,19 +72,25 @@ class DeviceTable(DataTable):
         if order != self._order:
             selected = self._selected_key()
             self.clear()
+            self._shown = {}
             for device, key in zip(rows, order, strict=True):
-                self.add_row(*cells(device, now), key=key)
+                row = self._shown[key] = cells(device, now)
+                self.add_row(*row, key=key)
             self._order = order
             if selected in order:
                 self.move_cursor(row=order.index(selected), animate=False)
             return
+        # Only cells whose text changed are touched: most events change nothing visible.
         for device in rows:
             key = row_key(device)
-            if device.key in changed:
-                for (column, _), value in zip(COLUMNS, cells(device, now), strict=True):
-                    self.update_cell(key, column, value)
-            else:
-                self.update_cell(key, "seen", ago(device.last_seen, now))
+            before = self._shown[key]
+            row = cells(device, now) if device.key in changed else (
+                *before[:-1], ago(device.last_seen, now))
+            if row != before:
+                for (column, _), old, new in zip(COLUMNS, before, row, strict=True):
+                    if old != new:
+                        self.update_cell(key, column, new)
+                self._shown[key] = row
 
     def _selected_key(self) -> str | None:
         if not self._order or self.cursor_row is None or self.cursor_row >= len(self._order):
