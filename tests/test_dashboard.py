@@ -129,6 +129,24 @@ async def test_the_dashboard_watches_and_commands_a_real_fabric(tmp_path, broker
                 await pilot.press("escape")
                 device = app.state.devices[("test-gw", "sim-0")]
                 assert any("forbidden" in line for line in device.log)
+                await pilot.press("escape")  # back to the overview
+                # Help and theme.
+                await pilot.press("question_mark")
+                await wait_for(lambda: type(app.screen).__name__ == "HelpScreen", what="help")
+                await pilot.press("escape")
+                theme = app.theme
+                await pilot.press("t")
+                assert app.theme != theme
+                # The broker goes away: the health line says so; it comes back by itself.
+                broker.stop()
+                health = app.overview.query_one("#health", Static)
+                await wait_for(lambda: "broker NOT connected" in str(health.render()),
+                               what="the health line to say the broker is away")
+                assert "down" in health.classes
+                broker.start()
+                await wait_for(lambda: "broker connected" in str(health.render()),
+                               timeout=20, what="the dashboard to reconnect")
+                assert "(1 reconnects)" in str(health.render())
 
 
 NOW = 1_800_000_000.0
