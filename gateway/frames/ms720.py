@@ -1,0 +1,262 @@
+"""The `ms720` frame profile (spec section 4): sync word, length, message type, sequence
+number, payload, CRC-16/CCITT-FALSE; its Construct declaration, a fast codec proven equal to
+it, and a sans-IO deframer.
+
+``MS720_FRAME`` is the source of truth; ``encode_link``/``decode_link`` and ``Ms720Deframer``
+use ``struct`` and crcmod's C CRC (``tests/test_ms720.py`` proves them equal on arbitrary
+bytes). Control and data frames carry an `mcp` command: ``cmd_id`` then its payload.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+from enum import IntEnum
+from typing import NamedTuple
+
+import crcmod.predefined
+from construct import (
+    Bytes,
+    Check,
+    Checksum,
+    Const,
+    Int8ul,
+    Int16ul,
+    Int32ul,
+    RawCopy,
+    Rebuild,
+    Struct,
+    len_,
+    this,
+)
+
+from gateway.errors import (
+    BadHeader,
+    ChecksumMismatch,
+    OversizeLength,
+    TrailingBytes,
+    TruncatedFrame,
+)
+from gateway.frames.deframer import DEFAULT_INTER_FRAME_TIMEOUT, DeframerStats
+from gateway.frames.wire import Frame
+
+SYNC = b"\x55\xaa\x55\xaa"
+#: spec default maximum payload
+MAX_PAYLOAD = 4096
+HEADER_SIZE = 11  # sync 4, length 2, msg_type 1, seq 4
+OVERHEAD = HEADER_SIZE + 2
+SEQ_MODULUS = 1 << 32
+
+#: CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, not reflected, xorout 0 (crcmod's C code)
+crc16: Callable[[bytes], int] = crcmod.predefined.mkCrcFun("crc-ccitt-false")
+
+
+class MsgType(IntEnum):
+    """The ``msg_type`` byte."""
+
+    CONTROL = 0x01
+    DATA = 0x02
+    ACK = 0x03
+    NACK = 0x04
+
+
+MS720_FRAME = Struct(
+    "sync" / Const(SYNC),
+    "body"
+    / RawCopy(
+        Struct(
+            "length" / Rebuild(Int16ul, len_(this.payload)),
+            Check(this.length <= MAX_PAYLOAD),
+            "msg_type" / Int8ul,
+            "seq" / Int32ul,
+            "payload" / Bytes(this.length),
+        )
+    ),
+    "crc" / Checksum(Int16ul, crc16, this.body.data),
+)
+
+_HEAD = struct.Struct("<4sHBI")
+_BODY_HEAD = struct.Struct("<HBI")
+_CRC = struct.Struct("<H")
+
+
+class LinkFrame(NamedTuple):
+    """One `ms720` frame: message type, sequence number, payload (cmd_id + command payload
+    for control and data frames; empty for ACK and NACK)."""
+
+    msg_type: int
+    seq: int
+    payload: bytes = b""
+
+    def encode(self) -> bytes:
+        """The frame's bytes on the wire."""
+        return encode_link(self.msg_type, self.seq, self.payload)
+
+    @property
+    def frame(self) -> Frame:
+        """The `mcp` command a control or data frame carries."""
+        return Frame(self.payload[0], self.payload[1:]) if self.payload else Frame(0)
+
+    def __repr__(self) -> str:
+        kind = MsgType(self.msg_type).name if self.msg_type in MsgType._value2member_map_ \
+            else f"0x{self.msg_type:02x}"  # fmt: skip
+        return f"LinkFrame({kind}, seq={self.seq}, payload={self.payload.hex(' ') or '-'})"
+
+
+def carrying(frame: Frame, seq: int, msg_type: int = MsgType.DATA) -> LinkFrame:
+    """The `ms720` frame that carries an `mcp` command."""
+    return LinkFrame(msg_type, seq, bytes((frame.cmd_id,)) + frame.payload)
+
+
+def encode_link(msg_type: int, seq: int, payload: bytes = b"",
+                max_payload: int = MAX_PAYLOAD) -> bytes:
+    """The wire bytes; ``ValueError`` for a bad type, seq or an oversize payload."""
+    if not 0 <= msg_type <= 0xFF:
+        raise ValueError(f"msg_type {msg_type} is not a byte (0..255)")
+    if not 0 <= seq < SEQ_MODULUS:
+        raise ValueError(f"seq {seq} is not a u32")
+    if len(payload) > max_payload:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds the maximum of "
+                         f"{max_payload}")
+    body = _BODY_HEAD.pack(len(payload), msg_type, seq) + payload
+    return SYNC + body + _CRC.pack(crc16(body))
+
+
+def decode_link(data: bytes, max_payload: int = MAX_PAYLOAD) -> LinkFrame:
+    """Parse ``data`` as exactly one frame, checking everything ``MS720_FRAME`` checks."""
+    size = len(data)
+    if size < 4:
+        raise TruncatedFrame(4, size) if SYNC.startswith(bytes(data)) else \
+            BadHeader(SYNC, bytes(data[:4]))  # fmt: skip
+    if data[:4] != SYNC:
+        raise BadHeader(SYNC, bytes(data[:4]))
+    if size < 6:
+        raise TruncatedFrame(6, size)
+    length = data[4] | data[5] << 8
+    if length > max_payload:
+        raise OversizeLength(length, max_payload)
+    end = OVERHEAD + length
+    if size < end:
+        raise TruncatedFrame(max(end, HEADER_SIZE), size)
+    computed = crc16(bytes(data[4:end - 2]))
+    stated = data[end - 2] | data[end - 1] << 8
+    if computed != stated:
+        raise ChecksumMismatch(computed, stated)
+    if size > end:
+        raise TrailingBytes(size - end)
+    _, _, msg_type, seq = _HEAD.unpack_from(data)
+    return LinkFrame(msg_type, seq, bytes(data[HEADER_SIZE:end - 2]))
+
+
+class Ms720Deframer:
+    """Byte stream -> ``LinkFrame`` list, resynchronising on the sync word.
+
+    Like the `mcp` deframer: bytes before a sync word are discarded; a length above
+    ``max_payload`` or a CRC mismatch drops the sync word's first byte and searches again
+    (so a real frame hidden behind a false sync is still found); an incomplete frame is
+    kept across reads and dropped the same way once older than ``timeout``. Every discarded
+    byte is counted; ``bytes_in == framed_bytes + discarded_bytes + buffered``.
+    ``bad_seqs`` lists the seqs of frames whose header was readable but whose CRC failed
+    (the link answers those with NACK); the caller empties it.
+    """
+
+    def __init__(self, *, timeout: float = DEFAULT_INTER_FRAME_TIMEOUT,
+                 clock: Callable[[], float] = time.monotonic,
+                 max_payload: int = MAX_PAYLOAD, expire_on_feed: bool = True) -> None:
+        if timeout <= 0:
+            raise ValueError(f"inter-frame timeout must be positive, got {timeout}")
+        self.timeout = timeout
+        self.max_payload = max_payload
+        self.stats = DeframerStats()
+        self.bad_seqs: list[int] = []
+        self._clock = clock
+        self._buf = b""
+        self._since = 0.0
+        self._last_rx = 0.0
+        self._expire_on_feed = expire_on_feed
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete frame."""
+        return len(self._buf)
+
+    @property
+    def deadline(self) -> float | None:
+        """Clock time at which the held incomplete frame goes stale, or None."""
+        return self._since + self.timeout if self._buf else None
+
+    def restart_clock(self) -> None:
+        """Count a held incomplete frame's age from now (after a pause in reading)."""
+        self._since = self._last_rx = self._clock()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[LinkFrame]:
+        """Add received bytes; return the complete frames found, in stream order."""
+        now = self._clock()
+        frames = self._expire(now) if self._buf and self._expire_on_feed else []
+        if not data:
+            return frames
+        self.stats.bytes_in += len(data)
+        old = self._buf
+        buf = old + data if old else bytes(data)
+        frames += self._scan(buf, 0)
+        if self._buf and (not old or len(buf) - len(self._buf) != 0):
+            self._since = now
+        self._last_rx = now
+        return frames
+
+    def expire(self) -> list[LinkFrame]:
+        """Drop a held incomplete frame if it is stale; return frames found behind it."""
+        return self._expire(self._clock()) if self._buf else []
+
+    def _expire(self, now: float) -> list[LinkFrame]:
+        frames: list[LinkFrame] = []
+        while self._buf and now - self._since >= self.timeout:
+            self.stats.stale_frames += 1
+            self.stats.discarded_bytes += 1
+            frames += self._scan(self._buf, 1)
+            self._since = self._last_rx
+        return frames
+
+    def _scan(self, buf: bytes, pos: int) -> list[LinkFrame]:
+        stats = self.stats
+        frames: list[LinkFrame] = []
+        end = len(buf)
+        find = buf.find
+        limit = self.max_payload
+        while True:
+            start = find(SYNC, pos)
+            if start < 0:
+                # Keep a tail that could be the start of a sync word.
+                keep = next((k for k in (3, 2, 1) if end - pos >= k
+                             and SYNC.startswith(buf[end - k:])), 0)
+                stats.discarded_bytes += end - pos - keep
+                self._buf = buf[end - keep:] if keep else b""
+                return frames
+            stats.discarded_bytes += start - pos
+            if end - start < 6:
+                self._buf = buf[start:]
+                return frames
+            length = buf[start + 4] | buf[start + 5] << 8
+            if length > limit:
+                stats.oversize_lengths += 1
+                stats.discarded_bytes += 1
+                pos = start + 1
+                continue
+            stop = start + OVERHEAD + length
+            if stop > end:
+                self._buf = buf[start:]
+                return frames
+            body = buf[start + 4:stop - 2]
+            if crc16(body) != (buf[stop - 2] | buf[stop - 1] << 8):
+                stats.checksum_errors += 1
+                stats.discarded_bytes += 1
+                self.bad_seqs.append(int.from_bytes(buf[start + 7:start + 11], "little"))
+                pos = start + 1
+                continue
+            msg_type = buf[start + 6]
+            seq = int.from_bytes(buf[start + 7:start + 11], "little")
+            frames.append(LinkFrame(msg_type, seq, buf[start + HEADER_SIZE:stop - 2]))
+            stats.frames += 1
+            stats.framed_bytes += stop - start
+            pos = stop
