@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firmware_sim.links import Link
+from gateway.drivers.reliable import ReliableLink
 from gateway.errors import GatewayError
 from gateway.frames import (
     Command,
@@ -54,9 +55,15 @@ class Faults:
     drop_rate: float = 0.0
     #: delay before answering a request, seconds
     response_delay_s: float = 0.0
+    #: chance a received chunk of bytes has one byte changed (noise towards the device)
+    rx_corrupt_rate: float = 0.0
+    #: chance a frame on the wire (any, ACKs included) is lost whole, or sent twice
+    frame_drop_rate: float = 0.0
+    duplicate_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("garbage_rate", "corrupt_rate", "drop_rate"):
+        for name in ("garbage_rate", "corrupt_rate", "drop_rate", "rx_corrupt_rate",
+                     "frame_drop_rate", "duplicate_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
@@ -133,7 +140,13 @@ class SimulatedDevice:
         faults: Faults | None = None,
         interval_ms: int | None = None,
         seed: int | None = None,
+        frames: str = "mcp",
     ) -> None:
+        if frames not in ("mcp", "ms720"):
+            raise ValueError(f"frames must be 'mcp' or 'ms720', got {frames!r}")
+        self.frames = frames
+        #: the ms720 reliable link (made at power-on), None for mcp
+        self.reliable: ReliableLink | None = None
         self.name = name
         self.profile = profile
         self.link = link
@@ -213,6 +226,13 @@ class SimulatedDevice:
         self._booted_at = time.monotonic()
         self._last_heard = time.monotonic()
         self._deframer = Deframer()
+        if self.frames == "ms720":
+            if self.reliable is not None:
+                self.reliable.close()
+            # A random first seq after every boot: the other end's duplicate filter never
+            # mistakes a rebooted device's new frames for old ones.
+            self.reliable = ReliableLink(self._write_wire, deliver_late=self._take_frames,
+                                         first_seq=self.rng.randrange(2**32))
         await self.link.plug()
         self.counters.plugs += 1
         self._plugged.set()
@@ -335,6 +355,15 @@ class SimulatedDevice:
         assert self._status_event is not None
         sent = 0
         while not stop.is_set():
+            if self.reliable is not None:
+                for _ in range(batch):
+                    payload = self.status_payload()
+                    self.sent_status.append(payload)
+                    self.send(Command.STATUS, payload)
+                self.counters.status_sent += batch
+                await asyncio.sleep(0)
+                sent += batch
+                continue
             await self.link.write_all(self._status_frames(batch))
             await asyncio.sleep(0)  # let received frames in between batches, as firmware would
             sent += batch
@@ -376,6 +405,12 @@ class SimulatedDevice:
         """Encode and write one frame, applying the garbage and corruption knobs."""
         if not self._plugged.is_set() or self.muted:
             return
+        if self.reliable is not None:  # ms720: faults apply to every wire frame
+            self.sent.append((cmd_id, payload, False))
+            self.reliable.send(Frame(cmd_id, payload))
+            self.counters.frames_sent += 1
+            self.counters.sent_by_cmd[cmd_id] = self.counters.sent_by_cmd.get(cmd_id, 0) + 1
+            return
         frame = encode_frame(cmd_id, payload)
         faults, rng = self.faults, self.rng
         out = b""
@@ -412,10 +447,38 @@ class SimulatedDevice:
     def _nack(self, rejected: int, code: NackCode) -> None:
         self._answer(Command.NACK, bytes([rejected, code]))
 
+    def _write_wire(self, data: bytes) -> None:
+        """An ms720 frame (data, ACK, NACK or a retransmission) onto the noisy line."""
+        if not self._plugged.is_set() or self.muted:
+            return
+        faults, rng = self.faults, self.rng
+        if faults.frame_drop_rate and rng.random() < faults.frame_drop_rate:
+            return
+        out = b""
+        if faults.garbage_rate and rng.random() < faults.garbage_rate:
+            out = self._garbage(rng.randint(1, faults.garbage_max))
+            self.counters.garbage_bytes_sent += len(out)
+        if faults.corrupt_rate and rng.random() < faults.corrupt_rate:
+            i = rng.randrange(len(data))
+            data = data[:i] + bytes([data[i] ^ rng.randint(1, 255)]) + data[i + 1:]
+            self.counters.corrupted_frames += 1
+        if faults.duplicate_rate and rng.random() < faults.duplicate_rate:
+            data += data
+        self.link.write(out + data)
+
     # ------------------------------------------------------------------ frames in
 
     def _on_data(self, data: bytes) -> None:
-        for frame in self._deframer.feed(data):
+        faults, rng = self.faults, self.rng
+        if faults.rx_corrupt_rate and data and rng.random() < faults.rx_corrupt_rate:
+            i = rng.randrange(len(data))
+            data = data[:i] + bytes([data[i] ^ rng.randint(1, 255)]) + data[i + 1:]
+        frames = self.reliable.feed(data) if self.reliable is not None else \
+            self._deframer.feed(data)  # fmt: skip
+        self._take_frames(frames)
+
+    def _take_frames(self, frames: list[Frame]) -> None:
+        for frame in frames:
             self.counters.frames_received += 1
             self.received.append(frame)
             self._last_heard = time.monotonic()

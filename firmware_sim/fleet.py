@@ -34,6 +34,8 @@ class FleetSpec:
     send_hello: bool = True
     interval_ms: int | None = None
     faults: Faults = field(default_factory=Faults)
+    #: the frame profile: "mcp" or "ms720"
+    frames: str = "mcp"
     #: faults for device 0 only (the demo's one noisy device); None: the same as the rest
     first_device_faults: Faults | None = None
     seed: int | None = None
@@ -76,6 +78,7 @@ class Fleet:
                     faults=faults or spec.faults,
                     interval_ms=spec.interval_ms,
                     seed=None if spec.seed is None else spec.seed + index,
+                    frames=spec.frames,
                 )
                 await device.start()
                 self.devices.append(device)

@@ -197,6 +197,9 @@ class Gateway:
             exclusive=port.exclusive,
             inter_frame_timeout=(port.inter_frame_timeout_ms / 1000.0
                                  if port.inter_frame_timeout_ms else None),
+            frames=port.frames,
+            retransmit_s=port.link_retransmit_ms / 1000.0,
+            link_retries=port.link_retries,
         )
         runner = PortRunner(path, serial_settings, session)
         self.devices[device_id] = session

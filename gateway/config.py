@@ -21,7 +21,7 @@ STANDARD_BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 23040
                       500000, 576000, 921600, 1000000, 1500000, 2000000, 3000000)
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ACTIONS = ("read", "write", "raw", "ping")
-FRAME_PROFILES = ("mcp",)
+FRAME_PROFILES = ("mcp", "ms720")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,9 @@ class PortConfig:
     circuit_threshold: int = 5
     circuit_reset_s: float = 30.0
     inter_frame_timeout_ms: float | None = None
+    #: ms720 only: resend an unacknowledged frame after this long, up to link_retries times
+    link_retransmit_ms: float = 200.0
+    link_retries: int = 3
 
     @property
     def is_glob(self) -> bool:
@@ -227,6 +230,10 @@ def _port(errors: _Errors, raw: Any, index: int, registry: ProfileRegistry) -> P
         circuit_reset_s=_number(errors, raw, "circuit_reset_s", path, defaults.circuit_reset_s,
                                 minimum=0.01, maximum=86400),
         inter_frame_timeout_ms=timeout_ms,
+        link_retransmit_ms=_number(errors, raw, "link_retransmit_ms", path,
+                                   defaults.link_retransmit_ms, minimum=1, maximum=60_000),
+        link_retries=_number(errors, raw, "link_retries", path, defaults.link_retries,
+                             minimum=0, maximum=20, integer=True),
     )
 
 

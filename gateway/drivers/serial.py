@@ -10,14 +10,17 @@ import asyncio
 import contextlib
 import errno
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import serial
 import serial_asyncio
 
+from gateway.drivers.reliable import ReliableLink
 from gateway.errors import LinkClosed
 from gateway.frames import Deframer, Frame, encode_frame
+from gateway.frames.ms720 import Ms720Deframer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,11 @@ class SerialSettings:
     write_high_water: int = 16384
     #: inter-frame timeout; None: the spec's 100 ms, or longer where the baud rate needs it
     inter_frame_timeout: float | None = None
+    #: the frame profile: "mcp" or "ms720" (CRC-16, seq, ACK and retransmission)
+    frames: str = "mcp"
+    #: ms720: resend an unacknowledged frame after this long, up to this many times
+    retransmit_s: float = 0.2
+    link_retries: int = 3
 
     def frame_timeout(self) -> float:
         """The inter-frame timeout: 100 ms, or two maximum frames' airtime at slow bauds."""
@@ -81,8 +89,19 @@ class SerialLink(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         # Expiry by our timer only: a read that comes late because the loop was busy is not
         # line silence, and the timer checks the OS's buffer before it drops anything.
-        self.deframer = Deframer(timeout=settings.frame_timeout(), clock=loop.time,
-                                 expire_on_feed=False)
+        #: ms720's reliable link (None for mcp): it owns the deframer then
+        self.reliable: ReliableLink | None = None
+        if settings.frames == "ms720":
+            self.reliable = ReliableLink(self._write_raw, deliver_late=self._deliver,
+                                         retransmit_s=settings.retransmit_s,
+                                         retries=settings.link_retries,
+                                         timeout=settings.frame_timeout(), clock=loop.time,
+                                         expire_on_feed=False,
+                                         first_seq=random.randrange(1 << 32))
+            self.deframer: Deframer | Ms720Deframer = self.reliable.deframer
+        else:
+            self.deframer = Deframer(timeout=settings.frame_timeout(), clock=loop.time,
+                                     expire_on_feed=False)
         self.closed: asyncio.Future[BaseException | None] = loop.create_future()
         self.tx_frames = 0
         self.tx_bytes = 0
@@ -126,8 +145,11 @@ class SerialLink(asyncio.Protocol):
         transport.set_write_buffer_limits(high=self.settings.write_high_water)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        frames = self.deframer.feed(data)
+        frames = self.reliable.feed(data) if self.reliable else self.deframer.feed(data)
         self._schedule_expiry()
+        self._deliver(frames)
+
+    def _deliver(self, frames: list[Frame]) -> None:
         if frames:
             try:
                 self.on_frames(frames)
@@ -136,6 +158,8 @@ class SerialLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if self.reliable is not None:
+            self.reliable.close()
         self._can_write.set()  # wake writers so they see the link is gone
         if self._expiry is not None:
             self._expiry.cancel()
@@ -162,7 +186,7 @@ class SerialLink(asyncio.Protocol):
             # The rest may be right there (we were preempted or busy): the reader goes first.
             self._expiry = self._loop.call_later(0.001, self._expire)
             return
-        frames = self.deframer.expire()
+        frames = self.reliable.expire() if self.reliable else self.deframer.expire()
         self._schedule_expiry()
         if frames:
             try:
@@ -208,10 +232,19 @@ class SerialLink(asyncio.Protocol):
             await self._can_write.wait()
 
     def _write(self, transport: asyncio.Transport, frame: Frame) -> None:
+        self.tx_frames += 1
+        if self.reliable is not None:
+            self.reliable.send(frame)  # through _write_raw, and again until acknowledged
+            return
         data = encode_frame(frame.cmd_id, frame.payload)
         transport.write(data)
-        self.tx_frames += 1
         self.tx_bytes += len(data)
+
+    def _write_raw(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is not None:
+            transport.write(data)
+            self.tx_bytes += len(data)
 
     def pause_reading(self) -> None:
         """Stop reading (backpressure from consumers); a held partial frame does not age."""

@@ -1,0 +1,239 @@
+"""The `ms720` reliable link (spec section 4), for both ends of a line: the gateway's serial
+driver and the simulated firmware.
+
+Bytes in -> ``Ms720Deframer`` -> link frames. Every control/data frame received is
+acknowledged (ACK with its seq), and delivered once and in seq order: duplicates are
+dropped by seq, frames that overtook a lost one wait until it is sent again (or until the
+sender must have given up on it, then the gap is skipped and counted). A frame whose CRC
+failed with a readable header is answered by NACK. Every frame sent waits for its ACK and
+is sent again after ``retransmit_s``, up to ``retries`` times (at once on a NACK). Seqs
+are u32 and wrap; a seq far from the expected one (the other end restarted with a new
+first seq) starts the order over.
+
+Responses carry the request's seq after their cmd_id (spec section 4). This layer adds and
+strips it, so the layers above keep speaking plain `mcp` frames: a response sent is tagged
+with the seq of the last request of that command received; a response received loses the
+tag (``last_response_to`` keeps it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.frames import Command, Frame
+from gateway.frames.deframer import DEFAULT_INTER_FRAME_TIMEOUT, DeframerStats
+from gateway.frames.ms720 import SEQ_MODULUS, LinkFrame, Ms720Deframer, MsgType
+
+log = logging.getLogger(__name__)
+
+RETRANSMIT_S = 0.2
+RETRIES = 3
+#: seqs this far behind the next expected one are duplicates; further away either side,
+#: the sender has restarted
+WINDOW = 1024
+
+
+def is_response(cmd_id: int) -> bool:
+    """Responses (cmd | 0x80) and NACK carry the request's seq."""
+    return cmd_id & 0x80 != 0 or cmd_id == Command.NACK
+
+
+@dataclass(slots=True)
+class LinkCounters:
+    """What the link layer did."""
+
+    sent: int = 0
+    retransmits: int = 0
+    lost: int = 0
+    acks_in: int = 0
+    acks_out: int = 0
+    nacks_in: int = 0
+    nacks_out: int = 0
+    duplicates: int = 0
+    #: frames held back because they overtook a lost one
+    reordered: int = 0
+    #: seqs given up on (the sender ran out of retransmissions)
+    gaps_skipped: int = 0
+    restarts: int = 0
+
+
+class ReliableLink:
+    """``feed(bytes) -> [Frame]`` and ``send(Frame) -> seq``; writes go to ``write``."""
+
+    def __init__(self, write: Callable[[bytes], None], *,
+                 deliver_late: Callable[[list[Frame]], None] = lambda frames: None,
+                 retransmit_s: float = RETRANSMIT_S, retries: int = RETRIES,
+                 timeout: float = DEFAULT_INTER_FRAME_TIMEOUT,
+                 clock: Callable[[], float] | None = None, expire_on_feed: bool = True,
+                 first_seq: int = 1) -> None:
+        self._write = write
+        self.retransmit_s = retransmit_s
+        self.retries = retries
+        self._loop = asyncio.get_running_loop()
+        self.deframer = Ms720Deframer(timeout=timeout, clock=clock or self._loop.time,
+                                      expire_on_feed=expire_on_feed)
+        self.counters = LinkCounters()
+        self._next_seq = first_seq % SEQ_MODULUS
+        self._pending: dict[int, tuple[bytes, int, asyncio.TimerHandle]] = {}
+        self._deliver_late = deliver_late
+        self._expected: int | None = None
+        self._held: dict[int, LinkFrame] = {}
+        self._gap_timer: asyncio.TimerHandle | None = None
+        #: how long a gap waits for its frame: the sender's every retransmission, and one more
+        self.gap_s = retransmit_s * (retries + 2)
+        self._request_seqs: dict[int, int] = {}  # cmd_id -> seq of the last one received
+        #: the request seq the last response received answered
+        self.last_response_to: int | None = None
+
+    @property
+    def stats(self) -> DeframerStats:
+        """The deframer's counters (bytes, frames, CRC errors...)."""
+        return self.deframer.stats
+
+    @property
+    def in_flight(self) -> int:
+        """Frames sent and not yet acknowledged."""
+        return len(self._pending)
+
+    # ------------------------------------------------------------------ in
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Bytes from the line; the new frames for the layer above."""
+        return self._take(self.deframer.feed(data))
+
+    def expire(self) -> list[Frame]:
+        """Drop a stale partial frame (see the deframer); frames found behind it."""
+        return self._take(self.deframer.expire())
+
+    def _take(self, links: list[LinkFrame]) -> list[Frame]:
+        bad = self.deframer.bad_seqs
+        if bad:
+            for seq in bad:
+                self.counters.nacks_out += 1
+                self._write(LinkFrame(MsgType.NACK, seq).encode())
+            bad.clear()
+        frames: list[Frame] = []
+        for link in links:
+            kind = link.msg_type
+            if kind == MsgType.ACK:
+                self._acked(link.seq)
+            elif kind == MsgType.NACK:
+                self.counters.nacks_in += 1
+                self._resend_now(link.seq)
+            elif kind in (MsgType.DATA, MsgType.CONTROL) and link.payload:
+                self.counters.acks_out += 1
+                self._write(LinkFrame(MsgType.ACK, link.seq).encode())
+                frames += self._in_order(link)
+        return frames
+
+    def _in_order(self, link: LinkFrame) -> list[Frame]:
+        seq = link.seq
+        if self._expected is None:
+            self._expected = seq
+        ahead = (seq - self._expected) % SEQ_MODULUS
+        if ahead >= SEQ_MODULUS - WINDOW or seq in self._held:
+            self.counters.duplicates += 1
+            return []
+        if ahead >= WINDOW:  # the other end restarted: a new sequence
+            self.counters.restarts += 1
+            self._held.clear()
+            self._expected, ahead = seq, 0
+        if ahead:
+            self.counters.reordered += 1
+            self._held[seq] = link
+            if self._gap_timer is None:
+                self._gap_timer = self._loop.call_later(self.gap_s, self._gap_expired)
+            return []
+        return self._release(link)
+
+    def _release(self, link: LinkFrame) -> list[Frame]:
+        out = [self._to_frame(link)]
+        expected = (link.seq + 1) % SEQ_MODULUS
+        held = self._held
+        while expected in held:
+            out.append(self._to_frame(held.pop(expected)))
+            expected = (expected + 1) % SEQ_MODULUS
+        self._expected = expected
+        if not held and self._gap_timer is not None:
+            self._gap_timer.cancel()
+            self._gap_timer = None
+        return out
+
+    def _gap_expired(self) -> None:
+        self._gap_timer = None
+        if not self._held or self._expected is None:
+            return
+        expected = self._expected
+        first = min(self._held, key=lambda s: (s - expected) % SEQ_MODULUS)
+        self.counters.gaps_skipped += (first - expected) % SEQ_MODULUS
+        frames = self._release(self._held.pop(first))
+        if self._held:
+            self._gap_timer = self._loop.call_later(self.gap_s, self._gap_expired)
+        self._deliver_late(frames)
+
+    def _to_frame(self, link: LinkFrame) -> Frame:
+        frame = link.frame
+        if is_response(frame.cmd_id) and len(frame.payload) >= 4:
+            self.last_response_to = int.from_bytes(frame.payload[:4], "little")
+            return Frame(frame.cmd_id, frame.payload[4:])
+        self._request_seqs[frame.cmd_id] = link.seq
+        return frame
+
+    def _acked(self, seq: int) -> None:
+        self.counters.acks_in += 1
+        pending = self._pending.pop(seq, None)
+        if pending is not None:
+            pending[2].cancel()
+
+    # ------------------------------------------------------------------ out
+
+    def send(self, frame: Frame, msg_type: int = MsgType.DATA) -> int:
+        """Send a frame reliably; returns its seq."""
+        seq = self._next_seq
+        self._next_seq = (seq + 1) % SEQ_MODULUS
+        payload = frame.payload
+        if is_response(frame.cmd_id):
+            # NACK answers the command in its first byte; a response answers cmd & 0x7F.
+            asked = frame.payload[0] if frame.cmd_id == Command.NACK and frame.payload \
+                else frame.cmd_id & 0x7F  # fmt: skip
+            to_seq = self._request_seqs.get(asked, 0)
+            payload = to_seq.to_bytes(4, "little") + payload
+        wire = LinkFrame(msg_type, seq, bytes((frame.cmd_id,)) + payload).encode()
+        self.counters.sent += 1
+        self._write(wire)
+        timer = self._loop.call_later(self.retransmit_s, self._retry, seq)
+        self._pending[seq] = (wire, 0, timer)
+        return seq
+
+    def _retry(self, seq: int) -> None:
+        pending = self._pending.get(seq)
+        if pending is None:
+            return
+        wire, tries, _ = pending
+        if tries >= self.retries:
+            del self._pending[seq]
+            self.counters.lost += 1
+            log.debug("ms720: seq %d not acknowledged after %d retransmissions", seq, tries)
+            return
+        self.counters.retransmits += 1
+        self._write(wire)
+        timer = self._loop.call_later(self.retransmit_s, self._retry, seq)
+        self._pending[seq] = (wire, tries + 1, timer)
+
+    def _resend_now(self, seq: int) -> None:
+        pending = self._pending.get(seq)
+        if pending is not None:
+            pending[2].cancel()
+            self._retry(seq)
+
+    def close(self) -> None:
+        """Stop every timer."""
+        for _, _, timer in self._pending.values():
+            timer.cancel()
+        self._pending.clear()
+        if self._gap_timer is not None:
+            self._gap_timer.cancel()
+            self._gap_timer = None
