@@ -44,8 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="env-sensor", help="device profile name")
     parser.add_argument("--profiles-dir", type=Path, action="append", default=[],
                         help="extra directory of profile TOML files (repeatable)")
-    parser.add_argument("--frames", choices=["mcp"], default="mcp",
-                        help="frame profile (default %(default)s)")
+    parser.add_argument("--frames", choices=["mcp", "ms720"], default="mcp",
+                        help="frame profile (default %(default)s); ms720: CRC-16, seq, ACKs "
+                        "and retransmission")
     parser.add_argument("--name-prefix", default="sim", help="devices are PREFIX-0, PREFIX-1, ...")
     parser.add_argument("--link-dir", type=Path,
                         help="keep a stable symlink DIR/NAME to each device's current pty")
@@ -61,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--drop-rate", type=_rate, default=0.0,
                         help="chance per request that no answer is sent")
     faults.add_argument("--delay-ms", type=float, default=0.0, help="delay before each answer")
+    faults.add_argument("--rx-corrupt-rate", type=_rate, default=0.0,
+                        help="chance a received chunk has a byte changed (noise to the device)")
+    faults.add_argument("--frame-drop-rate", type=_rate, default=0.0,
+                        help="ms720: chance a frame on the wire is lost whole")
+    faults.add_argument("--duplicate-rate", type=_rate, default=0.0,
+                        help="ms720: chance a frame on the wire is sent twice")
     faults.add_argument("--unplug-every", type=_positive, metavar="S",
                         help="unplug each device about every S seconds")
     faults.add_argument("--unplug-for", type=_positive, metavar="S", default=2.0,
@@ -85,7 +92,11 @@ def spec_from_args(args: argparse.Namespace) -> FleetSpec:
             corrupt_rate=args.corrupt_rate,
             drop_rate=args.drop_rate,
             response_delay_s=args.delay_ms / 1000.0,
+            rx_corrupt_rate=args.rx_corrupt_rate,
+            frame_drop_rate=args.frame_drop_rate,
+            duplicate_rate=args.duplicate_rate,
         ),
+        frames=args.frames,
         seed=args.seed,
         profile_dirs=tuple(args.profiles_dir),
     )

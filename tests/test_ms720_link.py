@@ -27,9 +27,13 @@ async def test_ms720_devices_register_stream_and_answer(tmp_path):
 
 
 async def _noisy_run(tmp_path, frames: str) -> tuple[int, int, int, int, bool]:
-    """10% of frames corrupted in both directions; returns (STATUS sent, STATUS received
+    """10% of frames corrupted in both directions (ms720: also 5% dropped and 5% doubled);
+    returns (STATUS sent, STATUS received
     exactly once and in order, requests sent, requests answered)."""
     noise = Faults(corrupt_rate=0.10, rx_corrupt_rate=0.10)
+    if frames == "ms720":  # whole frames lost and doubled too (mcp has no way to notice)
+        noise = Faults(corrupt_rate=0.10, rx_corrupt_rate=0.10, frame_drop_rate=0.05,
+                       duplicate_rate=0.05)
     spec = FleetSpec(count=1, interval_ms=20, frames=frames, faults=noise, seed=3)
     received = []
     async with fleet_and_gateway(tmp_path / frames, spec, frames=frames, retries=5,
