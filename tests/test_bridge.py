@@ -62,6 +62,9 @@ async def stack(tmp_path, mosquitto, spec=None, **extra):
         config = config_for(tmp_path, mosquitto, [d.name for d in fleet.devices], links, **extra)
         gateway = Gateway(config)
         async with Bridge(gateway, config) as bridge, gateway:
+            # Requests published before the bridge's SUBACK would reach nobody.
+            await wait_for(lambda: bridge.mqtt.subscribed, timeout=10,
+                           what="the bridge subscribed to requests")
             yield fleet, gateway, bridge
 
 
@@ -532,6 +535,7 @@ async def test_reload_over_the_fabric_applies_the_file_or_changes_nothing(tmp_pa
         async with Bridge(gateway, config) as bridge, gateway:
             Reloader(path, gateway, bridge)
             await wait_for(lambda: gateway.device("sim-0").node_id, what="sim-0 registered")
+            await wait_for(lambda: bridge.mqtt.subscribed, what="the bridge subscribed")
             _, denied = await request(client, f"{P}/devices/sim-0/requests",
                                       {"action": "write", "payload": {"key": "interval_ms",
                                                                       "value": 500}})

@@ -229,6 +229,8 @@ class MqttConnection:
         self.last_error = ""
         #: the broker's Receive Maximum (MQTT 5), None for 3.1.1 or before a connection
         self.receive_maximum: int | None = None
+        #: True once the broker acknowledged the last ``subscribe`` on this connection
+        self.subscribed = False
         self._loop = asyncio.get_running_loop()
         self._lost: asyncio.Future[None] | None = None
         self._connected_future: asyncio.Future[bool] | None = None
@@ -269,6 +271,7 @@ class MqttConnection:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         client.on_lean_ack = self._on_lean_ack
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
@@ -378,8 +381,9 @@ class MqttConnection:
                 self._loop.add_writer(sock, self._write)
 
     def subscribe(self, topics: list[str]) -> None:
-        """Subscribe (QoS 1) to topic filters."""
+        """Subscribe (QoS 1) to topic filters; ``subscribed`` turns True on the SUBACK."""
         if topics:
+            self.subscribed = False
             self._client.subscribe([(t, 1) for t in topics])
 
     # ------------------------------------------------------------------ paho callbacks
@@ -410,6 +414,7 @@ class MqttConnection:
                        properties: Any) -> None:
         was = self.connected
         self.connected = False
+        self.subscribed = False
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
         if self._connected_future is not None and not self._connected_future.done():
@@ -437,6 +442,10 @@ class MqttConnection:
                                     correlation))
         except Exception:
             log.exception("message handler failed for %s", message.topic)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any,
+                      properties: Any) -> None:
+        self.subscribed = True
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
