@@ -33,14 +33,6 @@ from tests.mqtt_helpers import (
 P = "mcp/v1/test-gw"
 
 
-@pytest.fixture
-def broker(tmp_path):
-    mosquitto = Mosquitto(tmp_path)
-    mosquitto.start()
-    yield mosquitto
-    mosquitto.stop()
-
-
 def config_for(tmp_path: Path, mosquitto: Mosquitto, names: list[str], links: Path, **extra):
     ports = extra.pop("ports", {})
     return parse_config({

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from textual.widgets import Input, Select, Static
 
 from firmware_sim import Fleet, FleetSpec
@@ -13,7 +12,6 @@ from gateway.app import Gateway
 from gateway.bridge.bridge import Bridge
 from gateway.config import parse_config
 from tests.harness import wait_for
-from tests.mqtt_helpers import Mosquitto
 from tui.app import DashboardApp
 from tui.command import CommandScreen
 from tui.detail import DeviceScreen
@@ -61,14 +59,6 @@ def test_the_state_follows_statuses_stats_and_events():
     assert state.bad_messages == 2
     msg(state, "gw2/devices/a/status", None)
     assert ("gw2", "a") not in state.devices
-
-
-@pytest.fixture
-def broker(tmp_path):
-    mosquitto = Mosquitto(tmp_path)
-    mosquitto.start()
-    yield mosquitto
-    mosquitto.stop()
 
 
 def table_states(app: DashboardApp) -> dict[str, str]:

@@ -13,8 +13,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
-
 from firmware_sim import Fleet, FleetSpec
 from gateway.config import load_config, parse_config
 from gateway.frames import ProfileRegistry
@@ -24,14 +22,6 @@ from tests.mqtt_helpers import Client, Mosquitto
 BIN = Path(sys.executable).parent
 GW = "svc"
 P = f"mcp/v1/{GW}"
-
-
-@pytest.fixture
-def broker(tmp_path):
-    mosquitto = Mosquitto(tmp_path)
-    mosquitto.start()
-    yield mosquitto
-    mosquitto.stop()
 
 
 def write_config(path: Path, tmp_path: Path, broker: Mosquitto, ports: list[str],

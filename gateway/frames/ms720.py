@@ -38,7 +38,7 @@ from gateway.errors import (
     TrailingBytes,
     TruncatedFrame,
 )
-from gateway.frames.deframer import DEFAULT_INTER_FRAME_TIMEOUT, DeframerStats
+from gateway.frames.deframer import DEFAULT_INTER_FRAME_TIMEOUT, Deframer
 from gateway.frames.wire import Frame
 
 SYNC = b"\x55\xaa\x55\xaa"
@@ -149,76 +149,27 @@ def decode_link(data: bytes, max_payload: int = MAX_PAYLOAD) -> LinkFrame:
     return LinkFrame(msg_type, seq, bytes(data[HEADER_SIZE:end - 2]))
 
 
-class Ms720Deframer:
+class Ms720Deframer(Deframer):
     """Byte stream -> ``LinkFrame`` list, resynchronising on the sync word.
 
-    Like the `mcp` deframer: bytes before a sync word are discarded; a length above
-    ``max_payload`` or a CRC mismatch drops the sync word's first byte and searches again
-    (so a real frame hidden behind a false sync is still found); an incomplete frame is
-    kept across reads and dropped the same way once older than ``timeout``. Every discarded
-    byte is counted; ``bytes_in == framed_bytes + discarded_bytes + buffered``.
-    ``bad_seqs`` lists the seqs of frames whose header was readable but whose CRC failed
-    (the link answers those with NACK); the caller empties it.
+    Like the `mcp` deframer (whose buffering, counters and inter-frame timeout it shares):
+    bytes before a sync word are discarded; a length above ``max_payload`` or a CRC
+    mismatch drops the sync word's first byte and searches again (so a real frame hidden
+    behind a false sync is still found). ``bad_seqs`` lists the seqs of frames whose header
+    was readable but whose CRC failed (the link answers those with NACK); the caller
+    empties it.
     """
+
+    __slots__ = ("bad_seqs", "max_payload")
 
     def __init__(self, *, timeout: float = DEFAULT_INTER_FRAME_TIMEOUT,
                  clock: Callable[[], float] = time.monotonic,
                  max_payload: int = MAX_PAYLOAD, expire_on_feed: bool = True) -> None:
-        if timeout <= 0:
-            raise ValueError(f"inter-frame timeout must be positive, got {timeout}")
-        self.timeout = timeout
+        super().__init__(timeout=timeout, clock=clock, expire_on_feed=expire_on_feed)
         self.max_payload = max_payload
-        self.stats = DeframerStats()
         self.bad_seqs: list[int] = []
-        self._clock = clock
-        self._buf = b""
-        self._since = 0.0
-        self._last_rx = 0.0
-        self._expire_on_feed = expire_on_feed
 
-    @property
-    def buffered(self) -> int:
-        """Bytes held for an incomplete frame."""
-        return len(self._buf)
-
-    @property
-    def deadline(self) -> float | None:
-        """Clock time at which the held incomplete frame goes stale, or None."""
-        return self._since + self.timeout if self._buf else None
-
-    def restart_clock(self) -> None:
-        """Count a held incomplete frame's age from now (after a pause in reading)."""
-        self._since = self._last_rx = self._clock()
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[LinkFrame]:
-        """Add received bytes; return the complete frames found, in stream order."""
-        now = self._clock()
-        frames = self._expire(now) if self._buf and self._expire_on_feed else []
-        if not data:
-            return frames
-        self.stats.bytes_in += len(data)
-        old = self._buf
-        buf = old + data if old else bytes(data)
-        frames += self._scan(buf, 0)
-        if self._buf and (not old or len(buf) - len(self._buf) != 0):
-            self._since = now
-        self._last_rx = now
-        return frames
-
-    def expire(self) -> list[LinkFrame]:
-        """Drop a held incomplete frame if it is stale; return frames found behind it."""
-        return self._expire(self._clock()) if self._buf else []
-
-    def _expire(self, now: float) -> list[LinkFrame]:
-        frames: list[LinkFrame] = []
-        while self._buf and now - self._since >= self.timeout:
-            self.stats.stale_frames += 1
-            self.stats.discarded_bytes += 1
-            frames += self._scan(self._buf, 1)
-            self._since = self._last_rx
-        return frames
-
-    def _scan(self, buf: bytes, pos: int) -> list[LinkFrame]:
+    def _scan(self, buf: bytes, pos: int) -> list[LinkFrame]:  # type: ignore[override]
         stats = self.stats
         frames: list[LinkFrame] = []
         end = len(buf)
