@@ -14,7 +14,7 @@ import logging
 import signal
 from pathlib import Path
 
-from gateway.app import Gateway
+from gateway.app import EventSubscription, Gateway
 from gateway.bridge.bridge import Bridge
 from gateway.bridge.embedded import EmbeddedBroker
 from gateway.config import GatewayConfig
@@ -139,6 +139,6 @@ class Service:
         return 0
 
     @staticmethod
-    async def _log_events(subscription: object) -> None:
-        async for event in subscription:  # type: ignore[attr-defined]
+    async def _log_events(subscription: EventSubscription) -> None:
+        async for event in subscription:
             _log_event(event)
