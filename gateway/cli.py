@@ -24,8 +24,9 @@ from gateway import __version__
 from gateway.app import Gateway
 from gateway.bridge.bridge import Bridge
 from gateway.bridge.embedded import EmbeddedBroker
-from gateway.bridge.envelope import new_message_id
+from gateway.bridge.envelope import new_message_id, request_body
 from gateway.bridge.mqtt import BrokerSettings, Message, MqttConnection
+from gateway.bridge.topics import Topics
 from gateway.config import LOG_FORMATS, LOG_LEVELS, effective, load_config, parse_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.frames import ProfileRegistry
@@ -72,16 +73,13 @@ async def _request(args: argparse.Namespace) -> int:
         raise UsageError("JSON argument must be an object, e.g. '{\"key\": \"interval_ms\"}'")
     me = f"mcp-request-{os.getpid()}-{new_message_id()[-8:]}"
     reply_topic = f"mcp-request/{me}"
-    base = f"{args.prefix}/{args.gateway}"
-    topic = f"{base}/requests" if args.device == "-" else f"{base}/devices/{args.device}/requests"
-    body: dict[str, Any] = {"mcp_version": "1.0", "message_id": new_message_id(),
-                            "message_type": "request", "timestamp": time.time(),
-                            "source": me, "action": args.action, "payload": payload}
-    if args.timeout_s is not None:
-        body["timeout"] = args.timeout_s
+    topic = Topics(args.prefix, args.gateway).requests_of(
+        None if args.device == "-" else args.device)
     correlation = new_message_id().encode()
-    if args.protocol == 3:
-        body.update(reply_to=reply_topic, correlation_id=correlation.decode())
+    v311 = args.protocol == 3
+    body = request_body(args.action, payload, me, timeout=args.timeout_s,
+                        reply_to=reply_topic if v311 else None,
+                        correlation_id=correlation.decode() if v311 else None)
     answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
     def on_message(message: Message) -> None:
@@ -95,8 +93,7 @@ async def _request(args: argparse.Namespace) -> int:
 
     def on_connect() -> None:
         conn.subscribe([reply_topic])  # handled before the request, on one connection
-        conn.publish(topic, json.dumps(body).encode(), correlation_data=correlation,
-                     response_topic=reply_topic)
+        conn.publish(topic, body, correlation_data=correlation, response_topic=reply_topic)
 
     settings = BrokerSettings(url=args.broker, protocol=args.protocol, client_id=me,
                               username=args.username,
@@ -181,11 +178,13 @@ async def _demo(args: argparse.Namespace) -> int:
                   flush=True)
 
         async with EmbeddedBroker(url), Fleet(spec) as fleet:
-            watcher = MqttConnection(BrokerSettings(url=url, protocol=3,
-                                                    client_id="mcp-demo-watch"),
-                                     on_message=show if headless else lambda message: None)
-            watcher.on_connect = lambda: watcher.subscribe([f"{config.topic_prefix}/#"])
-            watching = asyncio.create_task(watcher.run())
+            watching = None
+            if headless:  # the dashboard is its own MQTT client
+                watcher = MqttConnection(BrokerSettings(url=url, protocol=3,
+                                                        client_id="mcp-demo-watch"),
+                                         on_message=show)
+                watcher.on_connect = lambda: watcher.subscribe([f"{config.topic_prefix}/#"])
+                watching = asyncio.create_task(watcher.run())
             gateway = Gateway(config)
             async with Bridge(gateway, config), gateway:
                 if headless:
@@ -197,10 +196,11 @@ async def _demo(args: argparse.Namespace) -> int:
                     if args.duration:
                         asyncio.get_running_loop().call_later(args.duration, app.exit)
                     await app.run_async()
-            # The bridge has published every device and the gateway offline: let them show.
-            await asyncio.sleep(0.3)
-            watching.cancel()
-            await asyncio.gather(watching, return_exceptions=True)
+            if watching is not None:
+                # The bridge has published every device and the gateway offline: show them.
+                await asyncio.sleep(0.3)
+                watching.cancel()
+                await asyncio.gather(watching, return_exceptions=True)
             for device in fleet.devices:
                 stats = {
                     "device": device.name,

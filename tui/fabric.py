@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from typing import Any
 
-from gateway.bridge.envelope import new_message_id
+from gateway.bridge.envelope import new_message_id, request_body
 from gateway.bridge.mqtt import BrokerSettings, Message, MqttConnection
+from gateway.bridge.topics import Topics
 from tui.state import FabricState
 
 
@@ -83,17 +83,15 @@ class Fabric:
         if not self.conn.connected:
             return {"status": "not_connected",
                     "error": {"message": f"not connected to the broker {self.last_error}"}}
-        base = f"{self.state.prefix}/{gateway}"
-        topic = f"{base}/requests" if device is None else f"{base}/devices/{device}/requests"
+        topic = Topics(self.state.prefix, gateway).requests_of(device)
         correlation = new_message_id().encode()
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[correlation] = future
-        body = {"mcp_version": "1.0", "message_id": new_message_id(),
-                "message_type": "request", "timestamp": time.time(), "source": self.me,
-                "action": action, "payload": payload or {}}
-        if self.protocol == 3:
-            body.update(reply_to=self.reply_topic, correlation_id=correlation.decode())
-        self.conn.publish(topic, json.dumps(body).encode(), correlation_data=correlation,
+        v311 = self.protocol == 3
+        body = request_body(action, payload or {}, self.me,
+                            reply_to=self.reply_topic if v311 else None,
+                            correlation_id=correlation.decode() if v311 else None)
+        self.conn.publish(topic, body, correlation_data=correlation,
                           response_topic=self.reply_topic)
         try:
             async with asyncio.timeout(wait_s):

@@ -88,6 +88,27 @@ def event_body(source: str, name: str, fields: dict[str, Any], received_at: floa
     })
 
 
+def request_body(action: str, payload: dict[str, Any], source: str, *,
+                 correlation_id: str | None = None, reply_to: str | None = None,
+                 timeout: float | None = None) -> bytes:
+    """A request envelope (for clients: the CLI's ``request``, the dashboard).
+    ``reply_to``/``correlation_id`` are the MQTT 3.1.1 way to ask for an answer."""
+    body: dict[str, Any] = {
+        "mcp_version": MCP_VERSION,
+        "message_id": new_message_id(),
+        "message_type": "request",
+        "timestamp": time.time(),
+        "source": source,
+        "action": action,
+        "payload": payload,
+    }
+    if timeout is not None:
+        body["timeout"] = timeout
+    if reply_to is not None:
+        body.update(reply_to=reply_to, correlation_id=correlation_id)
+    return _encoder.encode(body)
+
+
 def mark_replayed(body: bytes) -> bytes:
     """The same event envelope with ``"replayed": true``."""
     return body[:-1] + b',"replayed":true}'

@@ -40,6 +40,12 @@ class Topics:
         """Subscription filter for every device's requests."""
         return f"{self.base}/devices/+/requests"
 
+    def requests_of(self, device_id: str | None) -> str:
+        """Where a request goes: a device's topic, or the gateway's for ``None``."""
+        if device_id is None:
+            return self.gateway_requests
+        return f"{self.base}/devices/{device_id}/requests"
+
     def device_status(self, device_id: str) -> str:
         """A device's retained availability."""
         return f"{self.base}/devices/{device_id}/status"
