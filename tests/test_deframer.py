@@ -305,7 +305,7 @@ def test_deframer_equals_the_construct_reference_on_any_stream(stream, cuts):
 
 same_size_runs = st.integers(0, 60).flatmap(
     lambda n: st.lists(
-        st.builds(Frame, st.integers(0, 255), st.binary(min_size=n, max_size=n)),
+        st.builds(Frame, st.integers(0, 255), st.binary(min_size=n, max_size=n), st.none()),
         min_size=8,
         max_size=60,
     )

@@ -51,7 +51,7 @@ def test_spec_vectors_both_directions(name, cmd_id, payload, wire):
     built = MCP_FRAME.build({"body": {"value": {"cmd_id": cmd_id, "payload": frame.payload}}})
     assert built == bytes.fromhex(wire)
     parsed = MCP_FRAME.parse(bytes.fromhex(wire))
-    assert (parsed.body.value.cmd_id, parsed.body.value.payload) == frame
+    assert (parsed.body.value.cmd_id, parsed.body.value.payload) == frame[:2]
 
 
 def test_status_vector_decodes_through_the_env_sensor_profile():

@@ -183,7 +183,7 @@ class Deframer:
                 _new_frame,
                 repeat(Frame),
                 zip(region[1:run:size], [region[at : at + length] for at in range(4, run, size)],
-                    strict=True),
+                    repeat(None, count), strict=True),
             )
         )
         return run
@@ -262,7 +262,7 @@ class Deframer:
                 discarded += 1
                 pos += 1
                 continue
-            append(new(Frame, (cmd_id, payload)))
+            append(new(Frame, (cmd_id, payload, None)))
             framed += stop - pos
             pos = stop
         self._buf = buf[pos:] if pos < end else b""

@@ -60,10 +60,16 @@ _BODY_HEAD = struct.Struct("<BH")
 
 
 class Frame(NamedTuple):
-    """One frame: a command id and its raw payload. Immutable and cheap to create."""
+    """One frame: a command id and its raw payload. Immutable and cheap to create.
+
+    ``request_seq`` is set on the `ms720` profile only (spec section 4): for a request
+    received, its own link seq; for a response, the seq of the request it answers (the link
+    layer reads it from, or writes it into, the response's payload). None on `mcp`.
+    """
 
     cmd_id: int
     payload: bytes = b""
+    request_seq: int | None = None
 
     def encode(self) -> bytes:
         """The frame's bytes on the wire."""
@@ -75,7 +81,8 @@ class Frame(NamedTuple):
         return decode_frame(data)
 
     def __repr__(self) -> str:
-        return f"Frame(cmd_id=0x{self.cmd_id:02x}, payload={self.payload.hex(' ') or '-'})"
+        seq = "" if self.request_seq is None else f", request_seq={self.request_seq}"
+        return f"Frame(cmd_id=0x{self.cmd_id:02x}, payload={self.payload.hex(' ') or '-'}{seq})"
 
 
 def encode_frame(cmd_id: int, payload: bytes = b"") -> bytes:
