@@ -62,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--drop-rate", type=_rate, default=0.0,
                         help="chance per request that no answer is sent")
     faults.add_argument("--delay-ms", type=float, default=0.0, help="delay before each answer")
+    faults.add_argument("--jitter-ms", type=float, default=0.0,
+                        help="a random 0..N ms more per answer (answers overtake each other)")
     faults.add_argument("--rx-corrupt-rate", type=_rate, default=0.0,
                         help="chance a received chunk has a byte changed (noise to the device)")
     faults.add_argument("--frame-drop-rate", type=_rate, default=0.0,
@@ -92,6 +94,7 @@ def spec_from_args(args: argparse.Namespace) -> FleetSpec:
             corrupt_rate=args.corrupt_rate,
             drop_rate=args.drop_rate,
             response_delay_s=args.delay_ms / 1000.0,
+            response_jitter_s=args.jitter_ms / 1000.0,
             rx_corrupt_rate=args.rx_corrupt_rate,
             frame_drop_rate=args.frame_drop_rate,
             duplicate_rate=args.duplicate_rate,

@@ -53,8 +53,10 @@ class Faults:
     corrupt_rate: float = 0.0
     #: chance an answer to a request is not sent at all
     drop_rate: float = 0.0
-    #: delay before answering a request, seconds
+    #: delay before answering a request, seconds, plus a random 0..jitter more (answers
+    #: then overtake each other: pipelined requests are answered out of order)
     response_delay_s: float = 0.0
+    response_jitter_s: float = 0.0
     #: chance a received chunk of bytes has one byte changed (noise towards the device)
     rx_corrupt_rate: float = 0.0
     #: chance a frame on the wire (any, ACKs included) is lost whole, or sent twice
@@ -69,8 +71,9 @@ class Faults:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
         if self.garbage_max < 1:
             raise ValueError(f"garbage_max must be at least 1, got {self.garbage_max}")
-        if self.response_delay_s < 0:
-            raise ValueError(f"response_delay_s must be >= 0, got {self.response_delay_s}")
+        for name in ("response_delay_s", "response_jitter_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -186,6 +189,8 @@ class SimulatedDevice:
         self.received: deque[Frame] = deque(maxlen=10_000)
         self.sent: deque[tuple[int, bytes, bool]] = deque(maxlen=100_000)
         self._running: asyncio.Task[None] | None = None
+        #: the ms720 seq of the request being handled (None on mcp)
+        self._answering: int | None = None
         self._plugged = asyncio.Event()
         self.link.on_data = self._on_data
 
@@ -356,6 +361,10 @@ class SimulatedDevice:
         sent = 0
         while not stop.is_set():
             if self.reliable is not None:
+                # ms720: as fast as the send window lets frames out, never past it.
+                if not self.reliable.room.is_set():
+                    await _wait_event(self.reliable.room, 0.1)  # and look at stop again
+                    continue
                 for _ in range(batch):
                     payload = self.status_payload()
                     self.sent_status.append(payload)
@@ -401,13 +410,14 @@ class SimulatedDevice:
         """Send a LOG frame."""
         self.send(Command.LOG, bytes([level]) + text.encode("utf-8")[:255])
 
-    def send(self, cmd_id: int, payload: bytes = b"") -> None:
-        """Encode and write one frame, applying the garbage and corruption knobs."""
+    def send(self, cmd_id: int, payload: bytes = b"", request_seq: int | None = None) -> None:
+        """Encode and write one frame, applying the garbage and corruption knobs
+        (``request_seq``: on ms720, the seq of the request a response answers)."""
         if not self._plugged.is_set() or self.muted:
             return
         if self.reliable is not None:  # ms720: faults apply to every wire frame
             self.sent.append((cmd_id, payload, False))
-            self.reliable.send(Frame(cmd_id, payload))
+            self.reliable.send(Frame(cmd_id, payload, request_seq))
             self.counters.frames_sent += 1
             self.counters.sent_by_cmd[cmd_id] = self.counters.sent_by_cmd.get(cmd_id, 0) + 1
             return
@@ -437,12 +447,14 @@ class SimulatedDevice:
         if faults.drop_rate and self.rng.random() < faults.drop_rate:
             self.counters.dropped_responses += 1
             return
-        if faults.response_delay_s > 0:
+        delay = faults.response_delay_s
+        if faults.response_jitter_s:
+            delay += self.rng.uniform(0, faults.response_jitter_s)
+        if delay > 0:
             asyncio.get_running_loop().call_later(
-                faults.response_delay_s, self.send, cmd_id, payload
-            )
+                delay, self.send, cmd_id, payload, self._answering)
         else:
-            self.send(cmd_id, payload)
+            self.send(cmd_id, payload, self._answering)
 
     def _nack(self, rejected: int, code: NackCode) -> None:
         self._answer(Command.NACK, bytes([rejected, code]))
@@ -482,6 +494,7 @@ class SimulatedDevice:
             self.counters.frames_received += 1
             self.received.append(frame)
             self._last_heard = time.monotonic()
+            self._answering = frame.request_seq  # what _answer tags its response with
             try:
                 self._handle(frame)
             except Exception:  # a firmware bug must not kill the link's reader

@@ -181,6 +181,7 @@ class Gateway:
             request_timeout_s=port.request_timeout_s,
             retries=port.retries,
             max_queue=port.max_queue,
+            max_in_flight=port.in_flight_limit,
             circuit_threshold=port.circuit_threshold,
             circuit_reset_s=port.circuit_reset_s,
             port_name=port.name,
@@ -200,6 +201,7 @@ class Gateway:
             frames=port.frames,
             retransmit_s=port.link_retransmit_ms / 1000.0,
             link_retries=port.link_retries,
+            link_window=port.link_window,
         )
         runner = PortRunner(path, serial_settings, session)
         self.devices[device_id] = session

@@ -22,6 +22,9 @@ STANDARD_BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 23040
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ACTIONS = ("read", "write", "raw", "ping")
 FRAME_PROFILES = ("mcp", "ms720")
+#: requests in flight per ms720 device: the default, and at most
+PIPELINE_DEFAULT = 16
+PIPELINE_MAX = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,19 @@ class PortConfig:
     #: ms720 only: resend an unacknowledged frame after this long, up to link_retries times
     link_retransmit_ms: float = 200.0
     link_retries: int = 3
+    #: ms720 only: frames sent and not yet acknowledged, at most (a send window)
+    link_window: int = 64
+    #: requests in flight to the device at once: 1 on mcp (spec section 2), up to 64 on
+    #: ms720, where responses carry the request's seq; 0: the profile's default (mcp 1,
+    #: ms720 16), which parsing fills in
+    max_in_flight: int = 0
+
+    @property
+    def in_flight_limit(self) -> int:
+        """``max_in_flight`` with its default filled in."""
+        if self.max_in_flight:
+            return self.max_in_flight
+        return PIPELINE_DEFAULT if self.frames == "ms720" else 1
 
     @property
     def is_glob(self) -> bool:
@@ -198,6 +214,14 @@ def _port(errors: _Errors, raw: Any, index: int, registry: ProfileRegistry) -> P
     if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
         errors.add(f"{path}.allow", allow, "is not a list of action names")
         allow = list(defaults.allow)
+    max_in_flight = PIPELINE_DEFAULT if frames == "ms720" else 1
+    if "max_in_flight" in raw:
+        max_in_flight = _number(errors, raw, "max_in_flight", path, max_in_flight, minimum=1,
+                                maximum=PIPELINE_MAX, integer=True)
+        if frames == "mcp" and max_in_flight > 1:
+            errors.add(f"{path}.max_in_flight", max_in_flight,
+                       "needs frames = \"ms720\": mcp frames carry no sequence number, so at "
+                       "most one request may be in flight (spec section 2)")
     timeout_ms = raw.get("inter_frame_timeout_ms")
     if timeout_ms is not None:
         timeout_ms = _number(errors, raw, "inter_frame_timeout_ms", path, None,
@@ -234,6 +258,9 @@ def _port(errors: _Errors, raw: Any, index: int, registry: ProfileRegistry) -> P
                                    defaults.link_retransmit_ms, minimum=1, maximum=60_000),
         link_retries=_number(errors, raw, "link_retries", path, defaults.link_retries,
                              minimum=0, maximum=20, integer=True),
+        link_window=_number(errors, raw, "link_window", path, defaults.link_window,
+                            minimum=1, maximum=512, integer=True),
+        max_in_flight=max_in_flight,
     )
 
 

@@ -101,6 +101,8 @@ class SessionSettings:
     request_timeout_s: float = 2.0
     retries: int = 3
     max_queue: int = 64
+    #: requests in flight at once (more than 1 only where responses carry a request seq)
+    max_in_flight: int = 1
     circuit_threshold: int = 5
     circuit_reset_s: float = 30.0
     #: the configured port this device is on (for access control)
@@ -158,6 +160,7 @@ class DeviceSession:
         self.transactions = Transactions(
             self._send_request,
             max_queue=settings.max_queue,
+            max_in_flight=settings.max_in_flight,
             breaker=CircuitBreaker(settings.circuit_threshold, settings.circuit_reset_s),
         )
 
@@ -246,9 +249,10 @@ class DeviceSession:
                 if self.state is DeviceState.UNREGISTERED:
                     # A device that pings thinks it is registered (the gateway restarted, or
                     # its HELLO_ACK was lost): NACK 5 tells it to say HELLO again.
-                    self._reply(Frame(Command.NACK, bytes([cmd, NackCode.NOT_REGISTERED])))
+                    self._reply(Frame(Command.NACK, bytes([cmd, NackCode.NOT_REGISTERED]),
+                                      frame.request_seq))
                 else:
-                    self._reply(Frame(Command.PONG))
+                    self._reply(Frame(Command.PONG, b"", frame.request_seq))
             elif cmd & RESPONSE_BIT or cmd == Command.NACK:
                 self._on_response(frame)
             elif cmd in self.profile.events or cmd == Command.LOG or (cmd not in COMMANDS \
@@ -256,14 +260,16 @@ class DeviceSession:
                 self._on_event(frame, wall)
             else:
                 # A gateway-to-device request (READ, WRITE, 0x30-0x6F...) sent by the device.
-                self._reply(Frame(Command.NACK, bytes([cmd, NackCode.UNKNOWN_COMMAND])))
+                self._reply(Frame(Command.NACK, bytes([cmd, NackCode.UNKNOWN_COMMAND]),
+                                  frame.request_seq))
 
     def _on_hello(self, frame: Frame) -> None:
         try:
             hello = decode_payload(Command.HELLO, frame.payload)
         except GatewayError as exc:
             log.warning("%s: bad HELLO: %s", self.device_id, exc)
-            self._reply(Frame(Command.NACK, bytes([Command.HELLO, NackCode.BAD_PAYLOAD])))
+            self._reply(Frame(Command.NACK, bytes([Command.HELLO, NackCode.BAD_PAYLOAD]),
+                              frame.request_seq))
             return
         self.hello = hello
         if self.settings.id_from_uid and self._claim_id is not None:
@@ -271,7 +277,8 @@ class DeviceSession:
         self.node_id = self._node_ids.get(hello["uid"])
         # HELLO_ACK carries whole seconds; sub-second heartbeats (tests) round up to 1.
         ack = {"node_id": self.node_id, "heartbeat_s": max(1, round(self.settings.heartbeat_s))}
-        self._reply(Frame(Command.HELLO_ACK, encode_payload(Command.HELLO_ACK, ack)))
+        self._reply(Frame(Command.HELLO_ACK, encode_payload(Command.HELLO_ACK, ack),
+                          frame.request_seq))
         self._set_state(DeviceState.ONLINE, "registered")
 
     def _on_response(self, frame: Frame) -> None:
@@ -303,12 +310,13 @@ class DeviceSession:
         if self.link is not None and self.link.send_nowait(frame):
             self.trace.append(("tx", time.time(), frame))
 
-    async def _send_request(self, frame: Frame) -> None:
+    async def _send_request(self, frame: Frame) -> int | None:
         link = self.link
         if link is None:
             raise LinkClosed(f"{self.device_id} has no open port")
-        await link.send(frame)
+        seq = await link.send(frame)
         self.trace.append(("tx", time.time(), frame))
+        return seq
 
     async def _liveness(self) -> None:
         heartbeat = self.settings.heartbeat_s

@@ -1,11 +1,16 @@
-"""Requests to one device: a priority queue, one in flight, timeouts, retries, a circuit breaker.
+"""Requests to one device: a priority queue, ``max_in_flight`` in flight, timeouts, retries,
+a circuit breaker.
 
-Sans-IO apart from the ``send`` coroutine it is given. Frames on the `mcp` profile carry no
-sequence number, so responses are matched by ``cmd | 0x80`` (and the key, for READ/WRITE) or
-a NACK of the command. A response to a send that was given up on must never be taken for
-the answer to a later request: every send is remembered for ``late_window`` seconds, a
+Sans-IO apart from the ``send`` coroutine it is given, which returns the frame's ms720 seq
+(or None). Frames on the `mcp` profile carry no sequence number, so one request is in
+flight and responses are matched by ``cmd | 0x80`` (and the key, for READ/WRITE) or a NACK
+of the command. A response to a send that was given up on must never be taken for the
+answer to a later request: every send is remembered for ``late_window`` seconds, a
 response is matched to the oldest remembered send it can answer, and a new request whose
 answer could be confused with such a pending one waits until that window has passed.
+
+On `ms720` every response carries the seq of the request it answers (``Frame.request_seq``),
+so requests are pipelined (up to ``max_in_flight`` at once) and matched by that seq alone.
 """
 
 from __future__ import annotations
@@ -113,6 +118,8 @@ class _Send:
     sent_at: float
     forget_at: float
     owner: _Request
+    #: the frame's ms720 seq, once sent (None on mcp)
+    seq: int | None = None
 
 
 @dataclass
@@ -161,34 +168,49 @@ class CircuitBreaker:
 
 
 class Transactions:
-    """The request queue and the one request in flight of one device."""
+    """The request queue and the requests in flight of one device."""
 
     def __init__(
         self,
-        send: Callable[[Frame], Awaitable[None]],
+        send: Callable[[Frame], Awaitable[int | None]],
         *,
         max_queue: int = 64,
+        max_in_flight: int = 1,
         breaker: CircuitBreaker | None = None,
         late_window_factor: float = 2.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self._send = send
         self.max_queue = max_queue
+        self.max_in_flight = max_in_flight
         self.breaker = breaker or CircuitBreaker()
         self.late_window_factor = late_window_factor
         self.counters = TransactionCounters()
         self._clock = clock or asyncio.get_running_loop().time
         self._heap: list[tuple[int, int, _Request]] = []
         self._order = itertools.count()
-        self._queued = asyncio.Event()
+        #: set when a request is queued or one in flight ends
+        self._wake = asyncio.Event()
         self._sends: deque[_Send] = deque()
+        self._by_seq: dict[int, _Send] = {}
+        #: the link tags responses with the request seq (ms720): match by seq only
+        self._seq_link = False
         self._send_answered = asyncio.Event()
-        self._in_flight: _Request | None = None
+        self._in_flight: set[_Request] = set()
+        #: the most requests that were in flight at once
+        self.peak_in_flight = 0
 
     @property
     def queue_depth(self) -> int:
-        """Requests waiting, plus the one in flight."""
-        return len(self._heap) + (self._in_flight is not None)
+        """Requests waiting, plus those in flight."""
+        return len(self._heap) + len(self._in_flight)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent (or being sent) and not yet ended."""
+        return len(self._in_flight)
 
     # ------------------------------------------------------------------ callers
 
@@ -211,7 +233,7 @@ class Transactions:
         future: asyncio.Future[RequestOutcome] = asyncio.get_running_loop().create_future()
         request = _Request(frame, Signature.of(frame), priority, ttl, timeout, retries, now, future)
         heapq.heappush(self._heap, (priority, next(self._order), request))
-        self._queued.set()
+        self._wake.set()
         try:
             outcome = await future
         finally:
@@ -222,8 +244,8 @@ class Transactions:
     def fail_all(self, status: Status = Status.OFFLINE) -> None:
         """End every queued and in-flight request with ``status`` (the port went away)."""
         now = self._clock()
-        if self._in_flight is not None:
-            self._finish(self._in_flight, status, now)
+        for request in list(self._in_flight):
+            self._finish(request, status, now)
         while self._heap:
             _, _, request = heapq.heappop(self._heap)
             self._finish(request, status, now)
@@ -232,51 +254,77 @@ class Transactions:
 
     def expects(self, frame: Frame) -> bool:
         """True if ``frame`` could answer a send this manager still remembers."""
-        return any(send.signature.answered_by(frame) for send in self._sends)
+        return self._match(frame) is not None
+
+    def _match(self, frame: Frame) -> _Send | None:
+        seq = frame.request_seq
+        if seq is not None:
+            send = self._by_seq.get(seq)
+            return send if send is not None and send.signature.answered_by(frame) else None
+        if self._seq_link:
+            return None  # a response without the seq it must carry
+        return next((s for s in self._sends if s.signature.answered_by(frame)), None)
 
     def on_response(self, frame: Frame) -> bool:
         """Offer a received response-type frame; True if it answered or was a late answer."""
         now = self._clock()
         self._forget_old(now)
-        for send in self._sends:
-            if send.signature.answered_by(frame):
-                self._sends.remove(send)
-                self._send_answered.set()
-                owner = send.owner
-                if owner is self._in_flight and not owner.future.done():
-                    if frame.cmd_id == Command.NACK:
-                        code = frame.payload[1] if len(frame.payload) > 1 else None
-                        self._finish(owner, Status.NACK, now, frame, code)
-                    else:
-                        self._finish(owner, Status.OK, now, frame)
-                    self.breaker.record_answer()
-                else:
-                    self.counters.late_responses += 1
-                    log.debug("late response discarded: %r", frame)
-                return True
-        # Nobody waits for it: a response later than every window, or to a request never sent.
-        self.counters.late_responses += 1
-        self.counters.unmatched_responses += 1
-        return False
+        send = self._match(frame)
+        if send is None:
+            # Nobody waits for it: later than every window, or to a request never sent.
+            self.counters.late_responses += 1
+            self.counters.unmatched_responses += 1
+            return False
+        self._sends.remove(send)
+        if send.seq is not None:
+            del self._by_seq[send.seq]
+        self._send_answered.set()
+        owner = send.owner
+        if owner in self._in_flight and not owner.future.done():
+            if frame.cmd_id == Command.NACK:
+                code = frame.payload[1] if len(frame.payload) > 1 else None
+                self._finish(owner, Status.NACK, now, frame, code)
+            else:
+                self._finish(owner, Status.OK, now, frame)
+            self.breaker.record_answer()
+        else:
+            self.counters.late_responses += 1
+            log.debug("late response discarded: %r", frame)
+        return True
 
     # ------------------------------------------------------------------ the worker
 
     async def run(self) -> None:
-        """Send queued requests one at a time until cancelled."""
+        """Send queued requests, up to ``max_in_flight`` at once, until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            while True:
+                request = await self._next()
+                self._in_flight.add(request)
+                self.peak_in_flight = max(self.peak_in_flight, len(self._in_flight))
+                tasks.create_task(self._carry_out(request))
+
+    async def _next(self) -> _Request:
+        """The next request to send, once there is room for it."""
         while True:
-            while not self._heap:
-                self._queued.clear()
-                await self._queued.wait()
-            _, _, request = heapq.heappop(self._heap)
-            if request.future.done():
-                continue  # withdrawn by its caller
-            self._in_flight = request
-            try:
-                await self._carry_out(request)
-            finally:
-                self._in_flight = None
+            # A circuit that is not closed lets one request (the probe) through at a time.
+            closed = self.breaker.state(self._clock()) == "closed"
+            limit = self.max_in_flight if closed else 1
+            if self._heap and len(self._in_flight) < limit:
+                _, _, request = heapq.heappop(self._heap)
+                if not request.future.done():  # else withdrawn by its caller
+                    return request
+                continue
+            self._wake.clear()
+            await self._wake.wait()
 
     async def _carry_out(self, request: _Request) -> None:
+        try:
+            await self._attempts(request)
+        finally:
+            self._in_flight.discard(request)
+            self._wake.set()
+
+    async def _attempts(self, request: _Request) -> None:
         now = self._clock()
         if now - request.queued_at > request.ttl:
             self.counters.expired += 1
@@ -300,11 +348,15 @@ class Transactions:
             self._sends.append(send)  # registered before the write: the answer may be quick
             request.tries += 1
             try:
-                await self._send(request.frame)
+                seq = await self._send(request.frame)
             except LinkClosed:
                 self._sends.remove(send)
                 self._finish(request, Status.OFFLINE, self._clock())
                 return
+            if seq is not None:  # set before anything else runs: no answer came in between
+                send.seq = seq
+                self._by_seq[seq] = send
+                self._seq_link = True
             self.counters.sent += 1
             # asyncio.wait neither raises if the caller withdraws nor cancels the future.
             done, _ = await asyncio.wait({request.future}, timeout=request.timeout)
@@ -315,8 +367,9 @@ class Transactions:
         self._finish(request, Status.TIMEOUT, self._clock())
 
     async def _wait_for_confusable_sends(self, request: _Request) -> None:
-        """Wait while an earlier unanswered send could have its answer taken for this one's."""
-        while True:
+        """Wait while an earlier unanswered send could have its answer taken for this one's
+        (never on a link whose responses carry the request seq)."""
+        while not self._seq_link:
             now = self._clock()
             self._forget_old(now)
             pending = [s for s in self._sends if s.signature.overlaps(request.signature)]
@@ -334,6 +387,8 @@ class Transactions:
         # Windows differ per request, so old sends are not only at the front.
         if any(s.forget_at <= now for s in self._sends):
             self._sends = deque(s for s in self._sends if s.forget_at > now)
+            for seq in [q for q, s in self._by_seq.items() if s.forget_at <= now]:
+                del self._by_seq[seq]
 
     def _finish(
         self,
@@ -343,8 +398,10 @@ class Transactions:
         response: Frame | None = None,
         nack_code: int | None = None,
     ) -> None:
-        if request is self._in_flight:
-            self._in_flight = None  # the caller may look at queue_depth as soon as it resumes
+        if request in self._in_flight:
+            # The caller may look at queue_depth as soon as it resumes.
+            self._in_flight.discard(request)
+            self._wake.set()
         if request.future.done():
             return
         latency = now - request.queued_at

@@ -89,7 +89,25 @@ BROKEN = [
     ({"metrics": {"address": "everywhere"}}, "metrics: {'address': 'everywhere'} is not valid"),
     ({"stats_interval_s": 0}, "stats_interval_s: 0 is not valid; expected a number from 0.1"),
     ({"ports": [{"name": "a", "path": "/dev/x", "allow": "read"}]}, "ports[0].allow"),
+    ({"ports": [{"name": "a", "path": "/dev/x", "max_in_flight": 4}]},
+     "ports[0].max_in_flight: 4 needs frames = \"ms720\": mcp frames carry no sequence number"),
+    ({"ports": [{"name": "a", "path": "/dev/x", "frames": "ms720", "max_in_flight": 65}]},
+     "ports[0].max_in_flight: 65 is not valid; expected a whole number from 1 to 64"),
+    ({"ports": [{"name": "a", "path": "/dev/x", "frames": "ms720", "link_window": 0}]},
+     "ports[0].link_window: 0 is not valid; expected a whole number from 1 to 512"),
 ]
+
+
+def test_requests_in_flight_default_by_frame_profile():
+    config = parse_config({"ports": [
+        {"name": "a", "path": "/dev/x"},
+        {"name": "b", "path": "/dev/y", "frames": "ms720"},
+        {"name": "c", "path": "/dev/z", "frames": "ms720", "max_in_flight": 4,
+         "link_window": 128},
+    ]})
+    a, b, c = config.ports
+    assert (a.max_in_flight, b.max_in_flight, c.max_in_flight) == (1, 16, 4)
+    assert (b.link_window, c.link_window) == (64, 128)
 
 
 @pytest.mark.parametrize(("data", "message"), BROKEN)

@@ -3,8 +3,6 @@ gaps, wrap, restarts, retransmission, NACK, and the request seq in responses."""
 
 from __future__ import annotations
 
-import asyncio
-
 from gateway.drivers.reliable import ReliableLink
 from gateway.frames import Frame
 from gateway.frames.ms720 import SEQ_MODULUS, LinkFrame, MsgType
@@ -32,14 +30,17 @@ def data(seq: int, cmd: int = 0x20, payload: bytes = b"\x01") -> bytes:
 async def test_in_order_once_with_duplicates_and_reordering():
     wire, late = Wire(), []
     rx = ReliableLink(wire, deliver_late=late.extend)
-    assert rx.feed(data(5, payload=b"a")) == [Frame(0x20, b"a")]
+    assert rx.feed(data(5, payload=b"a")) == [Frame(0x20, b"a", 5)]
     assert rx.feed(data(7, payload=b"c")) == []  # 6 is missing: 7 waits
     assert rx.feed(data(5, payload=b"a")) == []  # a duplicate
-    assert rx.feed(data(6, payload=b"b")) == [Frame(0x20, b"b"), Frame(0x20, b"c")]
+    assert rx.feed(data(6, payload=b"b")) == [Frame(0x20, b"b", 6), Frame(0x20, b"c", 7)]
     assert rx.counters.duplicates == 1
     assert rx.counters.reordered == 1
     acks = [LinkFrame(MsgType.ACK, s).encode() for s in (5, 7, 5, 6)]
     assert wire.take() == acks  # every frame acknowledged, duplicates too
+    rx.feed(data(8) + data(9) + data(10))
+    # ACKs of one read go out in one write
+    assert wire.take() == [b"".join(LinkFrame(MsgType.ACK, s).encode() for s in (8, 9, 10))]
 
 
 async def test_a_gap_the_sender_gave_up_on_is_skipped():
@@ -48,17 +49,17 @@ async def test_a_gap_the_sender_gave_up_on_is_skipped():
     rx.feed(data(1))
     assert rx.feed(data(3, payload=b"x")) == []
     await wait_for(lambda: late, what="the held frame after the gap timeout")
-    assert late == [Frame(0x20, b"x")]
+    assert late == [Frame(0x20, b"x", 3)]
     assert rx.counters.gaps_skipped == 1
 
 
 async def test_seqs_wrap_and_a_restarted_sender_starts_over():
     rx = ReliableLink(Wire())
     top = SEQ_MODULUS - 1
-    assert rx.feed(data(top - 1, payload=b"1")) == [Frame(0x20, b"1")]
+    assert rx.feed(data(top - 1, payload=b"1")) == [Frame(0x20, b"1", top - 1)]
     assert rx.feed(data(0, payload=b"3")) == []  # after the wrap, before top
-    assert rx.feed(data(top, payload=b"2")) == [Frame(0x20, b"2"), Frame(0x20, b"3")]
-    assert rx.feed(data(123_456, payload=b"new")) == [Frame(0x20, b"new")]  # rebooted
+    assert rx.feed(data(top, payload=b"2")) == [Frame(0x20, b"2", top), Frame(0x20, b"3", 0)]
+    assert rx.feed(data(123_456, payload=b"new")) == [Frame(0x20, b"new", 123_456)]  # rebooted
     assert rx.counters.restarts == 1
 
 
@@ -88,19 +89,53 @@ async def test_a_bad_crc_is_answered_with_nack_and_a_nack_resends_at_once():
     assert nack == [LinkFrame(MsgType.NACK, seq).encode()]
     a.feed(nack[0])
     resent = a_wire.take()  # at once, not after 10 s
-    assert b.feed(resent[0]) == [Frame(0x20, b"hello")]
+    assert b.feed(resent[0]) == [Frame(0x20, b"hello", seq)]
     assert a.counters.retransmits == 1
 
 
-async def test_responses_carry_the_request_seq():
+async def test_pipelined_responses_carry_each_request_seq():
     a_wire, b_wire = Wire(), Wire()
     gateway, device = ReliableLink(a_wire), ReliableLink(b_wire)
-    seq = gateway.send(Frame(0x10, b"\x01\x00"))  # READ key 1
-    assert device.feed(a_wire.take()[0]) == [Frame(0x10, b"\x01\x00")]
-    b_wire.take()  # the ACK
-    device.send(Frame(0x90, b"\x01\x00\xd2\x04\x00\x00"))  # READ_RESP
-    wire = b_wire.take()[0]
-    assert wire[12:16] == seq.to_bytes(4, "little")  # after msg header and cmd_id
-    assert gateway.feed(wire) == [Frame(0x90, b"\x01\x00\xd2\x04\x00\x00")]
-    assert gateway.last_response_to == seq
-    await asyncio.sleep(0)
+    seqs = [gateway.send(Frame(0x10, bytes((key, 0)))) for key in (1, 2, 3)]  # READ keys 1-3
+    requests = device.feed(b"".join(a_wire.take()))
+    assert [r.request_seq for r in requests] == seqs
+    b_wire.take()  # the ACKs
+    for request in reversed(requests):  # answered out of order
+        device.send(Frame(0x90, request.payload + b"\xd2\x04\x00\x00", request.request_seq))
+    wires = b_wire.take()
+    assert wires[0][12:16] == seqs[2].to_bytes(4, "little")  # after msg header and cmd_id
+    answers = gateway.feed(b"".join(wires))
+    assert [(a.payload[:1], a.request_seq) for a in answers] == [
+        (b"\x03", seqs[2]), (b"\x02", seqs[1]), (b"\x01", seqs[0])]
+    assert answers[0] == Frame(0x90, b"\x03\x00\xd2\x04\x00\x00", seqs[2])  # tag stripped
+
+
+async def test_the_send_window_holds_frames_back_until_acks_make_room():
+    wire = Wire()
+    tx = ReliableLink(wire, window=4, first_seq=100)
+    seqs = [tx.send(Frame(0x20, bytes((i,)))) for i in range(10)]
+    assert seqs == list(range(100, 110))
+    assert len(wire.take()) == 4  # the window's worth went out
+    assert (tx.in_flight, tx.backlog, tx.room.is_set()) == (4, 6, False)
+    tx.feed(LinkFrame(MsgType.ACK, 101).encode() + LinkFrame(MsgType.ACK, 100).encode())
+    assert wire.take() == [data(104, payload=b"\x04"), data(105, payload=b"\x05")]  # in order
+    assert (tx.in_flight, tx.backlog, tx.room.is_set()) == (4, 4, False)
+    tx.feed(b"".join(LinkFrame(MsgType.ACK, s).encode() for s in range(102, 106)))
+    assert len(wire.take()) == 4
+    assert (tx.in_flight, tx.backlog, tx.room.is_set()) == (4, 0, False)
+    tx.feed(LinkFrame(MsgType.ACK, 106).encode() + LinkFrame(MsgType.ACK, 107).encode())
+    assert (tx.in_flight, tx.backlog, tx.room.is_set()) == (2, 0, True)
+    assert tx.counters.window_waits == 6
+
+
+async def test_a_frame_given_up_on_frees_its_place_in_the_window():
+    wire = Wire()
+    tx = ReliableLink(wire, window=1, retransmit_s=0.01, retries=0, first_seq=1)
+    tx.send(Frame(0x20, b"a"))
+    tx.send(Frame(0x20, b"b"))
+    assert wire.take() == [data(1, payload=b"a")]
+    await wait_for(lambda: wire.out, what="the backlog after the first frame was given up")
+    assert wire.take() == [data(2, payload=b"b")]
+    assert tx.counters.lost == 1
+
+

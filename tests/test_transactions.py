@@ -108,3 +108,58 @@ def test_signatures_match_by_command_key_and_nack():
     assert not sig.answered_by(Frame(0x7F, bytes([0x11, 2])))
     assert sig.overlaps(Signature(0x10))
     assert not sig.overlaps(Signature(0x10, 8))
+
+
+class SeqPeer:
+    """An ms720-like device: each send gets a seq; answers carry it, in reverse order of
+    arrival once ``batch`` requests are in, each READ answered with its arrival number."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.waiting: list[tuple[Frame, int]] = []
+        self.next_seq = 1000
+        self.tx: Transactions | None = None
+
+    async def send(self, frame: Frame) -> int:
+        seq, self.next_seq = self.next_seq, self.next_seq + 1
+        self.waiting.append((frame, seq))
+        if len(self.waiting) == self.batch:
+            for number, (request, request_seq) in reversed(list(enumerate(self.waiting))):
+                answer = Frame(request.cmd_id | 0x80, request.payload[:2] + bytes((number,)),
+                               request_seq)
+                asyncio.get_running_loop().call_soon(self.tx.on_response, answer)
+            self.waiting.clear()
+        return seq
+
+
+async def test_pipelined_requests_are_matched_by_their_seq():
+    peer = SeqPeer(batch=8)
+    async with running(peer, max_in_flight=8) as tx:
+        # Eight READs of the same key: only the seq tells their answers apart.
+        outcomes = await asyncio.gather(*(tx.request(read(7), timeout=5) for _ in range(8)))
+        assert [o.status for o in outcomes] == [Status.OK] * 8
+        assert [o.response.payload[2] for o in outcomes] == list(range(8))
+        assert tx.peak_in_flight == 8
+        assert tx.counters.late_responses == 0
+
+
+async def test_max_in_flight_is_never_exceeded():
+    peer = SeqPeer(batch=3)
+    async with running(peer, max_in_flight=3) as tx:
+        outcomes = await asyncio.gather(*(tx.request(read(k), timeout=5) for k in range(12)))
+        assert all(o.ok for o in outcomes)
+        assert tx.peak_in_flight == 3
+        assert tx.queue_depth == 0
+
+
+async def test_on_a_seq_link_an_answer_without_its_seq_or_with_a_wrong_one_answers_nothing():
+    peer = SeqPeer(batch=99)  # never answers by itself
+    async with running(peer, max_in_flight=4) as tx:
+        pending = asyncio.create_task(tx.request(read(1), timeout=0.3, retries=0))
+        await wait_for(lambda: peer.waiting, what="the request sent")
+        seq = peer.waiting[0][1]
+        assert not tx.on_response(Frame(Command.READ_RESP, b"\x01\x00\x05"))  # no seq
+        assert not tx.on_response(Frame(Command.READ_RESP, b"\x01\x00\x05", seq + 1))
+        assert not tx.on_response(Frame(Command.WRITE_ACK, b"\x01\x00\x00", seq))  # wrong cmd
+        assert (await pending).status is Status.TIMEOUT
+        assert tx.counters.unmatched_responses == 3

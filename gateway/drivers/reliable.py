@@ -10,16 +10,21 @@ is sent again after ``retransmit_s``, up to ``retries`` times (at once on a NACK
 are u32 and wrap; a seq far from the expected one (the other end restarted with a new
 first seq) starts the order over.
 
+At most ``window`` frames wait for their ACK at once; frames sent beyond that wait in a
+backlog, in order, until ACKs (or give-ups) make room: ``room`` is set while there is
+room, so a fast sender waits for the line instead of overrunning it.
+
 Responses carry the request's seq after their cmd_id (spec section 4). This layer adds and
-strips it, so the layers above keep speaking plain `mcp` frames: a response sent is tagged
-with the seq of the last request of that command received; a response received loses the
-tag (``last_response_to`` keeps it).
+strips it, so the layers above speak plain frames: every control/data frame delivered
+carries ``request_seq`` (a request's own seq, or for a response the seq it answers), and
+a response sent is tagged with its ``request_seq``. Pipelined requests are matched by it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +36,8 @@ log = logging.getLogger(__name__)
 
 RETRANSMIT_S = 0.2
 RETRIES = 3
+#: frames sent and not yet acknowledged, at most
+SEND_WINDOW = 64
 #: seqs this far behind the next expected one are duplicates; further away either side,
 #: the sender has restarted
 WINDOW = 1024
@@ -58,6 +65,8 @@ class LinkCounters:
     #: seqs given up on (the sender ran out of retransmissions)
     gaps_skipped: int = 0
     restarts: int = 0
+    #: sends that waited in the backlog because the window was full
+    window_waits: int = 0
 
 
 class ReliableLink:
@@ -68,25 +77,29 @@ class ReliableLink:
                  retransmit_s: float = RETRANSMIT_S, retries: int = RETRIES,
                  timeout: float = DEFAULT_INTER_FRAME_TIMEOUT,
                  clock: Callable[[], float] | None = None, expire_on_feed: bool = True,
-                 first_seq: int = 1) -> None:
+                 first_seq: int = 1, window: int = SEND_WINDOW) -> None:
+        if not 1 <= window < WINDOW:
+            raise ValueError(f"window must be 1..{WINDOW - 1}, got {window}")
         self._write = write
         self.retransmit_s = retransmit_s
         self.retries = retries
+        self.window = window
         self._loop = asyncio.get_running_loop()
         self.deframer = Ms720Deframer(timeout=timeout, clock=clock or self._loop.time,
                                       expire_on_feed=expire_on_feed)
         self.counters = LinkCounters()
         self._next_seq = first_seq % SEQ_MODULUS
         self._pending: dict[int, tuple[bytes, int, asyncio.TimerHandle]] = {}
+        self._backlog: deque[tuple[int, bytes]] = deque()
+        #: set while a send would go out at once (no backlog, window not full)
+        self.room = asyncio.Event()
+        self.room.set()
         self._deliver_late = deliver_late
         self._expected: int | None = None
         self._held: dict[int, LinkFrame] = {}
         self._gap_timer: asyncio.TimerHandle | None = None
         #: how long a gap waits for its frame: the sender's every retransmission, and one more
         self.gap_s = retransmit_s * (retries + 2)
-        self._request_seqs: dict[int, int] = {}  # cmd_id -> seq of the last one received
-        #: the request seq the last response received answered
-        self.last_response_to: int | None = None
 
     @property
     def stats(self) -> DeframerStats:
@@ -97,6 +110,11 @@ class ReliableLink:
     def in_flight(self) -> int:
         """Frames sent and not yet acknowledged."""
         return len(self._pending)
+
+    @property
+    def backlog(self) -> int:
+        """Frames waiting for room in the window."""
+        return len(self._backlog)
 
     # ------------------------------------------------------------------ in
 
@@ -109,24 +127,30 @@ class ReliableLink:
         return self._take(self.deframer.expire())
 
     def _take(self, links: list[LinkFrame]) -> list[Frame]:
+        # Link-level answers to everything read go out in one write.
+        answers = []
         bad = self.deframer.bad_seqs
         if bad:
-            for seq in bad:
-                self.counters.nacks_out += 1
-                self._write(LinkFrame(MsgType.NACK, seq).encode())
+            self.counters.nacks_out += len(bad)
+            answers += [LinkFrame(MsgType.NACK, seq).encode() for seq in bad]
             bad.clear()
         frames: list[Frame] = []
+        acked = False
         for link in links:
             kind = link.msg_type
             if kind == MsgType.ACK:
-                self._acked(link.seq)
+                acked |= self._acked(link.seq)
             elif kind == MsgType.NACK:
                 self.counters.nacks_in += 1
                 self._resend_now(link.seq)
             elif kind in (MsgType.DATA, MsgType.CONTROL) and link.payload:
                 self.counters.acks_out += 1
-                self._write(LinkFrame(MsgType.ACK, link.seq).encode())
+                answers.append(LinkFrame(MsgType.ACK, link.seq).encode())
                 frames += self._in_order(link)
+        if answers:
+            self._write(b"".join(answers))
+        if acked:
+            self._pump()
         return frames
 
     def _in_order(self, link: LinkFrame) -> list[Frame]:
@@ -174,39 +198,62 @@ class ReliableLink:
             self._gap_timer = self._loop.call_later(self.gap_s, self._gap_expired)
         self._deliver_late(frames)
 
-    def _to_frame(self, link: LinkFrame) -> Frame:
-        frame = link.frame
-        if is_response(frame.cmd_id) and len(frame.payload) >= 4:
-            self.last_response_to = int.from_bytes(frame.payload[:4], "little")
-            return Frame(frame.cmd_id, frame.payload[4:])
-        self._request_seqs[frame.cmd_id] = link.seq
-        return frame
+    @staticmethod
+    def _to_frame(link: LinkFrame) -> Frame:
+        payload = link.payload
+        cmd_id = payload[0]
+        if is_response(cmd_id):
+            if len(payload) < 5:  # no request seq: the layer above counts it as unmatched
+                return Frame(cmd_id, payload[1:])
+            return Frame(cmd_id, payload[5:], int.from_bytes(payload[1:5], "little"))
+        return Frame(cmd_id, payload[1:], link.seq)
 
-    def _acked(self, seq: int) -> None:
+    def _acked(self, seq: int) -> bool:
         self.counters.acks_in += 1
         pending = self._pending.pop(seq, None)
-        if pending is not None:
-            pending[2].cancel()
+        if pending is None:
+            return False
+        pending[2].cancel()
+        return True
 
     # ------------------------------------------------------------------ out
 
     def send(self, frame: Frame, msg_type: int = MsgType.DATA) -> int:
-        """Send a frame reliably; returns its seq."""
+        """Send a frame reliably (now, or after the backlog when the window is full);
+        returns its seq. A response is tagged with its ``request_seq`` (0 if it has none)."""
         seq = self._next_seq
         self._next_seq = (seq + 1) % SEQ_MODULUS
         payload = frame.payload
         if is_response(frame.cmd_id):
-            # NACK answers the command in its first byte; a response answers cmd & 0x7F.
-            asked = frame.payload[0] if frame.cmd_id == Command.NACK and frame.payload \
-                else frame.cmd_id & 0x7F  # fmt: skip
-            to_seq = self._request_seqs.get(asked, 0)
+            to_seq = frame.request_seq
+            if to_seq is None:
+                log.debug("ms720: response %r has no request seq: tagged 0", frame)
+                to_seq = 0
             payload = to_seq.to_bytes(4, "little") + payload
         wire = LinkFrame(msg_type, seq, bytes((frame.cmd_id,)) + payload).encode()
         self.counters.sent += 1
+        if self._backlog or len(self._pending) >= self.window:
+            self.counters.window_waits += 1
+            self._backlog.append((seq, wire))
+            self.room.clear()
+        else:
+            self._transmit(seq, wire)
+            if len(self._pending) >= self.window:
+                self.room.clear()
+        return seq
+
+    def _transmit(self, seq: int, wire: bytes) -> None:
         self._write(wire)
         timer = self._loop.call_later(self.retransmit_s, self._retry, seq)
         self._pending[seq] = (wire, 0, timer)
-        return seq
+
+    def _pump(self) -> None:
+        """Send from the backlog while the window has room."""
+        backlog, pending = self._backlog, self._pending
+        while backlog and len(pending) < self.window:
+            self._transmit(*backlog.popleft())
+        if not backlog and len(pending) < self.window:
+            self.room.set()
 
     def _retry(self, seq: int) -> None:
         pending = self._pending.get(seq)
@@ -217,6 +264,7 @@ class ReliableLink:
             del self._pending[seq]
             self.counters.lost += 1
             log.debug("ms720: seq %d not acknowledged after %d retransmissions", seq, tries)
+            self._pump()
             return
         self.counters.retransmits += 1
         self._write(wire)
@@ -230,10 +278,12 @@ class ReliableLink:
             self._retry(seq)
 
     def close(self) -> None:
-        """Stop every timer."""
+        """Stop every timer; frames not yet acknowledged or sent are given up."""
         for _, _, timer in self._pending.values():
             timer.cancel()
         self._pending.clear()
+        self._backlog.clear()
+        self.room.set()  # wake waiting senders: they find the port closed
         if self._gap_timer is not None:
             self._gap_timer.cancel()
             self._gap_timer = None

@@ -25,6 +25,8 @@ from gateway.frames.ms720 import Ms720Deframer
 log = logging.getLogger(__name__)
 
 FramesHandler = Callable[[list[Frame]], None]
+#: ms720: frames that may wait for the send window before send_nowait refuses more
+MAX_BACKLOG = 256
 
 PARITIES = {"none": serial.PARITY_NONE, "even": serial.PARITY_EVEN, "odd": serial.PARITY_ODD,
             "mark": serial.PARITY_MARK, "space": serial.PARITY_SPACE}
@@ -51,6 +53,8 @@ class SerialSettings:
     #: ms720: resend an unacknowledged frame after this long, up to this many times
     retransmit_s: float = 0.2
     link_retries: int = 3
+    #: ms720: frames unacknowledged at once; more wait in the link's backlog
+    link_window: int = 64
 
     def frame_timeout(self) -> float:
         """The inter-frame timeout: 100 ms, or two maximum frames' airtime at slow bauds."""
@@ -97,7 +101,8 @@ class SerialLink(asyncio.Protocol):
                                          retries=settings.link_retries,
                                          timeout=settings.frame_timeout(), clock=loop.time,
                                          expire_on_feed=False,
-                                         first_seq=random.randrange(1 << 32))
+                                         first_seq=random.randrange(1 << 32),
+                                         window=settings.link_window)
             self.deframer: Deframer | Ms720Deframer = self.reliable.deframer
         else:
             self.deframer = Deframer(timeout=settings.frame_timeout(), clock=loop.time,
@@ -212,33 +217,44 @@ class SerialLink(asyncio.Protocol):
         return self._transport is not None and not self.closed.done()
 
     def send_nowait(self, frame: Frame) -> bool:
-        """Write a frame unless the port is backed up; False (and counted) if dropped."""
+        """Write a frame unless the port is backed up; False (and counted) if dropped.
+
+        On ms720 a full window does not drop it: it waits in the link's backlog (up to
+        ``MAX_BACKLOG`` frames), so answers to the device are not lost to a busy line.
+        """
         transport = self._transport
-        if transport is None or not self._can_write.is_set():
+        reliable = self.reliable
+        if transport is None or not self._can_write.is_set() or (
+                reliable is not None and reliable.backlog >= MAX_BACKLOG):
             self.tx_dropped += 1
             return False
         self._write(transport, frame)
         return True
 
-    async def send(self, frame: Frame) -> None:
-        """Write a frame, waiting while the port is backed up; ``LinkClosed`` if it is gone."""
+    async def send(self, frame: Frame) -> int | None:
+        """Write a frame, waiting while the port (or ms720's send window) is full; returns
+        its ms720 seq (None on mcp); ``LinkClosed`` if the port is gone."""
+        reliable = self.reliable
         while True:
             transport = self._transport
             if transport is None:
                 raise LinkClosed(f"{self.url} is closed")
-            if self._can_write.is_set():
-                self._write(transport, frame)
-                return
-            await self._can_write.wait()
+            if not self._can_write.is_set():
+                await self._can_write.wait()
+            elif reliable is not None and not reliable.room.is_set():
+                await reliable.room.wait()
+            else:
+                return self._write(transport, frame)
 
-    def _write(self, transport: asyncio.Transport, frame: Frame) -> None:
+    def _write(self, transport: asyncio.Transport, frame: Frame) -> int | None:
         self.tx_frames += 1
         if self.reliable is not None:
-            self.reliable.send(frame)  # through _write_raw, and again until acknowledged
-            return
+            # Through _write_raw, and again until acknowledged.
+            return self.reliable.send(frame)
         data = encode_frame(frame.cmd_id, frame.payload)
         transport.write(data)
         self.tx_bytes += len(data)
+        return None
 
     def _write_raw(self, data: bytes) -> None:
         transport = self._transport
