@@ -139,3 +139,20 @@ async def test_a_frame_given_up_on_frees_its_place_in_the_window():
     assert tx.counters.lost == 1
 
 
+
+
+async def test_a_window_slides_from_the_oldest_unacknowledged_frame_and_fast_retransmits():
+    wire = Wire()
+    tx = ReliableLink(wire, window=4, retransmit_s=10, first_seq=1)
+    for i in range(1, 7):
+        tx.send(Frame(0x20, bytes((i,))))
+    assert wire.take() == [data(s, payload=bytes((s,))) for s in (1, 2, 3, 4)]
+    tx.feed(LinkFrame(MsgType.ACK, 2).encode() + LinkFrame(MsgType.ACK, 3).encode())
+    assert wire.take() == []  # 5 is 4 past 1, which is not acknowledged: it waits
+    assert tx.counters.retransmits == 0
+    tx.feed(LinkFrame(MsgType.ACK, 4).encode())  # a third later frame acknowledged
+    assert wire.take() == [data(1, payload=b"\x01")]  # sent again now, not after 10 s
+    assert tx.counters.fast_retransmits == 1
+    tx.feed(LinkFrame(MsgType.ACK, 1).encode())
+    assert wire.take() == [data(5, payload=b"\x05"), data(6, payload=b"\x06")]
+    assert tx.room.is_set()

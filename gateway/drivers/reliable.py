@@ -6,13 +6,15 @@ acknowledged (ACK with its seq), and delivered once and in seq order: duplicates
 dropped by seq, frames that overtook a lost one wait until it is sent again (or until the
 sender must have given up on it, then the gap is skipped and counted). A frame whose CRC
 failed with a readable header is answered by NACK. Every frame sent waits for its ACK and
-is sent again after ``retransmit_s``, up to ``retries`` times (at once on a NACK). Seqs
-are u32 and wrap; a seq far from the expected one (the other end restarted with a new
-first seq) starts the order over.
+is sent again after ``retransmit_s``, up to ``retries`` times: at once on a NACK, and
+after ``FAST_RETRANSMIT`` ACKs of frames sent after it (it, or its ACK, was lost: waiting
+200 ms would stall a busy line). Seqs are u32 and wrap; a seq far from the expected one
+(the other end restarted with a new first seq) starts the order over.
 
-At most ``window`` frames wait for their ACK at once; frames sent beyond that wait in a
-backlog, in order, until ACKs (or give-ups) make room: ``room`` is set while there is
-room, so a fast sender waits for the line instead of overrunning it.
+A sliding window: a frame goes out only less than ``window`` seqs past the oldest one not
+yet acknowledged (so the receiver never holds more than that behind a gap); later sends
+wait in a backlog, in order. ``room`` is set while a send would go out at once, so a
+fast sender waits for the line instead of overrunning it.
 
 Responses carry the request's seq after their cmd_id (spec section 4). This layer adds and
 strips it, so the layers above speak plain frames: every control/data frame delivered
@@ -36,8 +38,10 @@ log = logging.getLogger(__name__)
 
 RETRANSMIT_S = 0.2
 RETRIES = 3
-#: frames sent and not yet acknowledged, at most
+#: a frame may go out at most this many seqs past the oldest unacknowledged one
 SEND_WINDOW = 64
+#: ACKs of later frames after which an unacknowledged frame is sent again at once
+FAST_RETRANSMIT = 3
 #: seqs this far behind the next expected one are duplicates; further away either side,
 #: the sender has restarted
 WINDOW = 1024
@@ -67,6 +71,21 @@ class LinkCounters:
     restarts: int = 0
     #: sends that waited in the backlog because the window was full
     window_waits: int = 0
+    #: retransmissions before the timer, because later frames were acknowledged
+    fast_retransmits: int = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A frame sent and not yet acknowledged."""
+
+    wire: bytes
+    timer: asyncio.TimerHandle
+    #: when it was last transmitted, as a count of transmissions
+    order: int
+    tries: int = 0
+    #: ACKs of frames transmitted after it since then
+    passed: int = 0
 
 
 class ReliableLink:
@@ -89,7 +108,9 @@ class ReliableLink:
                                       expire_on_feed=expire_on_feed)
         self.counters = LinkCounters()
         self._next_seq = first_seq % SEQ_MODULUS
-        self._pending: dict[int, tuple[bytes, int, asyncio.TimerHandle]] = {}
+        #: unacknowledged frames by seq, in the order they were first sent
+        self._pending: dict[int, _Pending] = {}
+        self._order = 0  # transmissions so far, retransmissions included
         self._backlog: deque[tuple[int, bytes]] = deque()
         #: set while a send would go out at once (no backlog, window not full)
         self.room = asyncio.Event()
@@ -210,10 +231,23 @@ class ReliableLink:
 
     def _acked(self, seq: int) -> bool:
         self.counters.acks_in += 1
-        pending = self._pending.pop(seq, None)
-        if pending is None:
+        acked = self._pending.pop(seq, None)
+        if acked is None:
             return False
-        pending[2].cancel()
+        acked.timer.cancel()
+        # Frames sent before this one and still unacknowledged were lost, or their ACK was:
+        # after FAST_RETRANSMIT such ACKs, send them again without waiting for the timer.
+        again = []
+        for older, entry in self._pending.items():
+            if (seq - older) % SEQ_MODULUS >= WINDOW:
+                break  # sent after the acknowledged one (the dict is in send order)
+            if entry.order < acked.order:
+                entry.passed += 1
+                if entry.passed == FAST_RETRANSMIT:
+                    again.append(older)
+        for older in again:
+            self.counters.fast_retransmits += 1
+            self._resend_now(older)
         return True
 
     # ------------------------------------------------------------------ out
@@ -232,55 +266,63 @@ class ReliableLink:
             payload = to_seq.to_bytes(4, "little") + payload
         wire = LinkFrame(msg_type, seq, bytes((frame.cmd_id,)) + payload).encode()
         self.counters.sent += 1
-        if self._backlog or len(self._pending) >= self.window:
+        if self._backlog or not self._window_open(seq):
             self.counters.window_waits += 1
             self._backlog.append((seq, wire))
             self.room.clear()
         else:
             self._transmit(seq, wire)
-            if len(self._pending) >= self.window:
+            if not self._window_open(self._next_seq):
                 self.room.clear()
         return seq
 
+    def _window_open(self, seq: int) -> bool:
+        """True if ``seq`` may go out: less than ``window`` past the oldest unacknowledged
+        frame (so the other end never sees a frame further ahead than it can hold)."""
+        pending = self._pending
+        return not pending or (seq - next(iter(pending))) % SEQ_MODULUS < self.window
+
     def _transmit(self, seq: int, wire: bytes) -> None:
         self._write(wire)
+        self._order += 1
         timer = self._loop.call_later(self.retransmit_s, self._retry, seq)
-        self._pending[seq] = (wire, 0, timer)
+        self._pending[seq] = _Pending(wire, timer, self._order)
 
     def _pump(self) -> None:
-        """Send from the backlog while the window has room."""
-        backlog, pending = self._backlog, self._pending
-        while backlog and len(pending) < self.window:
+        """Send from the backlog while the window is open."""
+        backlog = self._backlog
+        while backlog and self._window_open(backlog[0][0]):
             self._transmit(*backlog.popleft())
-        if not backlog and len(pending) < self.window:
+        if not backlog and self._window_open(self._next_seq):
             self.room.set()
 
     def _retry(self, seq: int) -> None:
-        pending = self._pending.get(seq)
-        if pending is None:
+        entry = self._pending.get(seq)
+        if entry is None:
             return
-        wire, tries, _ = pending
-        if tries >= self.retries:
+        entry.timer.cancel()
+        if entry.tries >= self.retries:
             del self._pending[seq]
             self.counters.lost += 1
-            log.debug("ms720: seq %d not acknowledged after %d retransmissions", seq, tries)
+            log.debug("ms720: seq %d not acknowledged after %d retransmissions", seq, entry.tries)
             self._pump()
             return
         self.counters.retransmits += 1
-        self._write(wire)
-        timer = self._loop.call_later(self.retransmit_s, self._retry, seq)
-        self._pending[seq] = (wire, tries + 1, timer)
+        self._write(entry.wire)
+        self._order += 1
+        entry.tries += 1
+        entry.order = self._order
+        entry.passed = 0
+        entry.timer = self._loop.call_later(self.retransmit_s, self._retry, seq)
 
     def _resend_now(self, seq: int) -> None:
-        pending = self._pending.get(seq)
-        if pending is not None:
-            pending[2].cancel()
+        if seq in self._pending:
             self._retry(seq)
 
     def close(self) -> None:
         """Stop every timer; frames not yet acknowledged or sent are given up."""
-        for _, _, timer in self._pending.values():
-            timer.cancel()
+        for entry in self._pending.values():
+            entry.timer.cancel()
         self._pending.clear()
         self._backlog.clear()
         self.room.set()  # wake waiting senders: they find the port closed
