@@ -1,10 +1,13 @@
 """Sessions under load: N simulated devices flooding STATUS over real ptys into one gateway.
 
-The devices run in a child process (the other core), the gateway in this one. For each N it
-prints frames/s received by the sessions, CPU % and RSS of the gateway process, frames lost,
-and request round-trip latency (ping: gateway -> device -> gateway) at idle and under load.
+The devices run in a child process (the other core), the gateway in this one. For each N,
+frame profile (mcp, ms720) and noise level (share of frames with one byte changed, both
+ways) it prints frames/s delivered to the sessions, CPU % and RSS of the gateway process,
+frames lost, and request round-trip latency (ping: gateway -> device -> gateway) at idle
+and under load; for ms720 also the link's retransmissions.
 
-    .venv/bin/python bench/sessions.py [--devices 1 8 32] [--seconds 5] [--pings 200]
+    .venv/bin/python bench/sessions.py [--devices 1 8 32] [--frames mcp ms720]
+                                       [--noise 0 0.05] [--seconds 5] [--pings 200]
 """
 
 from __future__ import annotations
@@ -22,17 +25,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from firmware_sim import Fleet, FleetSpec
+from firmware_sim import Faults, Fleet, FleetSpec
 from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.session import DeviceState, TelemetryEvent
 
 
-def _fleet_process(count: int, link_dir: str, conn) -> None:
+def _fleet_process(count: int, link_dir: str, frames: str, noise: float, conn) -> None:
     """Child: run the devices; flood on "go", stop on "stop", report what was sent."""
 
     async def main() -> None:
-        spec = FleetSpec(count=count, interval_ms=3_600_000, link_dir=Path(link_dir), seed=1)
+        faults = Faults(corrupt_rate=noise, rx_corrupt_rate=noise)
+        spec = FleetSpec(count=count, interval_ms=3_600_000, link_dir=Path(link_dir), seed=1,
+                         frames=frames, faults=faults)
         async with Fleet(spec) as fleet:
             conn.send("ready")
             loop = asyncio.get_running_loop()
@@ -42,7 +47,13 @@ def _fleet_process(count: int, link_dir: str, conn) -> None:
             assert await loop.run_in_executor(None, conn.recv) == "stop"
             stop.set()
             sent = await asyncio.gather(*floods)
-            conn.send({d.name: n for d, n in zip(fleet.devices, sent, strict=True)})
+            links = [d.reliable.counters for d in fleet.devices if d.reliable is not None]
+            conn.send({
+                "sent": {d.name: n for d, n in zip(fleet.devices, sent, strict=True)},
+                "retransmits": sum(c.retransmits for c in links),
+                "fast_retransmits": sum(c.fast_retransmits for c in links),
+                "given_up": sum(c.lost for c in links),
+            })
             assert await loop.run_in_executor(None, conn.recv) == "exit"
 
     asyncio.run(main())
@@ -75,19 +86,21 @@ async def _pings(gateway: Gateway, count: int) -> list[float]:
     return latencies
 
 
-async def run_one(count: int, seconds: float, pings: int) -> dict:
+async def run_one(count: int, seconds: float, pings: int, frames: str = "mcp",
+                  noise: float = 0.0) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         links = Path(tmp) / "links"
         parent, child = multiprocessing.Pipe()
-        proc = multiprocessing.Process(target=_fleet_process, args=(count, str(links), child))
+        proc = multiprocessing.Process(target=_fleet_process,
+                                       args=(count, str(links), frames, noise, child))
         proc.start()
         loop = asyncio.get_running_loop()
         assert await loop.run_in_executor(None, parent.recv) == "ready"
         config = parse_config({
             "gateway_id": "bench",
             "state_dir": str(Path(tmp) / "state"),
-            "ports": [{"name": f"sim-{i}", "path": str(links / f"sim-{i}"), "heartbeat_s": 5}
-                      for i in range(count)],
+            "ports": [{"name": f"sim-{i}", "path": str(links / f"sim-{i}"), "heartbeat_s": 5,
+                       "frames": frames} for i in range(count)],
         })
         gateway = Gateway(config)
         subscription = gateway.subscribe()
@@ -120,7 +133,8 @@ async def run_one(count: int, seconds: float, pings: int) -> dict:
             cpu1, wall1 = os.times(), time.perf_counter()
             total_at_stop = sum(received.values())
             parent.send("stop")
-            sent = await loop.run_in_executor(None, parent.recv)
+            report = await loop.run_in_executor(None, parent.recv)
+            sent = report["sent"]
             # Wait until everything the devices sent has come through (or stops coming).
             last, still = -1, 0
             while sum(received.values()) < sum(sent.values()) and still < 50:
@@ -137,6 +151,11 @@ async def run_one(count: int, seconds: float, pings: int) -> dict:
         cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
         return {
             "devices": count,
+            "frames": frames,
+            "noise": noise,
+            "device_retransmits": report["retransmits"],
+            "device_fast_retransmits": report["fast_retransmits"],
+            "device_frames_given_up": report["given_up"],
             "seconds": round(elapsed, 2),
             "frames_per_s": round(total_at_stop / elapsed),
             "gateway_cpu_percent": round(100 * cpu / elapsed, 1),
@@ -155,14 +174,20 @@ def main() -> None:
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--pings", type=int, default=200)
+    parser.add_argument("--frames", nargs="+", choices=["mcp", "ms720"], default=["mcp", "ms720"])
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.05],
+                        help="share of frames with one byte changed, both ways")
     args = parser.parse_args()
-    rows = [asyncio.run(run_one(n, args.seconds, args.pings)) for n in args.devices]
-    print(f"{'devices':>7} {'frames/s':>10} {'cpu%':>6} {'rss MiB':>8} {'lost':>6} "
-          f"{'idle p50/p99 ms':>16} {'loaded p50/p99 ms':>18}")
+    rows = [asyncio.run(run_one(n, args.seconds, args.pings, frames, noise))
+            for frames in args.frames for noise in args.noise for n in args.devices]
+    print(f"{'frames':>6} {'noise':>5} {'devices':>7} {'frames/s':>10} {'cpu%':>6} "
+          f"{'rss MiB':>8} {'lost':>6} {'resent':>7} {'idle p50/p99 ms':>16} "
+          f"{'loaded p50/p99 ms':>18}")
     for r in rows:
         loaded = r["ping_loaded"] or {"p50_ms": float("nan"), "p99_ms": float("nan")}
-        print(f"{r['devices']:>7} {r['frames_per_s']:>10,} {r['gateway_cpu_percent']:>6} "
-              f"{r['gateway_rss_mib']:>8} {r['frames_lost']:>6} "
+        print(f"{r['frames']:>6} {r['noise']:>5} {r['devices']:>7} {r['frames_per_s']:>10,} "
+              f"{r['gateway_cpu_percent']:>6} {r['gateway_rss_mib']:>8} {r['frames_lost']:>6} "
+              f"{r['device_retransmits']:>7} "
               f"{r['ping_idle']['p50_ms']:>7.2f}/{r['ping_idle']['p99_ms']:<8.2f} "
               f"{loaded['p50_ms']:>8.2f}/{loaded['p99_ms']:<8.2f}")
     print(json.dumps(rows))

@@ -349,6 +349,16 @@ class SimulatedDevice:
         self.sent_status.extend(p for p, _ in picked)
         self.counters.status_sent += count
         self.counters.frames_sent += count
+        rate, rng = self.faults.corrupt_rate, self.rng
+        if rate:  # line noise: any one byte of a frame changed (as _write_wire does for ms720)
+            out = []
+            for _, frame in picked:
+                if rng.random() < rate:
+                    i = rng.randrange(len(frame))
+                    frame = frame[:i] + bytes([frame[i] ^ rng.randint(1, 255)]) + frame[i + 1:]
+                    self.counters.corrupted_frames += 1
+                out.append(frame)
+            return b"".join(out)
         return b"".join(f for _, f in picked)
 
     async def flood(self, stop: asyncio.Event, batch: int = 64) -> int:

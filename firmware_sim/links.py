@@ -73,6 +73,7 @@ class PtyLink(Link):
         self._path = ""
         self._out = bytearray()
         self._writing = False
+        self._flush_soon = False
         self._drained: asyncio.Future[None] | None = None
 
     @property
@@ -165,9 +166,13 @@ class PtyLink(Link):
             self.dropped_tx_bytes += len(data)
             return
         self._out += data
-        self._flush()
+        # One write per loop turn for everything sent in it (a burst of frames, a UART FIFO).
+        if not self._writing and not self._flush_soon:
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        self._flush_soon = False
         master = self._master
         if master is None:
             return

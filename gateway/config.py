@@ -55,7 +55,7 @@ class PortConfig:
     link_retransmit_ms: float = 200.0
     link_retries: int = 3
     #: ms720 only: frames sent and not yet acknowledged, at most (a send window)
-    link_window: int = 64
+    link_window: int = 128
     #: requests in flight to the device at once: 1 on mcp (spec section 2), up to 64 on
     #: ms720, where responses carry the request's seq; 0: the profile's default (mcp 1,
     #: ms720 16), which parsing fills in

@@ -103,11 +103,11 @@ def test_requests_in_flight_default_by_frame_profile():
         {"name": "a", "path": "/dev/x"},
         {"name": "b", "path": "/dev/y", "frames": "ms720"},
         {"name": "c", "path": "/dev/z", "frames": "ms720", "max_in_flight": 4,
-         "link_window": 128},
+         "link_window": 256},
     ]})
     a, b, c = config.ports
     assert (a.max_in_flight, b.max_in_flight, c.max_in_flight) == (1, 16, 4)
-    assert (b.link_window, c.link_window) == (64, 128)
+    assert (b.link_window, c.link_window) == (128, 256)
 
 
 @pytest.mark.parametrize(("data", "message"), BROKEN)

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 RETRANSMIT_S = 0.2
 RETRIES = 3
 #: a frame may go out at most this many seqs past the oldest unacknowledged one
-SEND_WINDOW = 64
+SEND_WINDOW = 128
 #: ACKs of later frames after which an unacknowledged frame is sent again at once
 FAST_RETRANSMIT = 3
 #: seqs this far behind the next expected one are duplicates; further away either side,

@@ -54,7 +54,7 @@ class SerialSettings:
     retransmit_s: float = 0.2
     link_retries: int = 3
     #: ms720: frames unacknowledged at once; more wait in the link's backlog
-    link_window: int = 64
+    link_window: int = 128
 
     def frame_timeout(self) -> float:
         """The inter-frame timeout: 100 ms, or two maximum frames' airtime at slow bauds."""
