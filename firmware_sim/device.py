@@ -339,6 +339,20 @@ class SimulatedDevice:
         Their payloads cycle through 1,024 drifting ones made once: a flood measures the
         gateway, so the simulator's own cost per frame is kept small.
         """
+        picked = self._from_ring(count)
+        self.counters.frames_sent += count
+        rate, rng = self.faults.corrupt_rate, self.rng
+        if rate:  # line noise: any one byte of a frame changed (as _write_wire does for ms720)
+            out = [f for _, f in picked]
+            for i, frame in enumerate(out):
+                if rng.random() < rate:
+                    out[i] = self._flip_byte(frame)
+                    self.counters.corrupted_frames += 1
+            return b"".join(out)
+        return b"".join(f for _, f in picked)
+
+    def _from_ring(self, count: int) -> list[tuple[bytes, bytes]]:
+        """The next ``count`` (payload, mcp frame) pairs of the ring, counted as sent."""
         ring = self._ring
         if not ring:
             ring.extend((p, encode_frame(Command.STATUS, p))
@@ -348,18 +362,7 @@ class SimulatedDevice:
         self._ring_pos = (start + count) % len(ring)
         self.sent_status.extend(p for p, _ in picked)
         self.counters.status_sent += count
-        self.counters.frames_sent += count
-        rate, rng = self.faults.corrupt_rate, self.rng
-        if rate:  # line noise: any one byte of a frame changed (as _write_wire does for ms720)
-            out = []
-            for _, frame in picked:
-                if rng.random() < rate:
-                    i = rng.randrange(len(frame))
-                    frame = frame[:i] + bytes([frame[i] ^ rng.randint(1, 255)]) + frame[i + 1:]
-                    self.counters.corrupted_frames += 1
-                out.append(frame)
-            return b"".join(out)
-        return b"".join(f for _, f in picked)
+        return picked
 
     async def flood(self, stop: asyncio.Event, batch: int = 64) -> int:
         """Send STATUS frames as fast as the link takes them until ``stop``; returns the count.
@@ -375,11 +378,8 @@ class SimulatedDevice:
                 if not self.reliable.room.is_set():
                     await _wait_event(self.reliable.room, 0.1)  # and look at stop again
                     continue
-                for _ in range(batch):
-                    payload = self.status_payload()
-                    self.sent_status.append(payload)
+                for payload, _ in self._from_ring(batch):
                     self.send(Command.STATUS, payload)
-                self.counters.status_sent += batch
                 await asyncio.sleep(0)
                 sent += batch
                 continue
@@ -446,6 +446,11 @@ class SimulatedDevice:
         self.counters.frames_sent += 1
         self.counters.sent_by_cmd[cmd_id] = self.counters.sent_by_cmd.get(cmd_id, 0) + 1
 
+    def _flip_byte(self, data: bytes) -> bytes:
+        """``data`` with one byte changed (line noise)."""
+        i = self.rng.randrange(len(data))
+        return data[:i] + bytes([data[i] ^ self.rng.randint(1, 255)]) + data[i + 1:]
+
     def _garbage(self, size: int) -> bytes:
         data = self.rng.randbytes(size)
         if self.faults.garbage_without_header:
@@ -481,8 +486,7 @@ class SimulatedDevice:
             out = self._garbage(rng.randint(1, faults.garbage_max))
             self.counters.garbage_bytes_sent += len(out)
         if faults.corrupt_rate and rng.random() < faults.corrupt_rate:
-            i = rng.randrange(len(data))
-            data = data[:i] + bytes([data[i] ^ rng.randint(1, 255)]) + data[i + 1:]
+            data = self._flip_byte(data)
             self.counters.corrupted_frames += 1
         if faults.duplicate_rate and rng.random() < faults.duplicate_rate:
             data += data
@@ -493,8 +497,7 @@ class SimulatedDevice:
     def _on_data(self, data: bytes) -> None:
         faults, rng = self.faults, self.rng
         if faults.rx_corrupt_rate and data and rng.random() < faults.rx_corrupt_rate:
-            i = rng.randrange(len(data))
-            data = data[:i] + bytes([data[i] ^ rng.randint(1, 255)]) + data[i + 1:]
+            data = self._flip_byte(data)
         frames = self.reliable.feed(data) if self.reliable is not None else \
             self._deframer.feed(data)  # fmt: skip
         self._take_frames(frames)

@@ -186,6 +186,7 @@ class Gateway:
             circuit_reset_s=port.circuit_reset_s,
             port_name=port.name,
             id_from_uid=port.is_glob,
+            frames=port.frames,
         )
         session = DeviceSession(device_id, path, settings, self.node_ids, self._emit,
                                 claim_id=self._claim_id)

@@ -54,7 +54,7 @@ class PortConfig:
     #: ms720 only: resend an unacknowledged frame after this long, up to link_retries times
     link_retransmit_ms: float = 200.0
     link_retries: int = 3
-    #: ms720 only: frames sent and not yet acknowledged, at most (a send window)
+    #: ms720 only: a frame goes out at most this many seqs past the oldest unacknowledged one
     link_window: int = 128
     #: requests in flight to the device at once: 1 on mcp (spec section 2), up to 64 on
     #: ms720, where responses carry the request's seq; 0: the profile's default (mcp 1,

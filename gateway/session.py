@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.drivers.reliable import LinkCounters
 from gateway.drivers.serial import SerialLink
 from gateway.errors import GatewayError, InvalidRequest, LinkClosed, ValueEncodingError
 from gateway.frames import (
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 
 SILENT_HEARTBEATS = 3
 TRACE_FRAMES = 64
+#: the ms720 link counters a device's stats carry (as link_<name>)
+LINK_COUNTERS = ("retransmits", "fast_retransmits", "lost", "duplicates", "gaps_skipped",
+                 "nacks_in", "nacks_out", "restarts")
 BUILTIN_ACTIONS = ("read", "write", "raw", "ping")
 
 
@@ -109,6 +113,8 @@ class SessionSettings:
     port_name: str = ""
     #: a device of a glob port: named ``uid-<hex>`` once it says HELLO
     id_from_uid: bool = False
+    #: the port's frame profile ("mcp" or "ms720"), shown in the device's facts
+    frames: str = "mcp"
 
 
 @dataclass
@@ -118,6 +124,7 @@ class _Totals:
     rx: DeframerStats = field(default_factory=DeframerStats)
     tx_frames: int = 0
     tx_bytes: int = 0
+    link: LinkCounters = field(default_factory=LinkCounters)
 
 
 class DeviceSession:
@@ -189,6 +196,10 @@ class DeviceSession:
                 setattr(totals.rx, name, getattr(totals.rx, name) + getattr(stats, name))
             totals.tx_frames += link.tx_frames
             totals.tx_bytes += link.tx_bytes
+            if link.reliable is not None:
+                for name in LINK_COUNTERS:
+                    setattr(totals.link, name,
+                            getattr(totals.link, name) + getattr(link.reliable.counters, name))
         self.transactions.fail_all(Status.OFFLINE)
         if self.state is not DeviceState.OFFLINE:
             self._set_state(DeviceState.OFFLINE, reason)
@@ -204,7 +215,8 @@ class DeviceSession:
     @property
     def facts(self) -> dict[str, Any]:
         """What is known of the device (for its status message)."""
-        facts: dict[str, Any] = {"port": self.port, "profile": self.profile.name}
+        facts: dict[str, Any] = {"port": self.port, "profile": self.profile.name,
+                                 "frames": self.settings.frames}
         if self.node_id is not None:
             facts["node_id"] = self.node_id
         for key in ("uid", "fw", "model", "caps"):
@@ -464,7 +476,17 @@ class DeviceSession:
             "unmatched_responses": tx.unmatched_responses,
             "queue_depth": self.transactions.queue_depth,
             "last_seen": self.last_seen,
+            **self._link_counters(link),
         }
+
+    def _link_counters(self, link: SerialLink | None) -> dict[str, int]:
+        """ms720's link layer: retransmissions, frames given up, duplicates, gaps."""
+        if self.settings.frames != "ms720":
+            return {}
+        live = link.reliable.counters if link is not None and link.reliable else None
+        totals = self._totals.link
+        return {f"link_{name}": getattr(totals, name) + (getattr(live, name) if live else 0)
+                for name in LINK_COUNTERS}
 
 
 def _replace(

@@ -11,6 +11,7 @@ from firmware_sim import Faults, FleetSpec
 from gateway.session import TelemetryEvent
 from gateway.transactions import Status
 from tests.harness import fleet_and_gateway, is_state, next_event, wait_for
+from tui.device_table import profile_cell
 
 
 async def test_ms720_devices_register_stream_and_answer(tmp_path):
@@ -26,6 +27,12 @@ async def test_ms720_devices_register_stream_and_answer(tmp_path):
         link = gw.device("sim-0").link.reliable
         assert link.counters.acks_in > 0
         assert fleet.devices[0].reliable.counters.acks_in > 0
+        # The frame profile is in the device's facts (its retained status) and stats.
+        assert gw.device("sim-0").facts["frames"] == "ms720"
+        counters = gw.device("sim-0").counters()
+        assert counters["link_lost"] == 0
+        assert {"link_retransmits", "link_duplicates", "link_gaps_skipped"} <= set(counters)
+        assert profile_cell(gw.device("sim-0").facts) == "env-sensor (ms720)"
 
 
 async def _noisy_run(tmp_path, frames: str) -> tuple[int, int, int, int, bool]:

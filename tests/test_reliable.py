@@ -156,3 +156,20 @@ async def test_a_window_slides_from_the_oldest_unacknowledged_frame_and_fast_ret
     tx.feed(LinkFrame(MsgType.ACK, 1).encode())
     assert wire.take() == [data(5, payload=b"\x05"), data(6, payload=b"\x06")]
     assert tx.room.is_set()
+
+
+async def test_a_sender_going_on_past_a_frame_it_gave_up_on_is_not_taken_for_a_restart():
+    # The sender's window slides past a frame it gave up on, so it may get further ahead
+    # than the receiver's reorder window before the receiver's gap timer skips the gap.
+    late: list[Frame] = []
+    rx = ReliableLink(Wire(), deliver_late=late.extend)
+    assert rx.feed(data(1, payload=b"a")) == [Frame(0x20, b"a", 1)]
+    # 2 is lost for good; 3 .. 1025 arrive and wait behind it (up to WINDOW - 1 ahead)
+    held = b"".join(data(s, payload=s.to_bytes(2, "little")) for s in range(3, 1026))
+    assert rx.feed(held) == []
+    out = rx.feed(data(1026, payload=b"z"))  # WINDOW past the gap, next to the newest held
+    assert [f.request_seq for f in out] == list(range(3, 1027))
+    assert rx.counters.gaps_skipped == 1
+    assert rx.counters.restarts == 0
+    assert rx.feed(data(1027)) == [Frame(0x20, b"\x01", 1027)]
+    assert late == []

@@ -37,7 +37,7 @@ def cells(device: DeviceView, now: float) -> tuple[object, ...]:
         device.device_id,
         device.gateway_id,
         Text(device.state, style=STATE_STYLES.get(device.state, "")),
-        str(facts.get("profile", "-")),
+        profile_cell(facts),
         model,
         f"{float(stats.get('rx_fps', 0) or 0):.1f}",
         str(device.errors),
@@ -45,6 +45,13 @@ def cells(device: DeviceView, now: float) -> tuple[object, ...]:
         str(stats.get("queue_depth", 0)),
         ago(device.last_seen, now),
     )
+
+
+def profile_cell(facts: dict[str, object]) -> str:
+    """The device profile, and the frame profile where it is not the default ``mcp``."""
+    profile = str(facts.get("profile", "-"))
+    frames = facts.get("frames")
+    return f"{profile} ({frames})" if frames and frames != "mcp" else profile
 
 
 def row_key(device: DeviceView) -> str:

@@ -496,6 +496,7 @@ class Bridge:
                 "state", "rx_frames", "tx_frames", "rx_bytes", "checksum_errors",
                 "discarded_bytes", "timeouts", "retries", "queue_depth", "last_seen")}
             devices[name]["rx_fps"] = round(rate, 1)
+            devices[name].update((k, v) for k, v in counters.items() if k.startswith("link_"))
         return {
             "uptime_s": round(time.time() - self.started_at, 1),
             "devices": devices,

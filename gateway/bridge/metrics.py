@@ -15,6 +15,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 _DEVICE_COUNTERS = ("rx_frames", "tx_frames", "rx_bytes", "checksum_errors", "discarded_bytes",
                     "timeouts", "retries")
+#: ms720 devices only
+_LINK_COUNTERS = ("link_retransmits", "link_lost", "link_duplicates", "link_gaps_skipped")
 
 
 class StatsCollector(Collector):
@@ -29,11 +31,12 @@ class StatsCollector(Collector):
         if not stats:
             return
         gw = self._gateway
-        for name in _DEVICE_COUNTERS:
+        for name in (*_DEVICE_COUNTERS, *_LINK_COUNTERS):
             family = CounterMetricFamily(f"mcp_device_{name}", f"Device {name.replace('_', ' ')}",
                                          labels=["gateway", "device"])
             for device, values in stats["devices"].items():
-                family.add_metric([gw, device], values[name])
+                if name in values:
+                    family.add_metric([gw, device], values[name])
             yield family
         for name, help_text in (("queue_depth", "Requests queued or in flight"),
                                 ("rx_fps", "Frames received per second")):

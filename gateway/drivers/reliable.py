@@ -117,6 +117,8 @@ class ReliableLink:
         self.room.set()
         self._deliver_late = deliver_late
         self._expected: int | None = None
+        #: the newest seq received of the current sequence
+        self._newest = 0
         self._held: dict[int, LinkFrame] = {}
         self._gap_timer: asyncio.TimerHandle | None = None
         #: how long a gap waits for its frame: the sender's every retransmission, and one more
@@ -177,15 +179,23 @@ class ReliableLink:
     def _in_order(self, link: LinkFrame) -> list[Frame]:
         seq = link.seq
         if self._expected is None:
-            self._expected = seq
+            self._expected = self._newest = seq
         ahead = (seq - self._expected) % SEQ_MODULUS
         if ahead >= SEQ_MODULUS - WINDOW or seq in self._held:
             self.counters.duplicates += 1
             return []
-        if ahead >= WINDOW:  # the other end restarted: a new sequence
+        if ahead >= WINDOW:
+            if self._held and (seq - self._newest) % SEQ_MODULUS < WINDOW:
+                # Just after the newest frame held: the sender gave up on a gap and went on
+                # (its window slides past a frame it gave up on). Skip the gap now.
+                return self._skip_gaps() + self._in_order(link)
+            # Far from everything: the other end restarted with a new sequence.
             self.counters.restarts += 1
             self._held.clear()
-            self._expected, ahead = seq, 0
+            self._expected = self._newest = seq
+            ahead = 0
+        if (seq - self._newest) % SEQ_MODULUS < WINDOW:
+            self._newest = seq
         if ahead:
             self.counters.reordered += 1
             self._held[seq] = link
@@ -211,13 +221,25 @@ class ReliableLink:
         self._gap_timer = None
         if not self._held or self._expected is None:
             return
-        expected = self._expected
-        first = min(self._held, key=lambda s: (s - expected) % SEQ_MODULUS)
-        self.counters.gaps_skipped += (first - expected) % SEQ_MODULUS
-        frames = self._release(self._held.pop(first))
+        frames = self._skip_gap()
         if self._held:
             self._gap_timer = self._loop.call_later(self.gap_s, self._gap_expired)
         self._deliver_late(frames)
+
+    def _skip_gap(self) -> list[Frame]:
+        """Give up on the missing seqs before the first frame held; release what follows."""
+        expected = self._expected
+        assert expected is not None
+        first = min(self._held, key=lambda s: (s - expected) % SEQ_MODULUS)
+        self.counters.gaps_skipped += (first - expected) % SEQ_MODULUS
+        return self._release(self._held.pop(first))
+
+    def _skip_gaps(self) -> list[Frame]:
+        """Skip every gap: release all frames held, in order."""
+        frames: list[Frame] = []
+        while self._held:
+            frames += self._skip_gap()
+        return frames
 
     @staticmethod
     def _to_frame(link: LinkFrame) -> Frame:

@@ -53,7 +53,7 @@ class SerialSettings:
     #: ms720: resend an unacknowledged frame after this long, up to this many times
     retransmit_s: float = 0.2
     link_retries: int = 3
-    #: ms720: frames unacknowledged at once; more wait in the link's backlog
+    #: ms720: the send window (seqs past the oldest unacknowledged frame); later sends wait
     link_window: int = 128
 
     def frame_timeout(self) -> float:
