@@ -43,8 +43,10 @@ SEND_WINDOW = 128
 #: ACKs of later frames after which an unacknowledged frame is sent again at once
 FAST_RETRANSMIT = 3
 #: seqs this far behind the next expected one are duplicates; further away either side,
-#: the sender has restarted
+#: the sender has restarted (or gone on past seqs it gave up on)
 WINDOW = 1024
+#: the largest send window: a sender this far past a seq has given up on it
+MAX_SEND_WINDOW = 512
 
 
 def is_response(cmd_id: int) -> bool:
@@ -97,8 +99,8 @@ class ReliableLink:
                  timeout: float = DEFAULT_INTER_FRAME_TIMEOUT,
                  clock: Callable[[], float] | None = None, expire_on_feed: bool = True,
                  first_seq: int = 1, window: int = SEND_WINDOW) -> None:
-        if not 1 <= window < WINDOW:
-            raise ValueError(f"window must be 1..{WINDOW - 1}, got {window}")
+        if not 1 <= window <= MAX_SEND_WINDOW:
+            raise ValueError(f"window must be 1..{MAX_SEND_WINDOW}, got {window}")
         self._write = write
         self.retransmit_s = retransmit_s
         self.retries = retries
@@ -119,7 +121,8 @@ class ReliableLink:
         self._expected: int | None = None
         #: the newest seq received of the current sequence
         self._newest = 0
-        self._held: dict[int, LinkFrame] = {}
+        #: frames that overtook a missing one: seq -> (frame, arrival time), in arrival order
+        self._held: dict[int, tuple[LinkFrame, float]] = {}
         self._gap_timer: asyncio.TimerHandle | None = None
         #: how long a gap waits for its frame: the sender's every retransmission, and one more
         self.gap_s = retransmit_s * (retries + 2)
@@ -184,32 +187,37 @@ class ReliableLink:
         if ahead >= SEQ_MODULUS - WINDOW or seq in self._held:
             self.counters.duplicates += 1
             return []
+        frames: list[Frame] = []
         if ahead >= WINDOW:
             if self._held and (seq - self._newest) % SEQ_MODULUS < WINDOW:
-                # Just after the newest frame held: the sender gave up on a gap and went on
-                # (its window slides past a frame it gave up on). Skip the gap now.
-                return self._skip_gaps() + self._in_order(link)
-            # Far from everything: the other end restarted with a new sequence.
-            self.counters.restarts += 1
-            self._held.clear()
-            self._expected = self._newest = seq
-            ahead = 0
+                # Next to the newest frame held: the sender went on past seqs it gave up on
+                # (its window, at most MAX_SEND_WINDOW, slides past them). Whatever is
+                # missing a whole WINDOW before this frame will never come.
+                frames = self._give_up_before((seq - WINDOW + 1) % SEQ_MODULUS)
+            else:  # far from everything: the other end restarted with a new sequence
+                self.counters.restarts += 1
+                self._held.clear()
+                self._expected = seq
+            ahead = (seq - self._expected) % SEQ_MODULUS
         if (seq - self._newest) % SEQ_MODULUS < WINDOW:
             self._newest = seq
         if ahead:
             self.counters.reordered += 1
-            self._held[seq] = link
+            self._held[seq] = (link, self._loop.time())
             if self._gap_timer is None:
                 self._gap_timer = self._loop.call_later(self.gap_s, self._gap_expired)
-            return []
-        return self._release(link)
+            return frames
+        frames.append(self._to_frame(link))
+        self._expected = (seq + 1) % SEQ_MODULUS
+        return frames + self._drain()
 
-    def _release(self, link: LinkFrame) -> list[Frame]:
-        out = [self._to_frame(link)]
-        expected = (link.seq + 1) % SEQ_MODULUS
-        held = self._held
+    def _drain(self) -> list[Frame]:
+        """Deliver held frames from the expected seq on, while they follow one another."""
+        out = []
+        expected, held = self._expected, self._held
+        assert expected is not None
         while expected in held:
-            out.append(self._to_frame(held.pop(expected)))
+            out.append(self._to_frame(held.pop(expected)[0]))
             expected = (expected + 1) % SEQ_MODULUS
         self._expected = expected
         if not held and self._gap_timer is not None:
@@ -217,29 +225,38 @@ class ReliableLink:
             self._gap_timer = None
         return out
 
-    def _gap_expired(self) -> None:
-        self._gap_timer = None
-        if not self._held or self._expected is None:
-            return
-        frames = self._skip_gap()
-        if self._held:
-            self._gap_timer = self._loop.call_later(self.gap_s, self._gap_expired)
-        self._deliver_late(frames)
-
-    def _skip_gap(self) -> list[Frame]:
-        """Give up on the missing seqs before the first frame held; release what follows."""
+    def _give_up_before(self, bound: int) -> list[Frame]:
+        """Seqs before ``bound`` still missing will never come: deliver the frames held
+        before it, in order, count the missing ones as skipped, and go on from ``bound``."""
         expected = self._expected
         assert expected is not None
-        first = min(self._held, key=lambda s: (s - expected) % SEQ_MODULUS)
-        self.counters.gaps_skipped += (first - expected) % SEQ_MODULUS
-        return self._release(self._held.pop(first))
+        span = (bound - expected) % SEQ_MODULUS
+        below = sorted((s for s in self._held if (s - expected) % SEQ_MODULUS < span),
+                       key=lambda s: (s - expected) % SEQ_MODULUS)
+        self.counters.gaps_skipped += span - len(below)
+        frames = [self._to_frame(self._held.pop(s)[0]) for s in below]
+        self._expected = bound
+        return frames + self._drain()
 
-    def _skip_gaps(self) -> list[Frame]:
-        """Skip every gap: release all frames held, in order."""
-        frames: list[Frame] = []
-        while self._held:
-            frames += self._skip_gap()
-        return frames
+    def _gap_expired(self) -> None:
+        """A seq missing before a frame held for ``gap_s`` has had every retransmission its
+        sender would make (it was sent before that frame): give up on those seqs."""
+        self._gap_timer = None
+        held, expected = self._held, self._expected
+        if not held or expected is None:
+            return
+        cutoff = self._loop.time() - self.gap_s
+        bound = None
+        for seq, (_, arrived) in held.items():  # in arrival order
+            if arrived > cutoff:
+                break
+            if bound is None or (seq - expected) % SEQ_MODULUS > (bound - expected) % SEQ_MODULUS:
+                bound = seq
+        frames = self._give_up_before(bound) if bound is not None else []
+        if held:
+            oldest = next(iter(held.values()))[1]
+            self._gap_timer = self._loop.call_at(oldest + self.gap_s, self._gap_expired)
+        self._deliver_late(frames)
 
     @staticmethod
     def _to_frame(link: LinkFrame) -> Frame:
