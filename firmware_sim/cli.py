@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", choices=["mcp", "ms720"], default="mcp",
                         help="frame profile (default %(default)s); ms720: CRC-16, seq, ACKs "
                         "and retransmission")
+    parser.add_argument("--link-retries", type=int, default=3,
+                        help="ms720: retransmissions before a frame is given up (default 3)")
     parser.add_argument("--name-prefix", default="sim", help="devices are PREFIX-0, PREFIX-1, ...")
     parser.add_argument("--link-dir", type=Path,
                         help="keep a stable symlink DIR/NAME to each device's current pty")
@@ -100,6 +102,7 @@ def spec_from_args(args: argparse.Namespace) -> FleetSpec:
             duplicate_rate=args.duplicate_rate,
         ),
         frames=args.frames,
+        link_retries=args.link_retries,
         seed=args.seed,
         profile_dirs=tuple(args.profiles_dir),
     )

@@ -144,10 +144,13 @@ class SimulatedDevice:
         interval_ms: int | None = None,
         seed: int | None = None,
         frames: str = "mcp",
+        link_retries: int = 3,
     ) -> None:
         if frames not in ("mcp", "ms720"):
             raise ValueError(f"frames must be 'mcp' or 'ms720', got {frames!r}")
         self.frames = frames
+        #: ms720: retransmissions of an unacknowledged frame before it is given up
+        self.link_retries = link_retries
         #: the ms720 reliable link (made at power-on), None for mcp
         self.reliable: ReliableLink | None = None
         self.name = name
@@ -237,7 +240,8 @@ class SimulatedDevice:
             # A random first seq after every boot: the other end's duplicate filter never
             # mistakes a rebooted device's new frames for old ones.
             self.reliable = ReliableLink(self._write_wire, deliver_late=self._take_frames,
-                                         first_seq=self.rng.randrange(2**32))
+                                         first_seq=self.rng.randrange(2**32),
+                                         retries=self.link_retries)
         await self.link.plug()
         self.counters.plugs += 1
         self._plugged.set()

@@ -36,6 +36,8 @@ class FleetSpec:
     faults: Faults = field(default_factory=Faults)
     #: the frame profile: "mcp" or "ms720"
     frames: str = "mcp"
+    #: ms720: retransmissions of an unacknowledged frame before the device gives it up
+    link_retries: int = 3
     #: faults for device 0 only (the demo's one noisy device); None: the same as the rest
     first_device_faults: Faults | None = None
     seed: int | None = None
@@ -79,6 +81,7 @@ class Fleet:
                     interval_ms=spec.interval_ms,
                     seed=None if spec.seed is None else spec.seed + index,
                     frames=spec.frames,
+                    link_retries=spec.link_retries,
                 )
                 await device.start()
                 self.devices.append(device)
