@@ -128,7 +128,8 @@ def _dashboard(args: argparse.Namespace) -> int:
 async def _monitor(args: argparse.Namespace) -> int:
     profile = ProfileRegistry().get(args.profile) if args.profile else None
     monitors = [
-        PortMonitor(url, url, profile=profile, passive=args.passive, baudrate=args.baudrate)
+        PortMonitor(url, url, profile=profile, passive=args.passive, baudrate=args.baudrate,
+                    frames=args.frames)
         for url in args.ports
     ]
     task = asyncio.create_task(monitor_ports(monitors))
@@ -318,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("ports", nargs="+", metavar="PORT")
     monitor.add_argument("--profile", default="env-sensor", help="decode with this device profile")
     monitor.add_argument("--baudrate", type=int, default=115200)
+    monitor.add_argument("--frames", choices=["mcp", "ms720"], default="mcp",
+                         help="frame profile (default %(default)s); ms720 lines carry the seq")
     monitor.add_argument("--passive", action="store_true", help="never write to the ports")
     monitor.add_argument("--duration", type=float, help="stop after this many seconds")
 

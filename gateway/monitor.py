@@ -3,6 +3,10 @@
 A field tool and the first end-to-end path (port -> Deframer -> decode). By default it also
 answers what firmware waits for (HELLO_ACK to HELLO, PONG to PING) so devices register;
 ``--passive`` only listens. The full gateway (sessions, bridge) builds on the same frames.
+
+On `ms720` (``--frames ms720``) each line also has the frame's seq, and link-level ACK and
+NACK frames are printed too; unless passive it acknowledges what it reads (the reliable
+link), as a device expects.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, TextIO
 import serial
 import serial_asyncio
 
+from gateway.drivers.reliable import ReliableLink, frame_of
 from gateway.errors import GatewayError
 from gateway.frames import (
     COMMANDS,
@@ -30,6 +35,7 @@ from gateway.frames import (
     encode_frame,
     encode_payload,
 )
+from gateway.frames.ms720 import Ms720Deframer, MsgType
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +66,10 @@ def describe(frame: Frame, profile: DeviceProfile | None) -> dict[str, Any]:
 
 
 class _PortProtocol(asyncio.Protocol):
-    """Feeds received bytes to the port's deframer; never awaits, never raises."""
+    """Hands received bytes to the monitor; never awaits, never raises."""
 
-    def __init__(self, on_frames: Callable[[list[Frame]], None], deframer: Deframer) -> None:
-        self.deframer = deframer
-        self.on_frames = on_frames
+    def __init__(self, on_data: Callable[[bytes], None]) -> None:
+        self.on_data = on_data
         self.closed = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
 
@@ -74,12 +79,10 @@ class _PortProtocol(asyncio.Protocol):
         transport._max_read_size = _READ_SIZE  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        frames = self.deframer.feed(data)
-        if frames:
-            try:
-                self.on_frames(frames)
-            except Exception:
-                log.exception("frame handler failed")
+        try:
+            self.on_data(data)
+        except Exception:
+            log.exception("frame handler failed")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
@@ -99,7 +102,10 @@ class PortMonitor:
         passive: bool = False,
         baudrate: int = 115200,
         node_ids: dict[str, int] | None = None,
+        frames: str = "mcp",
     ) -> None:
+        if frames not in ("mcp", "ms720"):
+            raise ValueError(f"frames must be 'mcp' or 'ms720', got {frames!r}")
         self.name = name
         self.url = url
         self.profile = profile
@@ -107,7 +113,11 @@ class PortMonitor:
         self.passive = passive
         self.baudrate = baudrate
         self.node_ids = node_ids if node_ids is not None else {}
+        self.frames = frames
         self.deframer = Deframer()
+        #: ms720: the passive reader's deframer, or the active one's reliable link
+        self.link_deframer = Ms720Deframer()
+        self.reliable: ReliableLink | None = None
         self.frames_seen = 0
         self._transport: asyncio.Transport | None = None
 
@@ -115,13 +125,13 @@ class PortMonitor:
         """Open the port, follow it, and open it again whenever it goes away."""
         loop = asyncio.get_running_loop()
         while True:
+            if self.frames == "ms720" and not self.passive:
+                if self.reliable is not None:
+                    self.reliable.close()
+                self.reliable = ReliableLink(self._write, deliver_late=self._on_frames)
             try:
                 transport, protocol = await serial_asyncio.create_serial_connection(
-                    loop,
-                    lambda: _PortProtocol(self._on_frames, self.deframer),
-                    self.url,
-                    baudrate=self.baudrate,
-                )
+                    loop, lambda: _PortProtocol(self._on_data), self.url, baudrate=self.baudrate)
             except (serial.SerialException, OSError) as exc:
                 log.warning("%s: cannot open %s: %s; retrying", self.name, self.url, exc)
                 await asyncio.sleep(_RETRY_S)
@@ -141,14 +151,41 @@ class PortMonitor:
         self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.out.flush()
 
-    def _send(self, cmd_id: int, payload: bytes) -> None:
+    def _write(self, data: bytes) -> None:
         if self._transport is not None:
-            self._transport.write(encode_frame(cmd_id, payload))
+            self._transport.write(data)
+
+    def _send(self, cmd_id: int, payload: bytes, request_seq: int | None) -> None:
+        if self.reliable is not None:
+            self.reliable.send(Frame(cmd_id, payload, request_seq))
+        else:
+            self._write(encode_frame(cmd_id, payload))
+
+    def _on_data(self, data: bytes) -> None:
+        if self.reliable is not None:
+            self._on_frames(self.reliable.feed(data))
+        elif self.frames == "ms720":
+            self._on_links(data)
+        else:
+            self._on_frames(self.deframer.feed(data))
+
+    def _on_links(self, data: bytes) -> None:
+        """Passive ms720: every link frame as it comes, duplicates and ACKs included."""
+        for link in self.link_deframer.feed(data):
+            if link.msg_type in (MsgType.ACK, MsgType.NACK):
+                kind = "ack" if link.msg_type == MsgType.ACK else "nack"
+                self._print({"link": kind, "seq": link.seq})
+            elif link.payload:
+                self.frames_seen += 1
+                self._print({**describe(frame_of(link), self.profile), "seq": link.seq})
 
     def _on_frames(self, frames: list[Frame]) -> None:
         for frame in frames:
             self.frames_seen += 1
-            self._print(describe(frame, self.profile))
+            record = describe(frame, self.profile)
+            if frame.request_seq is not None:
+                record["request_seq"] = frame.request_seq
+            self._print(record)
             if self.passive:
                 continue
             if frame.cmd_id == Command.HELLO:
@@ -158,9 +195,10 @@ class PortMonitor:
                     continue
                 node_id = self.node_ids.setdefault(uid, len(self.node_ids) + 1)
                 ack = {"node_id": node_id, "heartbeat_s": 5}
-                self._send(Command.HELLO_ACK, encode_payload(Command.HELLO_ACK, ack))
+                self._send(Command.HELLO_ACK, encode_payload(Command.HELLO_ACK, ack),
+                           frame.request_seq)
             elif frame.cmd_id == Command.PING:
-                self._send(Command.PONG, b"")
+                self._send(Command.PONG, b"", frame.request_seq)
 
 
 async def monitor_ports(monitors: list[PortMonitor]) -> None:

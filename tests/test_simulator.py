@@ -351,3 +351,40 @@ def test_passive_monitor_over_tcp_with_the_installed_console_scripts():
     finally:
         sim.send_signal(signal.SIGTERM)
         assert sim.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize("passive", [True, False], ids=["passive", "active"])
+def test_monitor_on_ms720(passive):
+    sim = subprocess.Popen(
+        [_console_script("mcp-sim"), "--tcp", "0", "--count", "1", "--interval-ms", "100",
+         "--frames", "ms720"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _, url = sim.stdout.readline().split()
+        args = ["--passive"] if passive else []
+        proc = subprocess.run(  # noqa: PLW1510 - the exit code is the assertion
+            [_console_script("mcp-gateway"), "monitor", url, "--frames", "ms720", *args,
+             "--duration", "2.5"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        records = [json.loads(line) for line in proc.stdout.splitlines()]
+        status = [r for r in records if r.get("cmd") == "STATUS"]
+        assert len(status) >= 10
+        assert all("temperature_c" in r["fields"] for r in status)
+        if passive:
+            # Nobody acknowledges: every frame comes again (same seq) until given up.
+            seqs = [r["seq"] for r in status]
+            assert len(set(seqs)) < len(seqs)
+            assert not any(r.get("link") for r in records)  # the device got nothing to ACK
+            assert sum(r.get("cmd") == "HELLO" for r in records) >= 3
+        else:
+            # Acknowledged: each STATUS once; HELLO answered, so not said again (one more
+            # may have been on its way when the monitor connected).
+            seqs = [r["request_seq"] for r in status]
+            assert len(set(seqs)) == len(seqs)
+            assert sum(r.get("cmd") == "HELLO" for r in records) <= 2
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        assert sim.wait(timeout=10) == 0

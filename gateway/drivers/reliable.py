@@ -90,6 +90,18 @@ class _Pending:
     passed: int = 0
 
 
+def frame_of(link: LinkFrame) -> Frame:
+    """The frame a control/data link frame carries, with its ``request_seq``: a request's own
+    seq, or the seq a response answers (taken out of the response's payload)."""
+    payload = link.payload
+    cmd_id = payload[0]
+    if is_response(cmd_id):
+        if len(payload) < 5:  # no request seq: the layer above counts it as unmatched
+            return Frame(cmd_id, payload[1:])
+        return Frame(cmd_id, payload[5:], int.from_bytes(payload[1:5], "little"))
+    return Frame(cmd_id, payload[1:], link.seq)
+
+
 class ReliableLink:
     """``feed(bytes) -> [Frame]`` and ``send(Frame) -> seq``; writes go to ``write``."""
 
@@ -207,7 +219,7 @@ class ReliableLink:
             if self._gap_timer is None:
                 self._gap_timer = self._loop.call_later(self.gap_s, self._gap_expired)
             return frames
-        frames.append(self._to_frame(link))
+        frames.append(frame_of(link))
         self._expected = (seq + 1) % SEQ_MODULUS
         return frames + self._drain()
 
@@ -217,7 +229,7 @@ class ReliableLink:
         expected, held = self._expected, self._held
         assert expected is not None
         while expected in held:
-            out.append(self._to_frame(held.pop(expected)[0]))
+            out.append(frame_of(held.pop(expected)[0]))
             expected = (expected + 1) % SEQ_MODULUS
         self._expected = expected
         if not held and self._gap_timer is not None:
@@ -234,7 +246,7 @@ class ReliableLink:
         below = sorted((s for s in self._held if (s - expected) % SEQ_MODULUS < span),
                        key=lambda s: (s - expected) % SEQ_MODULUS)
         self.counters.gaps_skipped += span - len(below)
-        frames = [self._to_frame(self._held.pop(s)[0]) for s in below]
+        frames = [frame_of(self._held.pop(s)[0]) for s in below]
         self._expected = bound
         return frames + self._drain()
 
@@ -257,16 +269,6 @@ class ReliableLink:
             oldest = next(iter(held.values()))[1]
             self._gap_timer = self._loop.call_at(oldest + self.gap_s, self._gap_expired)
         self._deliver_late(frames)
-
-    @staticmethod
-    def _to_frame(link: LinkFrame) -> Frame:
-        payload = link.payload
-        cmd_id = payload[0]
-        if is_response(cmd_id):
-            if len(payload) < 5:  # no request seq: the layer above counts it as unmatched
-                return Frame(cmd_id, payload[1:])
-            return Frame(cmd_id, payload[5:], int.from_bytes(payload[1:5], "little"))
-        return Frame(cmd_id, payload[1:], link.seq)
 
     def _acked(self, seq: int) -> bool:
         self.counters.acks_in += 1
