@@ -126,7 +126,7 @@ class ReliableLink:
         self._pending: dict[int, _Pending] = {}
         self._order = 0  # transmissions so far, retransmissions included
         self._backlog: deque[tuple[int, bytes]] = deque()
-        #: set while a send would go out at once (no backlog, window not full)
+        #: set while a send would go out at once (no backlog, the window open)
         self.room = asyncio.Event()
         self.room.set()
         self._deliver_late = deliver_late
