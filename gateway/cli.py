@@ -12,6 +12,7 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,73 @@ from gateway.monitor import PortMonitor, monitor_ports
 from gateway.service import Service
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+DEFAULT_PREFIX = "mcp/v1"
 
 
 class UsageError(GatewayError):
     """Bad arguments (exit 2)."""
+
+
+def _add_broker_options(parser: argparse.ArgumentParser) -> None:
+    """How a client command (request, dashboard) reaches the broker: flags, or --config."""
+    group = parser.add_argument_group(
+        "broker", "where the fabric is: flags, or --config to take everything from the "
+        "gateway's configuration file (its [broker] table and topic_prefix)")
+    group.add_argument("--config", type=Path, metavar="FILE",
+                       help="the gateway's config file: URL, protocol, credentials, TLS, prefix")
+    group.add_argument("--broker", metavar="URL",
+                       help=f"the broker (default {DEFAULT_BROKER}; mqtts:// for TLS)")
+    group.add_argument("--protocol", type=int, choices=(3, 5),
+                       help="MQTT version (default 5; 3 for brokers without MQTT 5)")
+    group.add_argument("--prefix", help=f"topic prefix (default {DEFAULT_PREFIX})")
+    group.add_argument("--username")
+    secret = group.add_mutually_exclusive_group()
+    secret.add_argument("--password-env", metavar="VAR",
+                        help="environment variable holding the password")
+    secret.add_argument("--password-file", metavar="FILE", help="file holding the password")
+    group.add_argument("--ca-file", metavar="FILE", help="CA bundle for mqtts://")
+    group.add_argument("--cert-file", metavar="FILE", help="client certificate (mutual TLS)")
+    group.add_argument("--key-file", metavar="FILE", help="the client certificate's key")
+
+
+_BROKER_FLAGS = ("broker", "protocol", "prefix", "username", "password_env", "password_file",
+                 "ca_file", "cert_file", "key_file")
+
+
+def _broker_client(args: argparse.Namespace) -> tuple[BrokerSettings, str]:
+    """The broker settings and topic prefix the options say; ``UsageError`` saying what is
+    wrong (a flag beside --config, a password variable not set, a file not readable)."""
+    if args.config is not None:
+        given = [f"--{name.replace('_', '-')}" for name in _BROKER_FLAGS
+                 if getattr(args, name) is not None]
+        if given:
+            raise UsageError(f"--config gives the broker and prefix; leave out {', '.join(given)}")
+        config = load_config(args.config)
+        if config.broker is None:
+            raise UsageError(f"{args.config} has no [broker] table: give --broker instead")
+        return BrokerSettings.from_config(config.broker), config.topic_prefix
+    password = None
+    if args.password_env is not None:
+        password = os.environ.get(args.password_env)
+        if password is None:
+            raise UsageError(f"--password-env {args.password_env}: the variable is not set")
+    if args.password_file is not None:
+        try:
+            password = Path(args.password_file).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise UsageError(f"--password-file {args.password_file}: {exc.strerror}") from None
+    for flag in ("ca_file", "cert_file", "key_file"):
+        path = getattr(args, flag)
+        if path is not None and not os.access(path, os.R_OK):
+            raise UsageError(f"--{flag.replace('_', '-')} {path}: not a readable file")
+    if (args.cert_file is None) != (args.key_file is None):
+        raise UsageError("--cert-file and --key-file go together")
+    settings = BrokerSettings(url=args.broker or DEFAULT_BROKER, protocol=args.protocol or 5,
+                              username=args.username, password=password, ca_file=args.ca_file,
+                              cert_file=args.cert_file, key_file=args.key_file)
+    settings.endpoint()  # a malformed URL is a usage error now, not a retry loop later
+    return settings, args.prefix or DEFAULT_PREFIX
 
 
 async def _until_stopped(duration: float | None) -> None:
@@ -71,12 +135,12 @@ async def _request(args: argparse.Namespace) -> int:
         raise UsageError(f"JSON argument is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise UsageError("JSON argument must be an object, e.g. '{\"key\": \"interval_ms\"}'")
+    broker, prefix = _broker_client(args)
     me = f"mcp-request-{os.getpid()}-{new_message_id()[-8:]}"
     reply_topic = f"mcp-request/{me}"
-    topic = Topics(args.prefix, args.gateway).requests_of(
-        None if args.device == "-" else args.device)
+    topic = Topics(prefix, args.gateway).requests_of(None if args.device == "-" else args.device)
     correlation = new_message_id().encode()
-    v311 = args.protocol == 3
+    v311 = broker.protocol == 3
     body = request_body(args.action, payload, me, timeout=args.timeout_s,
                         reply_to=reply_topic if v311 else None,
                         correlation_id=correlation.decode() if v311 else None)
@@ -85,7 +149,7 @@ async def _request(args: argparse.Namespace) -> int:
     def on_message(message: Message) -> None:
         with contextlib.suppress(ValueError):
             response = json.loads(message.payload)
-            mine = (message.correlation_data == correlation if args.protocol == 5
+            mine = (message.correlation_data == correlation if not v311
                     else isinstance(response, dict)
                     and response.get("correlation_id") == correlation.decode())
             if mine and not answer.done():
@@ -95,11 +159,8 @@ async def _request(args: argparse.Namespace) -> int:
         conn.subscribe([reply_topic])  # handled before the request, on one connection
         conn.publish(topic, body, correlation_data=correlation, response_topic=reply_topic)
 
-    settings = BrokerSettings(url=args.broker, protocol=args.protocol, client_id=me,
-                              username=args.username,
-                              password=os.environ.get(args.password_env or "", None),
-                              ca_file=args.ca_file)
-    conn = MqttConnection(settings, on_connect=on_connect, on_message=on_message)
+    conn = MqttConnection(replace(broker, client_id=me), on_connect=on_connect,
+                          on_message=on_message)
     running = asyncio.create_task(conn.run())
     try:
         async with asyncio.timeout(args.wait_s):
@@ -120,8 +181,8 @@ async def _request(args: argparse.Namespace) -> int:
 def _dashboard(args: argparse.Namespace) -> int:
     from tui.app import DashboardApp  # noqa: PLC0415 - Textual loads only when asked for
 
-    DashboardApp(args.broker, gateway=args.gateway, prefix=args.prefix,
-                 protocol=args.protocol).run()
+    broker, prefix = _broker_client(args)
+    DashboardApp(broker, gateway=args.gateway, prefix=prefix).run()
     return EXIT_OK
 
 
@@ -260,39 +321,27 @@ def build_parser() -> argparse.ArgumentParser:
         "answer, 2 on bad arguments). DEVICE '-' addresses the gateway itself (list_devices, "
         "reload, trace).",
         epilog="examples: mcp-gateway request --broker mqtt://127.0.0.1:1883 edge-1 sensor-a "
-        "read '{\"key\": \"interval_ms\"}';  mcp-gateway request --broker URL edge-1 - "
-        "list_devices",
+        "read '{\"key\": \"interval_ms\"}';  mcp-gateway request --config "
+        "/etc/mcp-gateway/gateway.toml edge-1 - list_devices",
     )
-    request.add_argument("--broker", required=True, metavar="URL",
-                         help="mqtt://host[:port] or mqtts://host[:port]")
     request.add_argument("gateway", metavar="GATEWAY", help="the gateway id")
     request.add_argument("device", metavar="DEVICE", help="the device id, or - for the gateway")
     request.add_argument("action", metavar="ACTION",
                          help="read, write, raw, ping, a profile command, or a gateway action")
     request.add_argument("json", nargs="?", metavar="JSON", help="the payload object")
-    request.add_argument("--prefix", default="mcp/v1", help="topic prefix (default mcp/v1)")
-    request.add_argument("--protocol", type=int, choices=(3, 5), default=5,
-                         help="MQTT version: 5 (response topic) or 3 (envelope reply_to)")
     request.add_argument("--timeout", dest="timeout_s", type=float,
                          help="the device's per-try timeout, seconds (the request's timeout)")
     request.add_argument("--wait", dest="wait_s", type=float, default=10.0,
                          help="how long to wait for the response (default 10 s)")
-    request.add_argument("--username")
-    request.add_argument("--password-env", metavar="VAR",
-                         help="environment variable holding the password")
-    request.add_argument("--ca-file", help="CA bundle for mqtts://")
+    _add_broker_options(request)
 
     dashboard = sub.add_parser(
         "dashboard", help="the terminal dashboard: watch and command the fabric",
         description="The Textual dashboard, an MQTT client of the fabric: every gateway and "
         "device on the broker, live; a device's telemetry, facts and log (enter); a command "
         "form (c). Press ? in it for the keys.")
-    dashboard.add_argument("--broker", metavar="URL", default="mqtt://127.0.0.1:1883",
-                           help="the broker (default mqtt://127.0.0.1:1883)")
     dashboard.add_argument("--gateway", metavar="ID", help="show only this gateway")
-    dashboard.add_argument("--prefix", default="mcp/v1", help="topic prefix (default mcp/v1)")
-    dashboard.add_argument("--protocol", type=int, choices=(3, 5), default=5,
-                           help="MQTT version (3 for brokers without MQTT 5)")
+    _add_broker_options(dashboard)
 
     demo = sub.add_parser(
         "demo",

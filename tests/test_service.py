@@ -263,3 +263,85 @@ def test_logs_for_journald_and_as_json(tmp_path):
     assert entries[0]["level"] == "info"
     assert entries[0]["message"].startswith("gateway t running")
     assert {"time", "logger"} <= set(entries[0])
+
+
+async def test_request_and_dashboard_reach_a_broker_that_wants_a_password(tmp_path):
+    secret = "s3cret-Pa55"
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), "gw", secret],  # noqa: ASYNC221
+                   check=True)
+    locked = Mosquitto(tmp_path, extra=f"allow_anonymous false\npassword_file {passwords}\n")
+    locked.start()
+    links = tmp_path / "links"
+    (tmp_path / "pw").write_text(secret + "\n")
+    try:
+        async with Fleet(FleetSpec(count=1, interval_ms=500, link_dir=links)):
+            config = tmp_path / "gw.toml"
+            config.write_text(
+                f'gateway_id = "{GW}"\nstate_dir = "{tmp_path / "state"}"\n'
+                'topic_prefix = "site/a"\n'
+                f'[broker]\nurl = "{locked.url}"\nusername = "gw"\n'
+                f'password_file = "{tmp_path / "pw"}"\n'
+                f'[[ports]]\nname = "sim-0"\npath = "{links / "sim-0"}"\n')
+            proc = await start_gateway(config)
+            try:
+                async def request(*args: str, **env: str) -> tuple[int, str]:
+                    run = await asyncio.create_subprocess_exec(
+                        str(BIN / "mcp-gateway"), "request", *args, "--wait", "5",
+                        env={**os.environ, **env},
+                        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                    out, err = await asyncio.wait_for(run.communicate(), 30)
+                    return run.returncode, out.decode() + err.decode()
+
+                # Everything from the gateway's own file: URL, credentials, prefix.
+                async def listed() -> bool:
+                    code, out = await request("--config", str(config), GW, "-", "list_devices")
+                    return code == 0 and "sim-0" in out
+                deadline = asyncio.get_running_loop().time() + 20
+                while not await listed():
+                    assert asyncio.get_running_loop().time() < deadline, "never listed"
+                # The same with flags; the password from a file or the environment.
+                flags = ["--broker", locked.url, "--prefix", "site/a", "--username", "gw"]
+                code, out = await request(*flags, "--password-file", str(tmp_path / "pw"),
+                                          GW, "sim-0", "read", '{"key": "interval_ms"}')
+                assert code == 0, out
+                assert json.loads(out)["payload"]["value"] == 500
+                code, out = await request(*flags, "--password-env", "PW", GW, "-",
+                                          "list_devices", PW=secret)
+                assert code == 0, out
+                # A wrong password is an answer that says so, not a hang.
+                code, out = await request(*flags, "--password-env", "PW", GW, "-",
+                                          "list_devices", PW="wrong")
+                assert code == 1
+                assert "refused" in out
+                assert secret not in out
+                # Bad options are usage errors that say which.
+                for args, message in (
+                        (["--config", str(config), "--broker", locked.url],
+                         "--config gives the broker and prefix; leave out --broker"),
+                        ([*flags, "--password-env", "MCP_SURELY_UNSET"],
+                         "--password-env MCP_SURELY_UNSET: the variable is not set"),
+                        ([*flags, "--password-file", str(tmp_path / "nope")],
+                         f"--password-file {tmp_path / 'nope'}: No such file"),
+                        (["--broker", "http://x"], "expected mqtt://host[:port]")):
+                    code, out = await request(*args, GW, "-", "list_devices")
+                    assert (code, message in out) == (2, True), out
+
+                # The dashboard's connection, with the same settings.
+                from gateway.bridge.mqtt import BrokerSettings  # noqa: PLC0415
+                from tui.fabric import Fabric  # noqa: PLC0415
+                from tui.state import FabricState  # noqa: PLC0415
+                state = FabricState("site/a")
+                fabric = Fabric(BrokerSettings(url=locked.url, username="gw", password=secret),
+                                state)
+                fabric.start()
+                try:
+                    await wait_for(lambda: state.devices, timeout=10, what="devices on screen")
+                    answer = await fabric.request(GW, "sim-0", "read", {"key": "interval_ms"})
+                    assert answer["status"] == "ok"
+                finally:
+                    await fabric.stop()
+            finally:
+                await stop_gateway(proc)
+    finally:
+        locked.stop()

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from textual.app import App
 from textual.binding import Binding
 
+from gateway.bridge.mqtt import BrokerSettings
 from tui.fabric import Fabric
 from tui.help import HelpScreen
 from tui.overview import OverviewScreen
@@ -21,7 +22,7 @@ REDRAW_S = 0.25
 
 
 class DashboardApp(App[None]):
-    """``DashboardApp(url, gateway=None, prefix="mcp/v1").run()``."""
+    """``DashboardApp(url_or_broker_settings, gateway=None, prefix="mcp/v1").run()``."""
 
     CSS_PATH = "dashboard.tcss"
     TITLE = "mcp-gateway dashboard"
@@ -31,22 +32,24 @@ class DashboardApp(App[None]):
         Binding("t", "toggle_dark", "Theme"),
     ]
 
-    def __init__(self, url: str, gateway: str | None = None, prefix: str = "mcp/v1",
-                 *, protocol: int = 5, connect: bool = True,
+    def __init__(self, broker: str | BrokerSettings, gateway: str | None = None,
+                 prefix: str = "mcp/v1", *, protocol: int = 5, connect: bool = True,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__()
         #: wall-clock time for "last seen" (a fixed one makes screenshots repeatable)
         self.clock = clock
         self.state = FabricState(prefix)
-        self._fabric_args = (url, gateway, protocol)
+        #: a URL alone connects anonymously with ``protocol``
+        self._broker = broker if isinstance(broker, BrokerSettings) else BrokerSettings(
+            url=broker, protocol=protocol)
+        self._gateway = gateway
         #: the broker connection (made when the app starts: it needs the running loop)
         self.fabric: Fabric
         self._connect = connect
         self.overview = OverviewScreen()
 
     def on_mount(self) -> None:
-        url, gateway, protocol = self._fabric_args
-        self.fabric = Fabric(url, self.state, gateway, protocol)
+        self.fabric = Fabric(self._broker, self.state, self._gateway)
         if self._connect:
             self.fabric.start()
         self.push_screen(self.overview)

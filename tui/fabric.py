@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from dataclasses import replace
 from typing import Any
 
 from gateway.bridge.envelope import new_message_id, request_body
@@ -17,16 +18,15 @@ from tui.state import FabricState
 class Fabric:
     """``await fabric.start()``; ``await fabric.request(gw, dev, action, payload)``."""
 
-    def __init__(self, url: str, state: FabricState, gateway: str | None = None,
-                 protocol: int = 5) -> None:
+    def __init__(self, broker: BrokerSettings, state: FabricState,
+                 gateway: str | None = None) -> None:
         self.state = state
         self.gateway = gateway
-        self.protocol = protocol
+        self.protocol = broker.protocol
         self.me = f"mcp-dashboard-{os.getpid()}-{new_message_id()[-6:]}"
         self.reply_topic = f"mcp-dashboard/{self.me}"
-        self.conn = MqttConnection(
-            BrokerSettings(url=url, client_id=self.me, protocol=protocol),
-            on_connect=self._on_connect, on_message=self._on_message)
+        self.conn = MqttConnection(replace(broker, client_id=self.me),
+                                   on_connect=self._on_connect, on_message=self._on_message)
         self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
         self._task: asyncio.Task[None] | None = None
 
