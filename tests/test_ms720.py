@@ -21,6 +21,7 @@ from gateway.frames.ms720 import (
     carrying,
     crc16,
     decode_link,
+    encode_bare,
     encode_link,
 )
 
@@ -154,3 +155,9 @@ def test_noise_recovery_rate():
     stream = b"".join(rng.randbytes(rng.randint(0, 8)) + f.encode() for f in frames)
     got = Ms720Deframer().feed(stream)
     assert got == frames  # CRC-16: no false frame in 2,000 (1 in 65,536 per false sync)
+
+
+@given(st.sampled_from([MsgType.ACK, MsgType.NACK]),
+       st.lists(st.integers(0, 2**32 - 1), max_size=20))
+def test_bare_frames_in_a_batch_equal_one_by_one(msg_type, seqs):
+    assert encode_bare(msg_type, seqs) == b"".join(LinkFrame(msg_type, s).encode() for s in seqs)

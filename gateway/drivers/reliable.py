@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from gateway.frames import Command, Frame
 from gateway.frames.deframer import DEFAULT_INTER_FRAME_TIMEOUT, DeframerStats
-from gateway.frames.ms720 import SEQ_MODULUS, LinkFrame, Ms720Deframer, MsgType
+from gateway.frames.ms720 import SEQ_MODULUS, LinkFrame, Ms720Deframer, MsgType, encode_bare
 
 log = logging.getLogger(__name__)
 
@@ -166,13 +166,12 @@ class ReliableLink:
 
     def _take(self, links: list[LinkFrame]) -> list[Frame]:
         # Link-level answers to everything read go out in one write.
-        answers = []
         bad = self.deframer.bad_seqs
-        if bad:
-            self.counters.nacks_out += len(bad)
-            answers += [LinkFrame(MsgType.NACK, seq).encode() for seq in bad]
-            bad.clear()
+        answers = encode_bare(MsgType.NACK, bad) if bad else b""
+        self.counters.nacks_out += len(bad)
+        bad.clear()
         frames: list[Frame] = []
+        to_ack: list[int] = []
         acked = False
         for link in links:
             kind = link.msg_type
@@ -182,11 +181,13 @@ class ReliableLink:
                 self.counters.nacks_in += 1
                 self._resend_now(link.seq)
             elif kind in (MsgType.DATA, MsgType.CONTROL) and link.payload:
-                self.counters.acks_out += 1
-                answers.append(LinkFrame(MsgType.ACK, link.seq).encode())
+                to_ack.append(link.seq)
                 frames += self._in_order(link)
+        if to_ack:
+            self.counters.acks_out += len(to_ack)
+            answers += encode_bare(MsgType.ACK, to_ack)
         if answers:
-            self._write(b"".join(answers))
+            self._write(answers)
         if acked:
             self._pump()
         return frames

@@ -109,6 +109,13 @@ def carrying(frame: Frame, seq: int, msg_type: int = MsgType.DATA) -> LinkFrame:
     return LinkFrame(msg_type, seq, bytes((frame.cmd_id,)) + frame.payload)
 
 
+def encode_bare(msg_type: int, seqs: list[int]) -> bytes:
+    """ACK or NACK frames (no payload) for ``seqs``, back to back: what a read answers."""
+    pack, crc = _BODY_HEAD.pack, crc16
+    bodies = [pack(0, msg_type, seq) for seq in seqs]
+    return b"".join([SYNC + body + _CRC.pack(crc(body)) for body in bodies])
+
+
 def encode_link(msg_type: int, seq: int, payload: bytes = b"",
                 max_payload: int = MAX_PAYLOAD) -> bytes:
     """The wire bytes; ``ValueError`` for a bad type, seq or an oversize payload."""
