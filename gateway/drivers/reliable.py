@@ -47,6 +47,8 @@ FAST_RETRANSMIT = 3
 WINDOW = 1024
 #: the largest send window: a sender this far past a seq has given up on it
 MAX_SEND_WINDOW = 512
+#: a sequence's first good frame may follow this many NACKed ones that come again
+START_LOOKBACK = 8
 
 
 def is_response(cmd_id: int) -> bool:
@@ -135,6 +137,8 @@ class ReliableLink:
         self._newest = 0
         #: frames that overtook a missing one: seq -> (frame, arrival time), in arrival order
         self._held: dict[int, tuple[LinkFrame, float]] = {}
+        #: the last seqs NACKed: a sequence may start at one of them (see _start_of)
+        self._nacked: deque[int] = deque(maxlen=START_LOOKBACK)
         self._gap_timer: asyncio.TimerHandle | None = None
         #: how long a gap waits for its frame: the sender's every retransmission, and one more
         self.gap_s = retransmit_s * (retries + 2)
@@ -169,6 +173,7 @@ class ReliableLink:
         bad = self.deframer.bad_seqs
         answers = encode_bare(MsgType.NACK, bad) if bad else b""
         self.counters.nacks_out += len(bad)
+        self._nacked.extend(bad)
         bad.clear()
         frames: list[Frame] = []
         to_ack: list[int] = []
@@ -195,7 +200,7 @@ class ReliableLink:
     def _in_order(self, link: LinkFrame) -> list[Frame]:
         seq = link.seq
         if self._expected is None:
-            self._expected = self._newest = seq
+            self._expected, self._newest = self._start_of(seq), seq
         ahead = (seq - self._expected) % SEQ_MODULUS
         if ahead >= SEQ_MODULUS - WINDOW or seq in self._held:
             self.counters.duplicates += 1
@@ -210,7 +215,7 @@ class ReliableLink:
             else:  # far from everything: the other end restarted with a new sequence
                 self.counters.restarts += 1
                 self._held.clear()
-                self._expected = seq
+                self._expected = self._start_of(seq)
             ahead = (seq - self._expected) % SEQ_MODULUS
         if (seq - self._newest) % SEQ_MODULUS < WINDOW:
             self._newest = seq
@@ -223,6 +228,13 @@ class ReliableLink:
         frames.append(frame_of(link))
         self._expected = (seq + 1) % SEQ_MODULUS
         return frames + self._drain()
+
+    def _start_of(self, seq: int) -> int:
+        """Where a sequence whose first good frame is ``seq`` starts: at a frame just before
+        it that failed its CRC (NACKed, so it comes again), else at ``seq``."""
+        behind = [(seq - bad) % SEQ_MODULUS for bad in self._nacked]
+        behind = [d for d in behind if 0 < d <= START_LOOKBACK]
+        return (seq - max(behind)) % SEQ_MODULUS if behind else seq
 
     def _drain(self) -> list[Frame]:
         """Deliver held frames from the expected seq on, while they follow one another."""
