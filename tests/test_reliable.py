@@ -181,26 +181,32 @@ async def test_a_sender_going_on_past_a_frame_it_gave_up_on_is_not_taken_for_a_r
 
 
 async def test_a_gap_is_skipped_only_once_its_frames_can_no_longer_come():
-    # gap_s = 1 s. Frames 3 and 5 overtake 2 and 4; 2 comes at 0.8 s. When the first
-    # gap's timer fires (1 s), 4 has been missing only since 5 came (0.7 s): too young.
+    # gap_s = 2 s. Frames 3 and 5 overtake 2 and 4; 2 comes at 1.2 s. When the first gap's
+    # timer fires (2 s), 4 has been missing only since 5 came (1 s): too young to skip.
+    # (The sleeps are the scenario's timeline; each step has 0.5 s or more of slack.)
     late: list[Frame] = []
-    rx = ReliableLink(Wire(), deliver_late=late.extend)
-    assert rx.gap_s == 1.0
+    rx = ReliableLink(Wire(), deliver_late=late.extend, retransmit_s=0.4, retries=3)
+    assert rx.gap_s == 2.0
     loop = asyncio.get_running_loop()
     t0 = loop.time()
+
+    async def at(t: float) -> None:
+        await asyncio.sleep(max(0.0, t0 + t - loop.time()))
+
     rx.feed(data(1))
     assert rx.feed(data(3)) == []
-    await asyncio.sleep(0.7)  # the scenario's timeline, not a wait for a result
+    await at(1.0)
     assert rx.feed(data(5)) == []
-    await asyncio.sleep(max(0.0, t0 + 0.8 - loop.time()))
+    await at(1.2)
     assert [f.request_seq for f in rx.feed(data(2))] == [2, 3]
-    await asyncio.sleep(max(0.0, t0 + 1.3 - loop.time()))
+    await at(2.5)
+    assert loop.time() - t0 < 3.0, "the loop stalled past the scenario's slack"
     assert rx.counters.gaps_skipped == 0
     assert late == []
     assert [f.request_seq for f in rx.feed(data(4))] == [4, 5]
     # A gap left alone is skipped one gap_s after the frame behind it came.
     assert rx.feed(data(7)) == []
-    await wait_for(lambda: late, timeout=3, what="7 after its gap")
+    await wait_for(lambda: late, timeout=5, what="7 after its gap")
     assert [f.request_seq for f in late] == [7]
     assert rx.counters.gaps_skipped == 1
 
