@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import serial
 import serial_asyncio
 
-from gateway.drivers.reliable import ReliableLink, frame_of
+from gateway.drivers.reliable import ReliableLink
 from gateway.errors import GatewayError
 from gateway.frames import (
     COMMANDS,
@@ -177,7 +177,7 @@ class PortMonitor:
                 self._print({"link": kind, "seq": link.seq})
             elif link.payload:
                 self.frames_seen += 1
-                self._print({**describe(frame_of(link), self.profile), "seq": link.seq})
+                self._print({**describe(link.frame, self.profile), "seq": link.seq})
 
     def _on_frames(self, frames: list[Frame]) -> None:
         for frame in frames:

@@ -50,7 +50,10 @@ def test_spec_vectors(frame, wire):
 def test_a_data_frame_carries_an_mcp_command():
     link = carrying(Frame(0x10, b"\x01\x00"), seq=1)
     assert link.encode().hex(" ") == VECTORS[0][1]
-    assert link.frame == Frame(0x10, b"\x01\x00")
+    assert link.frame == Frame(0x10, b"\x01\x00", 1)  # a request: its own seq
+    answer = carrying(Frame(0x90, b"\x01\x00\x05", request_seq=1), seq=7)
+    assert answer.payload == b"\x90" + (1).to_bytes(4, "little") + b"\x01\x00\x05"
+    assert answer.frame == Frame(0x90, b"\x01\x00\x05", 1)  # a response: the seq it answers
 
 
 link_frames = st.builds(LinkFrame, st.integers(0, 255), st.integers(0, 2**32 - 1),

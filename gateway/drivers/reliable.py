@@ -30,9 +30,17 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.frames import Command, Frame
+from gateway.frames import Frame
 from gateway.frames.deframer import DEFAULT_INTER_FRAME_TIMEOUT, DeframerStats
-from gateway.frames.ms720 import SEQ_MODULUS, LinkFrame, Ms720Deframer, MsgType, encode_bare
+from gateway.frames.ms720 import (
+    SEQ_MODULUS,
+    LinkFrame,
+    Ms720Deframer,
+    MsgType,
+    carries_request_seq,
+    carrying,
+    encode_bare,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +57,6 @@ WINDOW = 1024
 MAX_SEND_WINDOW = 512
 #: a sequence's first good frame may follow this many NACKed ones that come again
 START_LOOKBACK = 8
-
-
-def is_response(cmd_id: int) -> bool:
-    """Responses (cmd | 0x80) and NACK carry the request's seq."""
-    return cmd_id & 0x80 != 0 or cmd_id == Command.NACK
 
 
 @dataclass(slots=True)
@@ -90,18 +93,6 @@ class _Pending:
     tries: int = 0
     #: ACKs of frames transmitted after it since then
     passed: int = 0
-
-
-def frame_of(link: LinkFrame) -> Frame:
-    """The frame a control/data link frame carries, with its ``request_seq``: a request's own
-    seq, or the seq a response answers (taken out of the response's payload)."""
-    payload = link.payload
-    cmd_id = payload[0]
-    if is_response(cmd_id):
-        if len(payload) < 5:  # no request seq: the layer above counts it as unmatched
-            return Frame(cmd_id, payload[1:])
-        return Frame(cmd_id, payload[5:], int.from_bytes(payload[1:5], "little"))
-    return Frame(cmd_id, payload[1:], link.seq)
 
 
 class ReliableLink:
@@ -225,7 +216,7 @@ class ReliableLink:
             if self._gap_timer is None:
                 self._gap_timer = self._loop.call_later(self.gap_s, self._gap_expired)
             return frames
-        frames.append(frame_of(link))
+        frames.append(link.frame)
         self._expected = (seq + 1) % SEQ_MODULUS
         return frames + self._drain()
 
@@ -242,7 +233,7 @@ class ReliableLink:
         expected, held = self._expected, self._held
         assert expected is not None
         while expected in held:
-            out.append(frame_of(held.pop(expected)[0]))
+            out.append(held.pop(expected)[0].frame)
             expected = (expected + 1) % SEQ_MODULUS
         self._expected = expected
         if not held and self._gap_timer is not None:
@@ -259,7 +250,7 @@ class ReliableLink:
         below = sorted((s for s in self._held if (s - expected) % SEQ_MODULUS < span),
                        key=lambda s: (s - expected) % SEQ_MODULUS)
         self.counters.gaps_skipped += span - len(below)
-        frames = [frame_of(self._held.pop(s)[0]) for s in below]
+        frames = [self._held.pop(s)[0].frame for s in below]
         self._expected = bound
         return frames + self._drain()
 
@@ -311,14 +302,9 @@ class ReliableLink:
         returns its seq. A response is tagged with its ``request_seq`` (0 if it has none)."""
         seq = self._next_seq
         self._next_seq = (seq + 1) % SEQ_MODULUS
-        payload = frame.payload
-        if is_response(frame.cmd_id):
-            to_seq = frame.request_seq
-            if to_seq is None:
-                log.debug("ms720: response %r has no request seq: tagged 0", frame)
-                to_seq = 0
-            payload = to_seq.to_bytes(4, "little") + payload
-        wire = LinkFrame(msg_type, seq, bytes((frame.cmd_id,)) + payload).encode()
+        if frame.request_seq is None and carries_request_seq(frame.cmd_id):
+            log.debug("ms720: response %r has no request seq: tagged 0", frame)
+        wire = carrying(frame, seq, msg_type).encode()
         self.counters.sent += 1
         if self._backlog or not self._window_open(seq):
             self.counters.window_waits += 1

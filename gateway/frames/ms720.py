@@ -38,6 +38,7 @@ from gateway.errors import (
     TrailingBytes,
     TruncatedFrame,
 )
+from gateway.frames.commands import Command
 from gateway.frames.deframer import DEFAULT_INTER_FRAME_TIMEOUT, Deframer
 from gateway.frames.wire import Frame
 
@@ -95,8 +96,17 @@ class LinkFrame(NamedTuple):
 
     @property
     def frame(self) -> Frame:
-        """The `mcp` command a control or data frame carries."""
-        return Frame(self.payload[0], self.payload[1:]) if self.payload else Frame(0)
+        """The command a control or data frame carries, with its ``request_seq``: a
+        request's own seq, or the seq a response answers (taken out of its payload)."""
+        payload = self.payload
+        if not payload:
+            return Frame(0)
+        cmd_id = payload[0]
+        if carries_request_seq(cmd_id):
+            if len(payload) < 5:  # no request seq: the layer above counts it as unmatched
+                return Frame(cmd_id, payload[1:])
+            return Frame(cmd_id, payload[5:], int.from_bytes(payload[1:5], "little"))
+        return Frame(cmd_id, payload[1:], self.seq)
 
     def __repr__(self) -> str:
         kind = MsgType(self.msg_type).name if self.msg_type in MsgType._value2member_map_ \
@@ -104,9 +114,18 @@ class LinkFrame(NamedTuple):
         return f"LinkFrame({kind}, seq={self.seq}, payload={self.payload.hex(' ') or '-'})"
 
 
+def carries_request_seq(cmd_id: int) -> bool:
+    """Responses (cmd | 0x80) and NACK carry the request's seq after their cmd_id."""
+    return cmd_id & 0x80 != 0 or cmd_id == Command.NACK
+
+
 def carrying(frame: Frame, seq: int, msg_type: int = MsgType.DATA) -> LinkFrame:
-    """The `ms720` frame that carries an `mcp` command."""
-    return LinkFrame(msg_type, seq, bytes((frame.cmd_id,)) + frame.payload)
+    """The `ms720` frame that carries a command; a response is tagged with its
+    ``request_seq`` (0 if it has none)."""
+    payload = frame.payload
+    if carries_request_seq(frame.cmd_id):
+        payload = (frame.request_seq or 0).to_bytes(4, "little") + payload
+    return LinkFrame(msg_type, seq, bytes((frame.cmd_id,)) + payload)
 
 
 def encode_bare(msg_type: int, seqs: list[int]) -> bytes:
