@@ -28,7 +28,15 @@ from gateway.bridge.embedded import EmbeddedBroker
 from gateway.bridge.envelope import new_message_id, request_body
 from gateway.bridge.mqtt import BrokerSettings, Message, MqttConnection
 from gateway.bridge.topics import Topics
-from gateway.config import LOG_FORMATS, LOG_LEVELS, effective, load_config, parse_config
+from gateway.config import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    effective,
+    load_config,
+    parse_config,
+    read_password_file,
+    readable_file,
+)
 from gateway.errors import ConfigError, GatewayError
 from gateway.frames import ProfileRegistry
 from gateway.logs import setup_logging
@@ -89,12 +97,12 @@ def _broker_client(args: argparse.Namespace) -> tuple[BrokerSettings, str]:
             raise UsageError(f"--password-env {args.password_env}: the variable is not set")
     if args.password_file is not None:
         try:
-            password = Path(args.password_file).read_text().rstrip("\r\n")
+            password = read_password_file(args.password_file)
         except OSError as exc:
             raise UsageError(f"--password-file {args.password_file}: {exc.strerror}") from None
     for flag in ("ca_file", "cert_file", "key_file"):
         path = getattr(args, flag)
-        if path is not None and not os.access(path, os.R_OK):
+        if path is not None and not readable_file(path):
             raise UsageError(f"--{flag.replace('_', '-')} {path}: not a readable file")
     if (args.cert_file is None) != (args.key_file is None):
         raise UsageError("--cert-file and --key-file go together")

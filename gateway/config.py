@@ -387,6 +387,17 @@ def effective(config: GatewayConfig) -> dict[str, Any]:
     return doc
 
 
+def readable_file(path: str) -> bool:
+    """True for a regular file this process may read (a CA bundle, a certificate, a key)."""
+    return Path(path).is_file() and os.access(path, os.R_OK)
+
+
+def read_password_file(path: str) -> str:
+    """The secret in a password file, without surrounding whitespace (the trailing newline
+    editors add); ``OSError`` if it cannot be read."""
+    return Path(path).read_text(encoding="utf-8").strip()
+
+
 def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerConfig | None:
     if raw is None:
         return None
@@ -426,12 +437,12 @@ def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerConfig | None:
             value = None
         strings[key] = value
     for key in ("ca_file", "cert_file", "key_file"):
-        if strings[key] and not Path(strings[key]).is_file():
+        if strings[key] and not readable_file(strings[key]):
             errors.add(f"broker.{key}", strings[key], "is not a readable file")
     password = None
     if strings["password_file"]:
         try:
-            password = Path(strings["password_file"]).read_text(encoding="utf-8").strip()
+            password = read_password_file(strings["password_file"])
         except OSError as exc:
             errors.add("broker.password_file", strings["password_file"],
                        f"cannot be read: {exc.strerror}")
