@@ -191,15 +191,12 @@ class DeviceSession:
         """The port is gone (``port_gone``, ``port_error``) or closed (``gateway_stopped``)."""
         link, self.link = self.link, None
         if link is not None:
-            stats, totals = link.deframer.stats, self._totals
-            for name in DeframerStats.__slots__:
-                setattr(totals.rx, name, getattr(totals.rx, name) + getattr(stats, name))
+            totals = self._totals
+            _add_into(totals.rx, link.deframer.stats, DeframerStats.__slots__)
             totals.tx_frames += link.tx_frames
             totals.tx_bytes += link.tx_bytes
             if link.reliable is not None:
-                for name in LINK_COUNTERS:
-                    setattr(totals.link, name,
-                            getattr(totals.link, name) + getattr(link.reliable.counters, name))
+                _add_into(totals.link, link.reliable.counters, LINK_COUNTERS)
         self.transactions.fail_all(Status.OFFLINE)
         if self.state is not DeviceState.OFFLINE:
             self._set_state(DeviceState.OFFLINE, reason)
@@ -487,6 +484,12 @@ class DeviceSession:
         totals = self._totals.link
         return {f"link_{name}": getattr(totals, name) + (getattr(live, name) if live else 0)
                 for name in LINK_COUNTERS}
+
+
+def _add_into(total: Any, part: Any, names: tuple[str, ...]) -> None:
+    """Add counters ``names`` of ``part`` (a link that is gone) to ``total``."""
+    for name in names:
+        setattr(total, name, getattr(total, name) + getattr(part, name))
 
 
 def _replace(
