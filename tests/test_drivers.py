@@ -73,16 +73,23 @@ async def test_reading_pauses_when_the_event_consumer_falls_behind(tmp_path):
             await wait_for(lambda: subscription.queue.qsize() > 50, what="reads to resume")
 
 
-async def test_a_pause_in_reading_does_not_make_a_half_read_frame_stale(pty_pair):
-    """Backpressure stops reads; the rest of a frame then waits in the OS, not on a silent
-    line, so the inter-frame timeout must not drop the half already read."""
-    master, path = pty_pair
+async def _half_a_frame_read(master: int, path: str,
+                             timeout: float) -> tuple[SerialLink, list[Frame], bytes]:
+    """A link that has read the first 6 bytes of a 15-byte frame written to ``master``."""
     got: list[Frame] = []
-    timeout = 0.05
     link = await SerialLink.open(path, SerialSettings(inter_frame_timeout=timeout), got.extend)
     data = Frame(0x20, bytes(range(10))).encode()
     os.write(master, data[:6])
     await wait_for(lambda: link.deframer.buffered == 6, what="half a frame to be read")
+    return link, got, data
+
+
+async def test_a_pause_in_reading_does_not_make_a_half_read_frame_stale(pty_pair):
+    """Backpressure stops reads; the rest of a frame then waits in the OS, not on a silent
+    line, so the inter-frame timeout must not drop the half already read."""
+    master, path = pty_pair
+    timeout = 0.05
+    link, got, data = await _half_a_frame_read(master, path, timeout)
     link.pause_reading()
     await asyncio.sleep(3 * timeout)  # the pause under test: longer than the timeout
     os.write(master, data[6:])
@@ -102,12 +109,8 @@ async def test_a_busy_loop_does_not_make_a_half_read_frame_stale(pty_pair):
     """A read that comes late because the loop was busy (or the process was preempted) is
     not line silence: the rest of the frame waited in the OS's buffer."""
     master, path = pty_pair
-    got: list[Frame] = []
     timeout = 0.05
-    link = await SerialLink.open(path, SerialSettings(inter_frame_timeout=timeout), got.extend)
-    data = Frame(0x20, bytes(range(10))).encode()
-    os.write(master, data[:6])
-    await wait_for(lambda: link.deframer.buffered == 6, what="half a frame to be read")
+    link, got, data = await _half_a_frame_read(master, path, timeout)
     os.write(master, data[6:])
     time.sleep(3 * timeout)  # noqa: ASYNC251 - the stall under test: the loop cannot read
     await wait_for(lambda: got, what="the frame")
