@@ -71,7 +71,11 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--chunk", type=int, default=4096, help="bytes per feed (a serial read)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a short run that proves the bench works; its numbers mean nothing")
     args = parser.parse_args()
+    if args.smoke:
+        args.frames, args.repeat = 2000, 1
     rng = random.Random(42)
     results: dict[str, object] = {
         "python": platform.python_version(),

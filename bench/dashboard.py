@@ -124,7 +124,11 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--rate", type=float, default=2000.0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--smoke", action="store_true",
+                        help="a short run that proves the bench works; its numbers mean nothing")
     args = parser.parse_args()
+    if args.smoke:
+        args.devices, args.rate, args.seconds = 20, 200.0, 1.0
     with tempfile.TemporaryDirectory() as tmp:
         broker = Mosquitto(Path(tmp))
         broker.start()

@@ -143,8 +143,8 @@ async def flood(count: int, seconds: float, tmp: Path, broker: Mosquitto,
     """All-out flood: sustained events/s through the whole path, and loss."""
     links = tmp / "flood"
     parent, child = multiprocessing.Pipe()
-    fleet = multiprocessing.Process(target=_fleet_process, args=(count, str(links), child),
-                                    daemon=True)
+    fleet = multiprocessing.Process(target=_fleet_process,
+                                    args=(count, str(links), "mcp", 0.0, child), daemon=True)
     fleet.start()
     loop = asyncio.get_running_loop()
     assert await loop.run_in_executor(None, parent.recv) == "ready"
@@ -161,7 +161,7 @@ async def flood(count: int, seconds: float, tmp: Path, broker: Mosquitto,
         parent.send("go")
         await asyncio.sleep(seconds)
         parent.send("stop")
-        sent = await loop.run_in_executor(None, parent.recv)
+        sent = (await loop.run_in_executor(None, parent.recv))["sent"]
         accepted = sum(s.counters()["rx_frames"] for s in gateway.devices.values())
         total = sum(sent.values())
         with contextlib.suppress(RuntimeError):  # what never arrives is reported as lost
@@ -270,9 +270,11 @@ async def _recv(conn) -> Any:
 
 async def steady(tmp: Path, broker: Mosquitto, seconds: float, *, name: str, count: int,
                  interval_ms: int = 3_600_000, rate_hz: float = 0.0,
-                 extras: bool = False, commit_delay_ms: float = 0.0) -> dict:
+                 extras: bool = False, commit_delay_ms: float = 0.0, requests: int = 300,
+                 outage_s: float = 5.0) -> dict:
     """Devices in a child process at a steady rate: serial-to-subscriber latency; with
-    ``extras`` also request round trips and the drain after a broker outage."""
+    ``extras`` also ``requests`` round trips and the drain after a broker outage of
+    ``outage_s``."""
     links = tmp / name
     devices, conn = await _in_child(_device_process, count, interval_ms, rate_hz, str(links))
     assert await _recv(conn) == "ready"
@@ -286,7 +288,7 @@ async def steady(tmp: Path, broker: Mosquitto, seconds: float, *, name: str, cou
             s.state is DeviceState.ONLINE for s in gateway.devices.values()))
         bases = {name: bridge.spool.last_seq(name) for name in gateway.devices}
         conn.send("go")
-        await asyncio.sleep(1)
+        await asyncio.sleep(min(1.0, seconds))
         subscriber.reset()
         t0, before = time.perf_counter(), bridge.published
         procs = {"gateway": os.getpid(), "devices": devices.pid,
@@ -302,12 +304,12 @@ async def steady(tmp: Path, broker: Mosquitto, seconds: float, *, name: str, cou
         result["latency_from_gateway_read"] = _percentiles(received["latencies"])
         serial_side = received["arrivals"]
         if extras:
-            requester, rconn = await _in_child(_requester, broker.port, 300)
+            requester, rconn = await _in_child(_requester, broker.port, requests)
             result["request_rtt"] = _percentiles(await _recv(rconn))
             requester.join(10)
-            # Outage: stop the broker for 5 s while events keep coming, then drain.
+            # Outage: stop the broker while events keep coming, then drain.
             broker.stop()
-            await asyncio.sleep(5)
+            await asyncio.sleep(outage_s)
             result["outage_backlog"] = bridge.spool.count
             broker.start()
             await _wait(lambda: bridge.mqtt.connected)
@@ -354,7 +356,13 @@ def main() -> None:
                         help="run one part (for profiling)")
     parser.add_argument("--commit-delay-ms", type=float, default=0.0,
                         help="[queue] commit_delay_ms of the gateway (default 0: strict)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a short run that proves the bench works; its numbers mean nothing")
     args = parser.parse_args()
+    requests, outage_s, floor_count = 300, 5.0, 3000
+    if args.smoke:
+        args.devices, args.seconds = 2, 0.5
+        requests, outage_s, floor_count = 20, 0.5, 200
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         broker = Mosquitto(tmp)
@@ -367,10 +375,10 @@ def main() -> None:
             if args.only in (None, "steady"):
                 steady_state = asyncio.run(steady(
                     tmp, broker, args.seconds, name="steady", count=10, rate_hz=100,
-                    extras=True, commit_delay_ms=delay))
+                    extras=True, commit_delay_ms=delay, requests=requests, outage_s=outage_s))
                 print(json.dumps({"steady": steady_state}))
             if args.only in (None, "floor"):
-                floor = broker_floor(tmp, broker)
+                floor = broker_floor(tmp, broker, floor_count)
                 print(json.dumps({"broker_floor": floor}))
             if args.only in (None, "line-rate"):
                 line_rate = asyncio.run(steady(
@@ -390,8 +398,8 @@ def main() -> None:
         print(f"at {steady_state['events_per_s']:,} events/s: serial-to-subscriber p50 "
               f"{lat['p50_ms']} ms, p99 {lat['p99_ms']} ms; request round trip p50 "
               f"{rtt['p50_ms']} ms, p99 {rtt['p99_ms']} ms")
-        print(f"outage of 5 s: {steady_state['outage_backlog']} events queued, drained at "
-              f"{steady_state['drain_events_per_s']:,} events/s")
+        print(f"outage of {outage_s:g} s: {steady_state['outage_backlog']} events queued, "
+              f"drained at {steady_state['drain_events_per_s']:,} events/s")
         lat = floor["latency"]
         print(f"broker leg alone (paho publisher -> Mosquitto -> subscriber, ~1,000/s): p50 "
               f"{lat['p50_ms']} ms, p99 {lat['p99_ms']} ms")

@@ -70,7 +70,11 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=5.0)
     parser.add_argument("--jitter-ms", type=float, default=2.0)
     parser.add_argument("--in-flight", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--smoke", action="store_true",
+                        help="a short run that proves the bench works; its numbers mean nothing")
     args = parser.parse_args()
+    if args.smoke:
+        args.requests, args.in_flight = 50, [1, 4]
     rows = [asyncio.run(run_one(n, args.requests, args.delay_ms, args.jitter_ms))
             for n in args.in_flight]
     print(f"device answers after {args.delay_ms} ms + 0..{args.jitter_ms} ms; "

@@ -185,7 +185,11 @@ def main() -> None:
     parser.add_argument("--frames", nargs="+", choices=["mcp", "ms720"], default=["mcp", "ms720"])
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.05],
                         help="share of frames with one byte changed, both ways")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a short run that proves the bench works; its numbers mean nothing")
     args = parser.parse_args()
+    if args.smoke:
+        args.devices, args.seconds, args.pings, args.noise = [2], 0.5, 10, [0.0]
     rows = [asyncio.run(run_one(n, args.seconds, args.pings, frames, noise))
             for frames in args.frames for noise in args.noise for n in args.devices]
     print(f"{'frames':>6} {'noise':>5} {'devices':>7} {'frames/s':>10} {'cpu%':>6} "
