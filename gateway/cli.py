@@ -136,6 +136,15 @@ def _check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class RequestFailed(GatewayError):
+    """The request cannot be answered: the broker refused us, or the gateway is not there
+    (exit 1). The message says which broker and why."""
+
+
+#: after the SUBACK, how long the gateway's retained status may take to arrive
+STATUS_GRACE_S = 1.0
+
+
 async def _request(args: argparse.Namespace) -> int:
     try:
         payload = json.loads(args.json) if args.json is not None else {}
@@ -146,15 +155,40 @@ async def _request(args: argparse.Namespace) -> int:
     broker, prefix = _broker_client(args)
     me = f"mcp-request-{os.getpid()}-{new_message_id()[-8:]}"
     reply_topic = f"mcp-request/{me}"
-    topic = Topics(prefix, args.gateway).requests_of(None if args.device == "-" else args.device)
+    topics = Topics(prefix, args.gateway)
+    topic = topics.requests_of(None if args.device == "-" else args.device)
     correlation = new_message_id().encode()
     v311 = broker.protocol == 3
     body = request_body(args.action, payload, me, timeout=args.timeout_s,
                         reply_to=reply_topic if v311 else None,
                         correlation_id=correlation.decode() if v311 else None)
-    answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[dict[str, Any]] = loop.create_future()
+    status_seen = False
+    no_status: asyncio.TimerHandle | None = None
+
+    def fail(message: str) -> None:
+        if not answer.done():
+            answer.set_exception(RequestFailed(message))
+
+    def on_status(message: Message) -> None:
+        # The gateway's retained status says whether anyone will answer: without one, or
+        # with "offline", waiting the whole --wait would only hide that.
+        nonlocal status_seen
+        status_seen = True
+        try:
+            state = json.loads(message.payload).get("state") if message.payload else None
+        except (ValueError, AttributeError):
+            state = None
+        if state != "online":
+            said = message.payload.decode("utf-8", "replace") or "(cleared)"
+            what = f"is {state}" if isinstance(state, str) else "has no readable status"
+            fail(f"gateway {args.gateway!r} on {broker.url} {what}: {topics.status} says {said}")
 
     def on_message(message: Message) -> None:
+        if message.topic == topics.status:
+            on_status(message)
+            return
         with contextlib.suppress(ValueError):
             response = json.loads(message.payload)
             mine = (message.correlation_data == correlation if not v311
@@ -164,11 +198,23 @@ async def _request(args: argparse.Namespace) -> int:
                 answer.set_result(response)
 
     def on_connect() -> None:
-        conn.subscribe([reply_topic])  # handled before the request, on one connection
+        # One SUBSCRIBE for both: its SUBACK comes before the request's answer can.
+        conn.subscribe([reply_topic, topics.status])
         conn.publish(topic, body, correlation_data=correlation, response_topic=reply_topic)
 
+    def on_subscribed() -> None:
+        nonlocal no_status
+        if not status_seen and no_status is None:
+            no_status = loop.call_later(STATUS_GRACE_S, lambda: status_seen or fail(
+                f"no gateway {args.gateway!r} on {broker.url}: no retained status on "
+                f"{topics.status} (is it running, with this gateway id and topic prefix?)"))
+
+    def on_disconnect() -> None:
+        fail(f"lost the connection to {broker.url} before an answer came")
+
     conn = MqttConnection(replace(broker, client_id=me), on_connect=on_connect,
-                          on_message=on_message)
+                          on_message=on_message, on_disconnect=on_disconnect,
+                          on_error=fail, on_subscribed=on_subscribed)
     running = asyncio.create_task(conn.run())
     try:
         async with asyncio.timeout(args.wait_s):
@@ -178,7 +224,12 @@ async def _request(args: argparse.Namespace) -> int:
         print(f"mcp-gateway: no response on {topic} within {args.wait_s:g} s{why}",
               file=sys.stderr)
         return EXIT_FAILURE
+    except RequestFailed as exc:
+        print(f"mcp-gateway: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     finally:
+        if no_status is not None:
+            no_status.cancel()
         await conn.disconnect()
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)

@@ -216,6 +216,8 @@ class MqttConnection:
         on_disconnect: Callable[[], None] = lambda: None,
         on_message: Callable[[Message], None] = lambda message: None,
         on_ack: Callable[[int, int], None] = lambda mid, reason: None,
+        on_error: Callable[[str], None] = lambda message: None,
+        on_subscribed: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.host, self.port, self.tls = settings.endpoint()
@@ -223,6 +225,10 @@ class MqttConnection:
         self.on_disconnect = on_disconnect
         self.on_message = on_message
         self.on_ack = on_ack
+        #: a connection attempt failed (refused, not authorized, TLS...): its one-line reason
+        self.on_error = on_error
+        #: the broker acknowledged the last ``subscribe`` (its retained messages follow)
+        self.on_subscribed = on_subscribed
         self.connected = False
         self._closing = False
         self.reconnects = 0
@@ -337,6 +343,10 @@ class MqttConnection:
     def _note_error(self, message: str) -> None:
         (log.warning if message != self.last_error else log.debug)("%s", message)
         self.last_error = message
+        try:
+            self.on_error(message)
+        except Exception:
+            log.exception("on_error hook failed")
 
     async def disconnect(self) -> None:
         """Say DISCONNECT (so the broker does not publish the will) after sending what is queued."""
@@ -446,6 +456,10 @@ class MqttConnection:
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any,
                       properties: Any) -> None:
         self.subscribed = True
+        try:
+            self.on_subscribed()
+        except Exception:
+            log.exception("on_subscribed hook failed")
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
