@@ -40,7 +40,7 @@ from gateway.config import (
 from gateway.errors import ConfigError, GatewayError
 from gateway.frames import ProfileRegistry
 from gateway.logs import setup_logging
-from gateway.monitor import PortMonitor, monitor_ports
+from gateway.monitor import PortHeld, PortMonitor, monitor_ports
 from gateway.service import Service
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -252,10 +252,18 @@ async def _monitor(args: argparse.Namespace) -> int:
                     frames=args.frames)
         for url in args.ports
     ]
-    task = asyncio.create_task(monitor_ports(monitors))
-    await _until_stopped(args.duration)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    watching = asyncio.create_task(monitor_ports(monitors))
+    stopping = asyncio.create_task(_until_stopped(args.duration))
+    await asyncio.wait((watching, stopping), return_when=asyncio.FIRST_COMPLETED)
+    for task in (watching, stopping):
+        task.cancel()
+    await asyncio.gather(watching, stopping, return_exceptions=True)
+    failure = None if watching.cancelled() else watching.exception()
+    if isinstance(failure, PortHeld):
+        print(f"mcp-gateway monitor: {failure}", file=sys.stderr)
+        return EXIT_FAILURE
+    if failure is not None:
+        raise failure
     return EXIT_OK
 
 
@@ -422,7 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
         "monitor",
         help="open serial ports and print every decoded frame",
         description="Open serial ports (paths or pyserial URLs such as socket://host:port), "
-        "deframe and print each frame as a JSON line. Answers HELLO and PING unless --passive.",
+        "deframe and print each frame as a JSON line. Answers HELLO and PING unless --passive. "
+        "Ports are opened exclusively, as the gateway opens them: a port the gateway holds "
+        "is refused (exit 1; its trace request shows a live port's frames).",
     )
     monitor.add_argument("ports", nargs="+", metavar="PORT")
     monitor.add_argument("--profile", default="env-sensor", help="decode with this device profile")

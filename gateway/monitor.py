@@ -12,6 +12,7 @@ link), as a device expects.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import sys
@@ -63,6 +64,24 @@ def describe(frame: Frame, profile: DeviceProfile | None) -> dict[str, Any]:
         out["raw_hex"] = frame.payload.hex()
         out["error"] = str(exc)
     return out
+
+
+class PortHeld(GatewayError):
+    """The port is locked by another program, most likely the gateway: the monitor would
+    take frames from it (a tty hands each byte to one reader), so it refuses."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(
+            f"{url} is held by another program (the gateway?); the monitor does not share a "
+            "port, it would take the frames from it. To watch a live port use: mcp-gateway "
+            "request GATEWAY - trace '{\"device\": \"DEVICE\"}'")
+        self.url = url
+
+
+def _is_locked(exc: BaseException) -> bool:
+    """pyserial's exclusive open failed on the lock (flock LOCK_EX|LOCK_NB): held elsewhere."""
+    return getattr(exc, "errno", None) in (errno.EWOULDBLOCK, errno.EBUSY) \
+        or "Could not exclusively lock" in str(exc)
 
 
 class _PortProtocol(asyncio.Protocol):
@@ -130,9 +149,14 @@ class PortMonitor:
                     self.reliable.close()
                 self.reliable = ReliableLink(self._write, deliver_late=self._on_frames)
             try:
+                # Exclusive, as the gateway opens its ports (gateway/drivers/serial.py): a
+                # port it holds is refused, and the gateway cannot take one watched here.
                 transport, protocol = await serial_asyncio.create_serial_connection(
-                    loop, lambda: _PortProtocol(self._on_data), self.url, baudrate=self.baudrate)
+                    loop, lambda: _PortProtocol(self._on_data), self.url, baudrate=self.baudrate,
+                    exclusive=True)
             except (serial.SerialException, OSError) as exc:
+                if _is_locked(exc):
+                    raise PortHeld(self.url) from None
                 log.warning("%s: cannot open %s: %s; retrying", self.name, self.url, exc)
                 await asyncio.sleep(_RETRY_S)
                 continue
@@ -202,7 +226,13 @@ class PortMonitor:
 
 
 async def monitor_ports(monitors: list[PortMonitor]) -> None:
-    """Run monitors until cancelled."""
-    async with asyncio.TaskGroup() as tasks:
-        for monitor in monitors:
-            tasks.create_task(monitor.run(), name=f"monitor-{monitor.name}")
+    """Run monitors until cancelled; ``PortHeld`` (all of them stop) if a port is held."""
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            for monitor in monitors:
+                tasks.create_task(monitor.run(), name=f"monitor-{monitor.name}")
+    except ExceptionGroup as group:
+        held = group.subgroup(PortHeld)
+        if held is None:
+            raise
+        raise held.exceptions[0] from None
