@@ -6,6 +6,7 @@ reported at once; unknown keys are errors (they are usually typos).
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
@@ -15,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError, UnknownProfile
-from gateway.frames import ProfileRegistry
+from gateway.frames import DeviceProfile, ProfileRegistry
 
 STANDARD_BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800,
                       500000, 576000, 921600, 1000000, 1500000, 2000000, 3000000)
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ACTIONS = ("read", "write", "raw", "ping")
+#: the actions whose requests name a key, so ``allow`` may grant them one key (``write:KEY``)
+KEYED_ACTIONS = ("read", "write")
 FRAME_PROFILES = ("mcp", "ms720")
 #: requests in flight per ms720 device: the default, and at most
 PIPELINE_DEFAULT = 16
@@ -150,6 +153,10 @@ class _Errors:
     def add(self, path: str, value: Any, expected: str) -> None:
         self.items.append(f"{path}: {value!r} {expected}")
 
+    def missing(self, path: str, expected: str) -> None:
+        """A required key that is not there (not a bad value: there is none)."""
+        self.items.append(f"{path}: missing; expected {expected}")
+
 
 def _number(errors: _Errors, table: dict, key: str, path: str, default: Any, *,
             minimum: float, maximum: float, integer: bool = False) -> Any:
@@ -173,12 +180,17 @@ def _port(errors: _Errors, raw: Any, index: int, registry: ProfileRegistry) -> P
         errors.add(f"{path}.{key}", raw[key],
                    f"is an unknown key; expected one of {', '.join(PortConfig.__slots__)}")
     name = raw.get("name")
-    if not isinstance(name, str) or not ID_PATTERN.fullmatch(name):
-        errors.add(f"{path}.name", name, "is not a device id; expected 1-64 of A-Z a-z 0-9 _ . -")
+    id_rule = "a device id (1-64 of A-Z a-z 0-9 _ . -)"
+    if "name" not in raw:
+        errors.missing(f"{path}.name", id_rule)
+    elif not isinstance(name, str) or not ID_PATTERN.fullmatch(name):
+        errors.add(f"{path}.name", name, f"is not a device id; expected {id_rule}")
     device_path = raw.get("path")
-    if not isinstance(device_path, str) or not device_path:
-        errors.add(f"{path}.path", device_path,
-                   "is not a port; expected a device path, a glob or socket://host:port")
+    port_rule = "a device path, a glob or socket://host:port"
+    if "path" not in raw:
+        errors.missing(f"{path}.path", port_rule)
+    elif not isinstance(device_path, str) or not device_path:
+        errors.add(f"{path}.path", device_path, f"is not a port; expected {port_rule}")
     baudrate = raw.get("baudrate", defaults.baudrate)
     if baudrate not in STANDARD_BAUDRATES or isinstance(baudrate, bool):
         errors.add(f"{path}.baudrate", baudrate, "is not a standard baud rate; expected one of "
@@ -203,8 +215,9 @@ def _port(errors: _Errors, raw: Any, index: int, registry: ProfileRegistry) -> P
         errors.add(f"{path}.frames", frames,
                    f"is not a supported frame profile; expected one of {', '.join(FRAME_PROFILES)}")
     profile = raw.get("profile", defaults.profile)
+    device_profile: DeviceProfile | None = None
     try:
-        registry.get(profile)
+        device_profile = registry.get(profile)
     except UnknownProfile as exc:
         errors.add(f"{path}.profile", profile, f"is not a device profile; expected one of "
                    f"{', '.join(exc.known)}")
@@ -214,6 +227,11 @@ def _port(errors: _Errors, raw: Any, index: int, registry: ProfileRegistry) -> P
     if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
         errors.add(f"{path}.allow", allow, "is not a list of action names")
         allow = list(defaults.allow)
+    elif device_profile is not None:  # without its profile, only the profile's error is said
+        for number, entry in enumerate(allow):
+            wrong = _allow_entry_error(entry, device_profile)
+            if wrong:
+                errors.add(f"{path}.allow[{number}]", entry, wrong)
     max_in_flight = PIPELINE_DEFAULT if frames == "ms720" else 1
     if "max_in_flight" in raw:
         max_in_flight = _number(errors, raw, "max_in_flight", path, max_in_flight, minimum=1,
@@ -262,6 +280,41 @@ def _port(errors: _Errors, raw: Any, index: int, registry: ProfileRegistry) -> P
                             minimum=1, maximum=512, integer=True),
         max_in_flight=max_in_flight,
     )
+
+
+def _allow_entry_error(entry: str, profile: DeviceProfile) -> str | None:
+    """Why an ``allow`` entry grants nothing on a port of ``profile`` (None: it is valid).
+
+    Valid: a base action, one of the profile's commands, or ``read:KEY``/``write:KEY`` with
+    a key of the profile (by name or decimal id: what a request's ``key`` may be).
+    """
+    commands = [c.name for c in profile.commands.values()]
+    key_names = [k.name for k in profile.keys.values()]
+    if entry in ACTIONS or entry in commands:
+        return None
+    action, colon, key = entry.partition(":")
+    keys_text = ", ".join(key_names) or "(none)"
+    if colon:
+        if action not in KEYED_ACTIONS:
+            takes = "is not an action" if action not in (*ACTIONS, *commands) else \
+                "takes no key"
+            return (f"is not valid: {action!r} {takes}; expected ACTION:KEY with ACTION one "
+                    f"of {', '.join(KEYED_ACTIONS)} (the actions that take a key)")
+        ids = [str(k.id) for k in profile.keys.values()]
+        if key in key_names or key in ids:
+            return None
+        hint = _did_you_mean(key, key_names)
+        return (f"is not valid: {key!r} is not a key of profile {profile.name}; expected "
+                f"{action}:KEY with KEY one of {keys_text}{hint}")
+    hint = _did_you_mean(entry, [*ACTIONS, *commands])
+    return (f"is not an action of profile {profile.name}; expected one of the actions "
+            f"{', '.join(ACTIONS)}, a command of the profile ({', '.join(commands) or 'none'}), "
+            f"or read:KEY / write:KEY with KEY one of {keys_text}{hint}")
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.8)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfig:

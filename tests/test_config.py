@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from gateway.config import load_config, parse_config
 from gateway.errors import ConfigError
+
+BIN = Path(sys.executable).parent
 
 
 def test_a_full_port_entry_and_defaults(tmp_path):
@@ -51,7 +57,11 @@ BROKEN = [
     ({"ports": [{"name": "a", "path": "/dev/x", "baudrate": 115201}]},
      "ports[0].baudrate: 115201 is not a standard baud rate; expected one of 1200"),
     ({"ports": [{"name": "a b", "path": "/dev/x"}]}, "ports[0].name: 'a b' is not a device id"),
-    ({"ports": [{"name": "a"}]}, "ports[0].path: None is not a port"),
+    ({"ports": [{"name": "a"}]},
+     "ports[0].path: missing; expected a device path, a glob or socket://host:port"),
+    ({"ports": [{"path": "/dev/x"}]},
+     "ports[0].name: missing; expected a device id (1-64 of A-Z a-z 0-9 _ . -)"),
+    ({"ports": [{"name": "", "path": "/dev/x"}]}, "ports[0].name: '' is not a device id"),
     ({"ports": [{"name": "a", "path": "/dev/x", "parity": "sometimes"}]}, "ports[0].parity"),
     ({"ports": [{"name": "a", "path": "/dev/x", "stopbits": 3}]}, "ports[0].stopbits: 3"),
     ({"ports": [{"name": "a", "path": "/dev/x", "bytesize": 9}]}, "ports[0].bytesize: 9"),
@@ -132,3 +142,84 @@ def test_unreadable_and_invalid_files(tmp_path):
     bad.write_text("[[ports]\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+ENV_SENSOR_CHOICES = ("expected one of the actions read, write, raw, ping, a command of the "
+                      "profile (none), or read:KEY / write:KEY with KEY one of interval_ms, "
+                      "name, fw_build")
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("reboot", f"ports[0].allow[1]: 'reboot' is not an action of profile env-sensor; "
+               f"{ENV_SENSOR_CHOICES}"),
+    ("wrte", "ports[0].allow[1]: 'wrte' is not an action of profile env-sensor; expected one "
+             "of the actions read, write, raw, ping"),
+    ("write:nosuchkey", "ports[0].allow[1]: 'write:nosuchkey' is not valid: 'nosuchkey' is "
+                        "not a key of profile env-sensor; expected write:KEY with KEY one of "
+                        "interval_ms, name, fw_build"),
+    ("ping:interval_ms", "ports[0].allow[1]: 'ping:interval_ms' is not valid: 'ping' takes no "
+                         "key; expected ACTION:KEY with ACTION one of read, write"),
+    ("wirte:name", "ports[0].allow[1]: 'wirte:name' is not valid: 'wirte' is not an action"),
+])
+def test_an_allow_entry_that_grants_nothing_is_an_error(entry, message):
+    """Issue 12: every allow entry must name an action, a command or a key of the port's
+    profile; a typo used to be accepted and silently allow nothing."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"ports": [{"name": "a", "path": "/dev/x", "allow": ["read", entry]}]})
+    assert message in str(info.value)
+    assert len(info.value.errors) == 1
+
+
+def test_a_typo_in_allow_gets_a_suggestion():
+    with pytest.raises(ConfigError, match=r"\(did you mean 'write'\?\)"):
+        parse_config({"ports": [{"name": "a", "path": "/dev/x", "allow": ["wrte"]}]})
+
+
+def test_allow_takes_the_commands_and_keys_of_each_ports_own_profile(tmp_path):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "motor.toml").write_text(
+        'name = "motor"\n[[keys]]\nid = 7\nname = "speed"\ntype = "u16"\naccess = "rw"\n'
+        '[[commands]]\nid = 0x30\nname = "spin"\nrequest = [{ name = "rpm", type = "u16" }]\n')
+    motor = {"name": "m", "path": "/dev/m", "profile": "motor",
+             "allow": ["spin", "read:speed", "write:7", "ping"]}
+    config = parse_config({"profiles_dir": str(profiles), "ports": [
+        motor, {"name": "s", "path": "/dev/s", "allow": ["write:interval_ms", "read:1"]}]})
+    assert config.ports[0].allow == ("spin", "read:speed", "write:7", "ping")
+    # The same entries on an env-sensor port: spin and speed are the motor's, not its.
+    with pytest.raises(ConfigError) as info:
+        parse_config({"profiles_dir": str(profiles), "ports": [
+            motor, {"name": "s", "path": "/dev/s", "allow": ["spin", "write:speed"]}]})
+    assert info.value.errors == [
+        "ports[1].allow[0]: 'spin' is not an action of profile env-sensor; "
+        + ENV_SENSOR_CHOICES,
+        "ports[1].allow[1]: 'write:speed' is not valid: 'speed' is not a key of profile "
+        "env-sensor; expected write:KEY with KEY one of interval_ms, name, fw_build",
+    ]
+    with pytest.raises(ConfigError, match="'spin:rpm' is not valid: 'spin' takes no key"):
+        parse_config({"profiles_dir": str(profiles), "ports": [
+            {**motor, "allow": ["spin:rpm"]}]})
+
+
+def test_check_config_names_every_bad_allow_entry(tmp_path):
+    """The issue's own example, through the command an operator runs."""
+    path = tmp_path / "gw.toml"
+    path.write_text('state_dir = "/tmp/x"\n[[ports]]\nname = "a"\npath = "/dev/x"\n'
+                    'allow = ["read", "reboot", "write:nosuchkey", "wrte"]\n')
+    proc = subprocess.run([str(BIN / "mcp-gateway"), "check-config", str(path)],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 2
+    for number, entry in ((1, "reboot"), (2, "write:nosuchkey"), (3, "wrte")):
+        assert f"ports[0].allow[{number}]: {entry!r}" in proc.stderr
+    assert "allow[0]" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_check_config_says_a_missing_port_name_is_missing(tmp_path):
+    path = tmp_path / "gw.toml"
+    path.write_text('state_dir = "/tmp/x"\n[[ports]]\npath = "/dev/x"\n')
+    proc = subprocess.run([str(BIN / "mcp-gateway"), "check-config", str(path)],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 2
+    assert "ports[0].name: missing; expected a device id" in proc.stderr
+    assert "None" not in proc.stderr
