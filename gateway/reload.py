@@ -14,6 +14,10 @@ from gateway.bridge.bridge import Bridge
 from gateway.config import load_config
 from gateway.errors import ReloadBusy
 
+#: gateway-wide settings the bridge takes at once (``Bridge.apply``): a reload that changes
+#: them lists them under ``updated``, beside the ports whose access rules changed
+LIVE_SETTINGS = ("stats_interval_s", "max_request_bytes")
+
 
 class Reloader:
     """``await reloader.reload()``: read ``path``, validate it, apply it."""
@@ -32,7 +36,10 @@ class Reloader:
             raise ReloadBusy("a reload is already running")
         async with self._lock:
             config = load_config(self.path)
+            before = self.gateway.config
             report = await self.gateway.apply(config)
             if self.bridge is not None:
                 self.bridge.apply(self.gateway.config)
+                report.updated += [key for key in LIVE_SETTINGS
+                                   if getattr(before, key) != getattr(self.gateway.config, key)]
             return report
