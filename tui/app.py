@@ -1,7 +1,8 @@
 """The dashboard app: the fabric's state, its MQTT connection, and the screens.
 
-The MQTT connection feeds ``FabricState``; a 4 Hz timer redraws what changed. No screen
-reads MQTT, and no message redraws anything by itself.
+The MQTT connection feeds ``FabricState``; the overview is painted when it is mounted,
+then a 4 Hz timer redraws what changed. No screen reads MQTT, and no message redraws
+anything by itself.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from textual import events, on
 from textual.app import App
 from textual.binding import Binding
 
 from gateway.bridge.mqtt import BrokerSettings
+from tui import screenshot
 from tui.fabric import Fabric
 from tui.help import HelpScreen
 from tui.overview import OverviewScreen
@@ -38,7 +41,7 @@ class DashboardApp(App[None]):
         super().__init__()
         #: wall-clock time for "last seen" (a fixed one makes screenshots repeatable)
         self.clock = clock
-        self.state = FabricState(prefix)
+        self.state = FabricState(prefix, clock)
         #: a URL alone connects anonymously with ``protocol``
         self._broker = broker if isinstance(broker, BrokerSettings) else BrokerSettings(
             url=broker, protocol=protocol)
@@ -48,11 +51,13 @@ class DashboardApp(App[None]):
         self._connect = connect
         self.overview = OverviewScreen()
 
-    def on_mount(self) -> None:
+    async def on_mount(self) -> None:
         self.fabric = Fabric(self._broker, self.state, self._gateway)
         if self._connect:
             self.fabric.start()
-        self.push_screen(self.overview)
+        await self.push_screen(self.overview)
+        # The first frame shows what is known now, not a blank screen until the timer fires.
+        self.redraw()
         self.set_interval(REDRAW_S, self.redraw)
 
     def redraw(self, now: float | None = None) -> None:
@@ -63,6 +68,25 @@ class DashboardApp(App[None]):
     def action_help(self) -> None:
         """The help screen."""
         self.push_screen(HelpScreen())
+
+    def deliver_screenshot(self, filename: str | None = None, path: str | None = None,
+                           time_format: str | None = None) -> str | None:
+        """The palette's Screenshot: saved where it can be (see ``tui.screenshot``)."""
+        directory = path or str(screenshot.screenshot_directory())
+        return super().deliver_screenshot(filename, directory, time_format)
+
+    @on(events.DeliveryComplete)
+    def _screenshot_saved(self, event: events.DeliveryComplete) -> None:
+        if event.name == "screenshot":
+            event.prevent_default()  # instead of Textual's notification
+            self.notify(screenshot.saved_text(event.path), title="Screenshot")
+
+    @on(events.DeliveryFailed)
+    def _screenshot_failed(self, event: events.DeliveryFailed) -> None:
+        if event.name == "screenshot":
+            event.prevent_default()  # Textual's says only "Failed to save screenshot"
+            self.notify(screenshot.failed_text(event.exception), title="Screenshot",
+                        severity="error")
 
     async def on_unmount(self) -> None:
         await self.fabric.stop()

@@ -8,7 +8,7 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
@@ -48,14 +48,16 @@ class CommandScreen(ModalScreen[None]):
         keys = [(f"{k.name} ({k.field.unit or k.field.type}, {'rw' if k.writable else 'ro'})",
                  k.name)
                 for k in (profile.keys.values() if profile else [])]
+        # Two fields a row: the answer stays in sight on an 80x24 terminal.
         with Vertical():
             yield Label(f"Command {self.key[1]} on {self.key[0]}")
-            yield Select([(a, a) for a in actions], value="read", allow_blank=False,
-                         id="action")
-            yield Select(keys, prompt="key", id="key")
-            yield Input(placeholder="value (write), data_hex (raw) or a JSON payload",
-                        id="value")
-            yield Button("Send", variant="primary", id="send")
+            with Horizontal(classes="row"):
+                yield Select([(a, a) for a in actions], value="read", allow_blank=False,
+                             id="action")
+                yield Select(keys, prompt="key", id="key")
+            with Horizontal(classes="row"):
+                yield Input(placeholder="value (write), data_hex (raw) or JSON", id="value")
+                yield Button("Send", variant="primary", id="send")
             yield Static("", id="result")
 
     def payload(self) -> dict[str, Any]:
@@ -66,7 +68,7 @@ class CommandScreen(ModalScreen[None]):
         if text.startswith("{"):
             return json.loads(text)
         payload: dict[str, Any] = {}
-        if action in ("read", "write") and key is not Select.BLANK:
+        if action in ("read", "write") and key is not Select.NULL:
             payload["key"] = key
         if action == "write":
             try:

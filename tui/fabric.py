@@ -8,11 +8,27 @@ import json
 import os
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.bridge.envelope import new_message_id, request_body
 from gateway.bridge.mqtt import BrokerSettings, Message, MqttConnection
 from gateway.bridge.topics import Topics
 from tui.state import FabricState
+
+
+def shown_url(broker: BrokerSettings) -> str:
+    """The broker URL to show: scheme, user, host and port; never a password (a URL may
+    carry one in its user part, and the settings may hold one)."""
+    parts = urlsplit(broker.url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a number: the connection says so; show what is there
+        port = ""
+    user = broker.username or parts.username
+    return f"{parts.scheme}://{f'{user}@' if user else ''}{host}{port}"
 
 
 class Fabric:
@@ -23,6 +39,8 @@ class Fabric:
         self.state = state
         self.gateway = gateway
         self.protocol = broker.protocol
+        #: the broker URL as shown (no password)
+        self.url = shown_url(broker)
         self.me = f"mcp-dashboard-{os.getpid()}-{new_message_id()[-6:]}"
         self.reply_topic = f"mcp-dashboard/{self.me}"
         self.conn = MqttConnection(replace(broker, client_id=self.me),

@@ -4,39 +4,44 @@ from __future__ import annotations
 
 from typing import Any
 
-from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from tui.device_table import DeviceTable, ago
-from tui.state import FabricState
-
-SORTS = ("device", "gateway", "state", "rx", "errors")
+from tui.state import SORTS, FabricState
 
 
-def health_text(state: FabricState, connected: bool, reconnects: int, last_error: str,
-                now: float) -> str:
-    """The top line: broker, gateways, devices."""
-    broker = "broker connected" if connected else f"broker NOT connected {last_error}".strip()
+def health_text(state: FabricState, connected: bool, reconnects: int, last_error: str, *,
+                now: float, url: str = "") -> str:
+    """The top line: broker (its URL, for ``mosquitto_sub`` beside the dashboard),
+    gateways, devices."""
+    broker = f"broker {url}".rstrip()
+    broker += " connected" if connected else f" NOT connected {last_error}".rstrip()
     if reconnects:
         broker += f" ({reconnects} reconnects)"
     gateways = []
     for gw in sorted(state.gateways.values(), key=lambda g: g.gateway_id):
         text = f"{gw.gateway_id} {gw.state}"
-        if gw.uptime_s is not None:
-            text += f" up {ago(now - gw.uptime_s, now).removesuffix(' ago')}"
-        if gw.mqtt:
-            text += f" queued {gw.mqtt.get('spooled', 0)} dropped {gw.mqtt.get('dropped', 0)}"
+        if gw.offline_since is not None:
+            # Its last stats (uptime, queue) are from before it went away: not shown.
+            text += f" for {ago(gw.offline_since, now).removesuffix(' ago')}"
+        else:
+            if gw.uptime_s is not None:
+                text += f" up {ago(now - gw.uptime_s, now).removesuffix(' ago')}"
+            if gw.mqtt:
+                text += (f" queued {gw.mqtt.get('spooled', 0)} "
+                         f"dropped {gw.mqtt.get('dropped', 0)}")
         gateways.append(text)
-    online = sum(1 for d in state.devices.values() if d.state == "online")
-    return (f"{broker} | {'; '.join(gateways) or 'no gateway seen yet'} | "
-            f"{online}/{len(state.devices)} devices online")
+    online, stale, total = state.counts()
+    devices = f"{online}/{total} devices online" + (f", {stale} stale" if stale else "")
+    return f"{broker} | {'; '.join(gateways) or 'no gateway seen yet'} | {devices}"
 
 
 class OverviewScreen(Screen):
-    """The first screen."""
+    """The first screen. Keys never change meaning mid-word: ``/`` opens the filter (where
+    every key is text), ``enter`` keeps it, ``escape`` clears it."""
 
     BINDINGS = [
         Binding("slash", "filter", "Filter"),
@@ -47,13 +52,13 @@ class OverviewScreen(Screen):
 
     def __init__(self) -> None:
         super().__init__()
+        #: one of ``state.SORTS``
         self.sort = "device"
-        self._shown_filter: str | None = None
-        self._shown_sort: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="health")
-        yield Input(placeholder="filter: type to narrow the devices", id="filter")
+        yield Input(placeholder="filter devices: enter keeps it, escape clears it",
+                    id="filter")
         yield DeviceTable(id="devices")
         yield Footer()
 
@@ -66,24 +71,24 @@ class OverviewScreen(Screen):
         fabric = app.fabric
         health = self.query_one("#health", Static)
         health.update(health_text(app.state, fabric.connected, fabric.reconnects,
-                                  fabric.last_error, now))
+                                  fabric.last_error, now=now, url=fabric.url))
         health.set_class(not fabric.connected, "down")
         text = self.query_one("#filter", Input).value
         rows = app.state.rows(text, self.sort)
-        self.query_one(DeviceTable).show(rows, changed, now)
+        self.query_one(DeviceTable).show(rows, changed, now, self.sort)
 
-    def on_key(self, event: events.Key) -> None:
-        # Typing anywhere on the overview goes to the filter.
-        filter_input = self.query_one("#filter", Input)
-        if event.is_printable and event.character and not filter_input.has_focus \
-                and event.character not in "s?qtc/":  # fmt: skip
-            filter_input.value += event.character
-            event.stop()
+    @property
+    def filter_text(self) -> str:
+        """The filter in effect ("" for none)."""
+        return self.query_one("#filter", Input).value
 
     def on_input_changed(self) -> None:
         self.app.call_later(self.app.redraw)  # type: ignore[attr-defined]
 
     def on_input_submitted(self) -> None:
+        # Kept: the input stays in sight while it filters, so the table says why it is short.
+        filter_input = self.query_one("#filter", Input)
+        filter_input.set_class(bool(filter_input.value.strip()), "open")
         self.query_one(DeviceTable).focus()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
@@ -94,17 +99,22 @@ class OverviewScreen(Screen):
             self.app.push_screen(DeviceScreen(selected))
 
     def action_filter(self) -> None:
-        """Focus the filter."""
-        self.query_one("#filter", Input).focus()
+        """Open the filter: what is typed next is text, not keys."""
+        filter_input = self.query_one("#filter", Input)
+        filter_input.add_class("open")
+        filter_input.focus()
 
     def action_clear_filter(self) -> None:
-        """Empty the filter and go back to the table."""
-        self.query_one("#filter", Input).value = ""
+        """Empty and close the filter and go back to the table."""
+        filter_input = self.query_one("#filter", Input)
+        filter_input.value = ""
+        filter_input.remove_class("open")
         self.query_one(DeviceTable).focus()
 
     def action_sort(self) -> None:
-        """The next sort order."""
-        self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        """The next sort order (shown by the arrow in the column header)."""
+        sorts = list(SORTS)
+        self.sort = sorts[(sorts.index(self.sort) + 1) % len(sorts)]
         self.notify(f"sorted by {self.sort}", timeout=1.5)
         self.app.call_later(self.app.redraw)  # type: ignore[attr-defined]
 
