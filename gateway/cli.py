@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -21,7 +22,7 @@ import tomli_w
 from firmware_sim import cli as sim_cli
 from firmware_sim.device import Faults
 from firmware_sim.fleet import Fleet, FleetSpec
-from gateway import __version__
+from gateway import __version__, udev_rule
 from gateway.app import Gateway
 from gateway.bridge.bridge import Bridge
 from gateway.bridge.embedded import EmbeddedBroker
@@ -267,6 +268,29 @@ async def _monitor(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _udev_rule(args: argparse.Namespace) -> int:
+    try:
+        adapter = udev_rule.find_adapter(args.device, args.sysfs, args.udev_data)
+        if not (args.by_path or adapter.serial):
+            raise udev_rule.UdevRuleError(udev_rule.no_serial_message(adapter, args.name))
+        if args.name is not None:
+            name = udev_rule.check_name(args.name)
+        elif args.by_path:
+            raise udev_rule.UdevRuleError("--by-path needs --name: there is no serial number "
+                                          "to name the device after")
+        else:
+            name = adapter.default_name()
+        text = udev_rule.render(adapter, name, by_path=args.by_path)
+    except udev_rule.UdevRuleError as exc:
+        print(f"mcp-gateway udev-rule: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    sys.stdout.write(text)
+    command = " ".join(["mcp-gateway", "udev-rule", shlex.quote(args.device),
+                        *(["--by-path"] if args.by_path else []), "--name", shlex.quote(name)])
+    sys.stderr.write(udev_rule.instructions(command, name))
+    return EXIT_OK
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -442,6 +466,27 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--passive", action="store_true", help="never write to the ports")
     monitor.add_argument("--duration", type=float, help="stop after this many seconds")
 
+    udev = sub.add_parser(
+        "udev-rule",
+        help="print a udev rule naming one USB-serial adapter /dev/mcp/NAME",
+        description="Print a udev rule that gives one plugged-in USB-serial adapter (matched "
+        "by its USB vendor id, product id and serial number, read from sysfs) the stable "
+        "name /dev/mcp/NAME, in group dialout, and nothing else: other serial devices on the "
+        f"box stay untouched. Append it to {udev_rule.RULES_FILE}, then run "
+        f"{udev_rule.RELOAD_COMMAND}.",
+        epilog="example: mcp-gateway udev-rule ttyUSB0 --name boiler | sudo tee -a "
+        f"{udev_rule.RULES_FILE}")
+    udev.add_argument("device", metavar="DEVICE",
+                      help="the adapter's tty: ttyUSB0, /dev/ttyACM0, /dev/serial/by-id/...")
+    udev.add_argument("--name", help="the name under /dev/mcp (default: the serial number)")
+    udev.add_argument("--by-path", action="store_true",
+                      help="match the USB port it is plugged into (ENV{ID_PATH}), for "
+                      "adapters without a serial number")
+    # Where sysfs and udev's database are: tests point these at a fake tree.
+    udev.add_argument("--sysfs", type=Path, default=Path("/sys"), help=argparse.SUPPRESS)
+    udev.add_argument("--udev-data", type=Path, default=Path("/run/udev/data"),
+                      help=argparse.SUPPRESS)
+
     sim = sub.add_parser("sim", help="simulated devices (same as mcp-sim)",
                          description="Same as mcp-sim.")
     sim_cli.add_arguments(sim)
@@ -466,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args)
     runners = {"run": _run, "demo": _demo, "monitor": _monitor, "sim": sim_cli.run,
                "request": _request}
-    plain = {"check-config": _check_config, "dashboard": _dashboard}
+    plain = {"check-config": _check_config, "dashboard": _dashboard, "udev-rule": _udev_rule}
     try:
         if args.command in plain:
             return plain[args.command](args)

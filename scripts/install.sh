@@ -2,13 +2,15 @@
 # Install or remove mcp-gateway as a systemd service on a Debian / Raspberry Pi OS box.
 #
 #   sudo scripts/install.sh               # install (again: it is idempotent)
-#   sudo scripts/install.sh uninstall     # remove; keeps /etc/mcp-gateway and its state
-#   sudo scripts/install.sh uninstall --purge   # also the config, the state and the user
+#   sudo scripts/install.sh uninstall     # remove; keeps the config, the udev rules, the state
+#   sudo scripts/install.sh uninstall --purge   # also those and the user
 #
 # Puts in place: a virtualenv with the gateway in /opt/mcp-gateway/venv, the system user
-# mcp-gateway (in dialout), the unit /etc/systemd/system/mcp-gateway.service, the udev rules
-# /etc/udev/rules.d/99-mcp-gateway.rules and, if there is none yet, the configuration
-# /etc/mcp-gateway/gateway.toml. An existing configuration is never overwritten.
+# mcp-gateway (in dialout), the unit /etc/systemd/system/mcp-gateway.service and, if there
+# are none yet, the udev rules file /etc/udev/rules.d/99-mcp-gateway.rules (where the
+# operator adds one line per adapter: mcp-gateway udev-rule DEVICE) and the configuration
+# /etc/mcp-gateway/gateway.toml. Neither is ever overwritten once the operator has it; the
+# rules of old versions, which claimed every adapter of common chips, are set aside.
 #
 # DESTDIR=DIR installs the files under DIR and skips users, pip and systemctl (packaging,
 # tests); SKIP_VENV=1 skips the virtualenv alone.
@@ -33,6 +35,22 @@ if [[ -z "$dest" && $EUID -ne 0 ]]; then
   exit 2
 fi
 
+install_rules() {
+  # Old versions shipped rules claiming every FTDI/CP210x/CH340/CDC-ACM adapter (a Zigbee
+  # stick too); they are set aside (udev reads only *.rules), not kept.
+  if [[ -e "$rules" ]] && grep -q 'GOTO="mcp_link"' "$rules"; then
+    mv "$rules" "$rules.old"
+    say "set aside the old catch-all udev rules as $rules.old: name each adapter with"
+    say "  mcp-gateway udev-rule DEVICE --name NAME | tee -a $rules"
+  fi
+  if [[ -e "$rules" ]]; then
+    say "kept the existing $rules"
+  else
+    install -D -m 0644 "$here/udev/99-mcp-gateway.rules" "$rules"
+    say "wrote $rules: add a line per adapter (mcp-gateway udev-rule DEVICE)"
+  fi
+}
+
 install_all() {
   if [[ -z "$dest" && -z "${SKIP_VENV:-}" ]]; then
     command -v python3 >/dev/null || { echo "python3 is missing: apt install python3" >&2; exit 1; }
@@ -47,7 +65,7 @@ install_all() {
   fi
   system usermod -a -G dialout "$user"
   install -D -m 0644 "$here/systemd/mcp-gateway.service" "$unit"
-  install -D -m 0644 "$here/udev/99-mcp-gateway.rules" "$rules"
+  install_rules
   install -d -m 0750 "$confdir"
   install -m 0644 "$here/systemd/gateway.toml.example" "$confdir/gateway.toml.example"
   if [[ -e "$confdir/gateway.toml" ]]; then
@@ -68,16 +86,18 @@ install_all() {
 uninstall_all() {
   local purge="${1:-}"
   system systemctl disable --now mcp-gateway.service || true
-  rm -f "$unit" "$rules"
+  rm -f "$unit"
   rm -rf "$prefix"
   system systemctl daemon-reload
   system udevadm control --reload
   if [[ "$purge" == "--purge" ]]; then
     rm -rf "$confdir" "$statedir"
+    rm -f "$rules" "$rules.old"
+    system udevadm control --reload
     if id -u "$user" >/dev/null 2>&1; then system userdel "$user"; fi
-    say "removed, with the configuration, the state and the user"
+    say "removed, with the configuration, the udev rules, the state and the user"
   else
-    say "removed; kept $confdir and $statedir (uninstall --purge removes them)"
+    say "removed; kept $confdir, $statedir and $rules (uninstall --purge removes them)"
   fi
 }
 

@@ -44,34 +44,85 @@ def test_the_unit_passes_systemd_analyze_verify(tmp_path):
         assert wanted in unit, wanted
 
 
-_UDEV_KEYS = {"ACTION", "SUBSYSTEM", "SUBSYSTEMS", "ATTRS", "ENV", "IMPORT", "GOTO", "LABEL",
-              "SYMLINK", "GROUP", "MODE", "TAG"}
+_UDEV_KEYS = {"ACTION", "SUBSYSTEM", "SUBSYSTEMS", "KERNEL", "KERNELS", "ATTRS", "ENV",
+              "IMPORT", "GOTO", "LABEL", "SYMLINK", "GROUP", "MODE", "TAG"}
 _UDEV_TOKEN = re.compile(r'^([A-Z]+)(\{[A-Za-z_]+\})?(==|!=|\+=|=)"([^"]*)"$')
+#: a match that picks out one adapter: its serial number, or the USB port it is in
+_ONE_DEVICE = {("ATTRS", "{serial}"), ("ENV", "{ID_SERIAL_SHORT}"), ("ENV", "{ID_PATH}"),
+               ("KERNELS", None)}
 
 
-def test_the_udev_rules_are_well_formed():
-    """udevadm verify needs systemd >= 254 (Debian 12 has 252): a structural check."""
+def parse_udev_rule(line: str) -> list[tuple[str, str | None, str, str]]:
+    """A rule line as (key, {attribute} or None, operator, value) tokens; AssertionError
+    on anything that is not KEY[{attr}]OP"value"."""
+    tokens = []
+    for token in (t.strip() for t in line.split(", ")):
+        match = _UDEV_TOKEN.match(token)
+        assert match, f"{token!r} is not KEY[{{attr}}]OP\"value\""
+        key, attribute, op, value = match.groups()
+        assert key in _UDEV_KEYS, f"unknown key {key}"
+        tokens.append((key, attribute, op, value))
+    return tokens
+
+
+def claims_one_device(tokens: list[tuple[str, str | None, str, str]]) -> bool:
+    """A rule that names a device matches one adapter (a serial or a port), and no glob."""
+    specific = [(k, a) for k, a, op, v in tokens
+                if op == "==" and (k, a) in _ONE_DEVICE and v and not set(v) & set("*[|")]
+    return bool(specific)
+
+
+def _rules(text: str) -> tuple[list[str], list[str]]:
+    """The active rule lines, and the example rules in comments (``# SUBSYSTEM==…``)."""
+    active = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    examples = [line[2:] for line in text.splitlines() if line.startswith('# SUBSYSTEM==')]
+    return active, examples
+
+
+def test_the_udev_rules_claim_no_device_by_default():
+    """Issue 12: the shipped rules matched every FTDI, CP210x, CH340/CH9102 and CDC-ACM
+    adapter, so the gateway grabbed a Zigbee stick on the same box. Now no line is active
+    until the operator adds one per adapter; the examples each claim one adapter."""
     text = (ROOT / "udev" / "99-mcp-gateway.rules").read_text()
-    labels, gotos = set(), set()
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        for token in (t.strip() for t in line.split(", ")):
-            match = _UDEV_TOKEN.match(token)
-            assert match, f"line {number}: {token!r} is not KEY[{{attr}}]OP\"value\""
-            key, _, _op, value = match.groups()
-            assert key in _UDEV_KEYS, f"line {number}: unknown key {key}"
-            if key == "LABEL":
-                labels.add(value)
-            if key == "GOTO":
-                gotos.add(value)
-    assert gotos <= labels, f"GOTO without LABEL: {gotos - labels}"
-    for vendor in ("0403", "10c4", "1a86"):  # FTDI, CP210x, CH340
-        assert f'ATTRS{{idVendor}}=="{vendor}"' in text
-    assert 'ENV{ID_USB_DRIVER}=="cdc_acm"' in text
-    assert 'SYMLINK+="mcp/$env{ID_SERIAL_SHORT}"' in text
-    assert 'GROUP="dialout"' in text
-    assert 'TAG+="systemd"' in text
+    active, examples = _rules(text)
+    assert active == []
+    assert len(examples) >= 3
+    for line in examples:
+        tokens = parse_udev_rule(line)
+        assert claims_one_device(tokens), line
+        assert ("SUBSYSTEM", None, "==", "tty") in tokens
+        assert ("GROUP", None, "=", "dialout") in tokens
+        assert ("TAG", None, "+=", "systemd") in tokens
+        assert any(k == "SYMLINK" and v.startswith("mcp/") for k, _, _, v in tokens)
+    assert "mcp-gateway udev-rule" in text
+    assert "/etc/udev/rules.d/99-mcp-gateway.rules" in text
+    assert "udevadm control --reload" in text
+
+
+#: the active lines of the rules shipped before issue 12 (a catch-all by chip)
+_OLD_CATCH_ALL = """\
+ACTION=="remove", GOTO="mcp_end"
+SUBSYSTEM!="tty", GOTO="mcp_end"
+SUBSYSTEMS=="usb", IMPORT{builtin}="usb_id"
+ENV{ID_SERIAL_SHORT}=="", GOTO="mcp_end"
+ATTRS{idVendor}=="0403", GOTO="mcp_link"
+ATTRS{idVendor}=="10c4", ATTRS{idProduct}=="ea60|ea70|ea71", GOTO="mcp_link"
+ATTRS{idVendor}=="1a86", ATTRS{idProduct}=="7523|5523|55d4", GOTO="mcp_link"
+ENV{ID_USB_DRIVER}=="cdc_acm", GOTO="mcp_link"
+GOTO="mcp_end"
+LABEL="mcp_link"
+ENV{ID_USB_INTERFACE_NUM}=="00", SYMLINK+="mcp/$env{ID_SERIAL_SHORT}"
+GROUP="dialout", MODE="0660", TAG+="systemd"
+LABEL="mcp_end"
+"""
+
+
+def test_the_catch_all_check_catches_the_old_rules():
+    """The check above can fail: the rules shipped before issue 12 fail it."""
+    active, _ = _rules(_OLD_CATCH_ALL)
+    linking = [parse_udev_rule(line) for line in active if "SYMLINK" in line]
+    assert linking
+    assert not any(claims_one_device(tokens) for tokens in linking)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -105,13 +156,47 @@ def test_the_install_script_is_idempotent_and_uninstalls(tmp_path):
     assert _tree(tmp_path / "root") == edited
     run("uninstall")
     assert set(_tree(tmp_path / "root")) == {"etc/mcp-gateway/gateway.toml",
-                                              "etc/mcp-gateway/gateway.toml.example"}
+                                              "etc/mcp-gateway/gateway.toml.example",
+                                              "etc/udev/rules.d/99-mcp-gateway.rules"}
     run("uninstall", "--purge")
     assert _tree(tmp_path / "root") == {}
 
 
+def test_the_install_script_keeps_the_operators_udev_rules_and_sets_old_ones_aside(tmp_path):
+    script = ROOT / "scripts" / "install.sh"
+    env = {**os.environ, "DESTDIR": str(tmp_path / "root")}
+    rules = tmp_path / "root" / "etc" / "udev" / "rules.d" / "99-mcp-gateway.rules"
+
+    def run() -> str:
+        result = subprocess.run(["bash", str(script)], env=env, capture_output=True,
+                                text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    # A box installed by an old version has the catch-all rules: they must not stay.
+    rules.parent.mkdir(parents=True)
+    old = 'SUBSYSTEM!="tty", GOTO="mcp_end"\nATTRS{idVendor}=="0403", GOTO="mcp_link"\n'
+    rules.write_text(old)
+    out = run()
+    assert "set aside the old catch-all udev rules" in out
+    assert rules.with_name(rules.name + ".old").read_text() == old
+    assert rules.read_text() == (ROOT / "udev" / "99-mcp-gateway.rules").read_text()
+    # The operator's own lines survive the next install (an upgrade).
+    mine = ('SUBSYSTEM=="tty", ATTRS{idVendor}=="0403", ATTRS{idProduct}=="6001", '
+            'ATTRS{serial}=="A10K3XYZ", SYMLINK+="mcp/boiler", GROUP="dialout", '
+            'MODE="0660", TAG+="systemd"\n')
+    rules.write_text(rules.read_text() + mine)
+    edited = rules.read_text()
+    assert "kept the existing" in run()
+    assert rules.read_text() == edited
+
+
 def test_the_sample_configuration_loads():
     config = load_config(ROOT / "systemd" / "gateway.toml.example")
-    assert config.ports[0].path == "/dev/mcp/*"  # the udev rules' names
+    # Issue 12: no glob claiming every adapter; each port is one the operator named.
+    assert config.ports
+    for port in config.ports:
+        assert not port.is_glob, port.path
+        assert port.path == f"/dev/mcp/{port.name}"  # the name its udev rule gives it
     assert config.broker is not None
     assert str(config.state_dir) == "/var/lib/mcp-gateway"
