@@ -125,7 +125,7 @@ class Gateway:
         await asyncio.gather(*tasks, return_exceptions=True)
         for device_id, session in list(self.devices.items()):
             if session.settings.port_name == name:
-                session.mark_unavailable(reason)
+                session.retire(reason)
                 del self.devices[device_id]
                 self.runners.pop(device_id, None)
 

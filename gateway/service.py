@@ -21,7 +21,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.notify import Notifier
 from gateway.reload import Reloader
-from gateway.session import DeviceEvent, DeviceRenamed, DeviceState, StateChange
+from gateway.session import DeviceEvent, DeviceState, TelemetryEvent
 
 log = logging.getLogger("mcp-gateway")
 
@@ -32,12 +32,8 @@ STATUS_INTERVAL_S = 5.0
 
 
 def _log_event(event: DeviceEvent) -> None:
-    if isinstance(event, StateChange):
-        log.info("%s is %s (%s) %s", event.device_id, event.state, event.reason,
-                 json.dumps(event.facts, default=str))
-    elif isinstance(event, DeviceRenamed):
-        log.info("%s is now known as %s", event.old_id, event.device_id)
-    else:
+    # State changes and renames are logged where they happen (the session), once.
+    if isinstance(event, TelemetryEvent):
         log.debug("%s %s %s", event.device_id, event.name, json.dumps(event.fields, default=str))
 
 
@@ -103,8 +99,12 @@ class Service:
         """Run until SIGTERM/SIGINT."""
         config = self.config
         loop = asyncio.get_running_loop()
-        subscription = self.gateway.subscribe()  # before the ports open: nothing missed
-        logger = asyncio.create_task(self._log_events(subscription), name="log-events")
+        # Every event at DEBUG: only then a subscription (a queue every event goes through).
+        subscription = None
+        logger = None
+        if log.isEnabledFor(logging.DEBUG):
+            subscription = self.gateway.subscribe()  # before the ports open: nothing missed
+            logger = asyncio.create_task(self._log_events(subscription), name="log-events")
         tasks: list[asyncio.Task[None]] = []
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -131,10 +131,11 @@ class Service:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            logger.cancel()
-            await asyncio.gather(logger, return_exceptions=True)
-            while not subscription.queue.empty():  # the devices going offline at shutdown
-                _log_event(subscription.get_nowait())
+            if logger is not None and subscription is not None:
+                logger.cancel()
+                await asyncio.gather(logger, return_exceptions=True)
+                while not subscription.queue.empty():  # the last events, at shutdown
+                    _log_event(subscription.get_nowait())
             self.notifier.close()
         return 0
 

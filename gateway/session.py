@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from gateway.frames import (
     Command,
     DeviceProfile,
     Frame,
+    KeySpec,
     NackCode,
     command_name,
     decode_payload,
@@ -88,6 +90,18 @@ class DeviceRenamed:
 
     device_id: str
     old_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    """A checked request (``DeviceSession.prepare``): the frame to send and how to read
+    its answer."""
+
+    action: str
+    frame: Frame
+    decode: Callable[[Frame], Any]
+    #: the profile key of a read or write (None for other actions)
+    key: KeySpec | None = None
 
 
 DeviceEvent = StateChange | TelemetryEvent | DeviceRenamed
@@ -201,6 +215,14 @@ class DeviceSession:
         if self.state is not DeviceState.OFFLINE:
             self._set_state(DeviceState.OFFLINE, reason)
 
+    def retire(self, reason: str) -> None:
+        """The device leaves the gateway (its port is removed or reconfigured): requests end
+        ``offline``, and the device goes offline with ``reason`` even if it was offline
+        already, so the fabric hears why (a removed device's status is then cleared)."""
+        self.transactions.fail_all(Status.OFFLINE)
+        if self.state is not DeviceState.OFFLINE or self.reason != reason:
+            self._set_state(DeviceState.OFFLINE, reason, again=True)
+
     def mark_unavailable(self, reason: str) -> None:
         """The port could not be opened: offline (once), requests end ``offline``."""
         self.transactions.fail_all(Status.OFFLINE)
@@ -221,14 +243,17 @@ class DeviceSession:
                 facts[key] = self.hello[key]
         return facts
 
-    def _set_state(self, state: DeviceState, reason: str) -> None:
-        if state is self.state and reason != "registered":
+    def _set_state(self, state: DeviceState, reason: str, *, again: bool = False) -> None:
+        if state is self.state and reason != "registered" and not again:
             return
         self.state = state
         self.reason = reason
         self.since = time.time()
-        log.info("%s: %s (%s)", self.device_id, state, reason)
-        self._emit(StateChange(self.device_id, state, reason, self.since, self.facts))
+        facts = self.facts
+        # The one log line of a state change (the service does not log them again).
+        log.info("%s is %s (%s) %s", self.device_id, state, reason,
+                 json.dumps(facts, default=str))
+        self._emit(StateChange(self.device_id, state, reason, self.since, facts))
 
     def rename(self, device_id: str) -> None:
         """Take another id (the gateway's decision); subscribers see ``DeviceRenamed`` and
@@ -360,14 +385,26 @@ class DeviceSession:
         Raises ``InvalidRequest`` for an unknown action, key or command or a value that
         cannot be encoded; every other result is a typed ``RequestOutcome``.
         """
-        args = args or {}
         if isinstance(priority, str):
             try:
                 priority = Priority[priority.upper()]
             except KeyError:
                 raise InvalidRequest(
                     f"priority {priority!r} is not one of high, medium, low") from None
-        frame, decode = self._build(action, args)
+        return await self.send(self.prepare(action, args or {}), priority=priority, ttl=ttl,
+                               timeout=timeout, retries=retries)
+
+    async def send(
+        self,
+        prepared: PreparedRequest,
+        *,
+        priority: Priority = Priority.MEDIUM,
+        ttl: float = 30.0,
+        timeout: float | None = None,  # noqa: ASYNC109 - the fabric's per-try timeout
+        retries: int | None = None,
+    ) -> RequestOutcome:
+        """Carry out a request ``prepare`` checked; a typed ``RequestOutcome``, never raises."""
+        frame, decode, action = prepared.frame, prepared.decode, prepared.action
         started = self._loop.time()
         if self.state in (DeviceState.OFFLINE, DeviceState.CONNECTING) or self.link is None:
             return RequestOutcome(Status.OFFLINE)
@@ -392,42 +429,50 @@ class DeviceSession:
             return _replace(outcome, Status.OK, latency, value=value)
         return _replace(outcome, outcome.status, latency)
 
-    def _build(self, action: str, args: dict[str, Any]) -> tuple[Frame, Callable[[Frame], Any]]:
-        """The request frame for an action, and how to decode its answer."""
-        profile = self.profile
-        if action == "ping":
-            return Frame(Command.PING), lambda frame: {}
+    def prepare(self, action: str, args: dict[str, Any]) -> PreparedRequest:
+        """Check a request against the profile and build its frame: ``InvalidRequest`` for
+        an unknown action, key or command, or a value that cannot be encoded."""
         if action in ("read", "write"):
-            if "key" not in args:
-                raise InvalidRequest(f"{action} needs a key")
-            try:
-                key = profile.key(args["key"])
-            except KeyError as exc:
-                raise InvalidRequest(exc.args[0]) from None
-            head = key.id.to_bytes(2, "little")
-            if action == "read":
-                return Frame(Command.READ, head), lambda frame: key.decode(frame.payload[2:])
-            if "value" not in args:
-                raise InvalidRequest(f"write of {key.name} needs a value")
-            try:
-                value = key.encode(args["value"])
-            except (ValueEncodingError, GatewayError) as exc:
-                raise InvalidRequest(str(exc)) from None
-            return Frame(Command.WRITE, head + value), lambda frame: {"key": key.name}
+            return self._prepare_key(action, args)
+        if action == "ping":
+            return PreparedRequest(action, Frame(Command.PING), lambda frame: {})
         if action == "raw":
-            return self._build_raw(args)
+            frame, decode = self._build_raw(args)
+            return PreparedRequest(action, frame, decode)
         try:
-            spec = profile.command(action)
+            spec = self.profile.command(action)
         except KeyError:
-            known = [*BUILTIN_ACTIONS, *(c.name for c in profile.commands.values())]
+            known = [*BUILTIN_ACTIONS, *(c.name for c in self.profile.commands.values())]
             raise InvalidRequest(
                 f"unknown action {action!r}; known actions: {', '.join(known)}") from None
         try:
             payload = spec.request.encode(args, what=action)
         except GatewayError as exc:
             raise InvalidRequest(str(exc)) from None
-        return Frame(spec.cmd_id, payload), lambda frame: spec.response.decode(
-            frame.payload, what=action)
+        return PreparedRequest(action, Frame(spec.cmd_id, payload), lambda frame: spec.response
+                               .decode(frame.payload, what=action))
+
+    def _prepare_key(self, action: str, args: dict[str, Any]) -> PreparedRequest:
+        """A read or write: both answer the key's value (a write's, as the device holds it)."""
+        if "key" not in args:
+            raise InvalidRequest(f"{action} needs a key")
+        try:
+            key = self.profile.key(args["key"])
+        except KeyError as exc:
+            raise InvalidRequest(exc.args[0]) from None
+        head = key.id.to_bytes(2, "little")
+        if action == "read":
+            return PreparedRequest(action, Frame(Command.READ, head),
+                                   lambda frame: key.decode(frame.payload[2:]), key)
+        if "value" not in args:
+            raise InvalidRequest(f"write of {key.name} needs a value")
+        try:
+            value = key.encode(args["value"])
+        except (ValueEncodingError, GatewayError) as exc:
+            raise InvalidRequest(str(exc)) from None
+        written = key.decode(value)  # what a read would answer now (scaled, rounded)
+        return PreparedRequest(action, Frame(Command.WRITE, head + value),
+                               lambda frame: written, key)
 
     @staticmethod
     def _build_raw(args: dict[str, Any]) -> tuple[Frame, Callable[[Frame], Any]]:

@@ -133,9 +133,12 @@ async def test_requests_over_mqtt5_and_the_311_envelope(tmp_path, broker, client
         assert response["status"] == "ok"
         assert response["correlation_id"] == "c-31"
         assert fleet.devices[0].settings[2] == "x1"
+        # a write answers like a read: the key and the value written (and its unit)
+        assert response["payload"] == {"key": "name", "value": "x1"}
 
         _, response = await request(client, topic, {"action": "write",
-                                                    "payload": {"key": "interval_ms", "value": 5}})
+                                                    "payload": {"key": "interval_ms",
+                                                                "value": 500}})
         assert response["status"] == "forbidden"
         _, response = await request(client, topic, {"action": "raw", "payload": {"cmd_id": 48}})
         assert response["status"] == "forbidden"
@@ -557,8 +560,11 @@ async def test_reload_over_the_fabric_applies_the_file_or_changes_nothing(tmp_pa
             path.write_text(_toml(tmp_path, broker, links, [{"name": "sim-0"}]))
             _, removed = await request(client, f"{P}/requests", {"action": "reload"})
             assert removed["payload"]["removed"] == ["sim-1"]
-            await wait_for(lambda: any(s.get("reason") == "removed" for s in client.json_on(
-                f"{P}/devices/sim-1/status")), what="sim-1 offline, removed")
+            def removed_then_cleared() -> bool:
+                bodies = [m.payload for m in client.on(f"{P}/devices/sim-1/status")]
+                return bodies[-1:] == [b""] and json.loads(bodies[-2])["reason"] == "removed"
+
+            await wait_for(removed_then_cleared, what="sim-1 offline, removed, then cleared")
             assert set(gateway.devices) == {"sim-0"}
             assert bridge.mqtt.connected  # the broker change waits for a restart
             # Any other port setting restarts the port; the device comes back.

@@ -231,7 +231,8 @@ async def test_the_request_command(tmp_path, broker):
             code, out = await request("--protocol", "3", GW, "-", "list_devices")
             assert code == 0, out
             assert "sim-0" in json.loads(out)["payload"]["devices"]
-            code, out = await request(GW, "sim-0", "write", '{"key": "interval_ms", "value": 9}')
+            code, out = await request(GW, "sim-0", "write",
+                                      '{"key": "interval_ms", "value": 900}')
             assert code == 1
             assert json.loads(out)["status"] == "forbidden"
             code, out = await request(GW, "sim-0", "read", "[1")

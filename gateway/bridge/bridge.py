@@ -28,15 +28,16 @@ from gateway.bridge.envelope import (
     parse_request,
     response_body,
 )
-from gateway.bridge.metrics import StatsCollector, serve_metrics
+from gateway.bridge.metrics import DeviceView, StatsCollector, serve_metrics, status_units
 from gateway.bridge.mqtt import BrokerSettings, Message, MqttConnection
 from gateway.bridge.spool import Spool, SpooledEvent
 from gateway.bridge.topics import Topics, valid_reply_topic
 from gateway.config import GatewayConfig, PortConfig
 from gateway.errors import GatewayError, InvalidRequest, ReloadBusy
+from gateway.frames import Command
 from gateway.monitor import describe
 from gateway.session import DeviceEvent, DeviceRenamed, StateChange, TelemetryEvent
-from gateway.transactions import Status
+from gateway.transactions import Priority, Status
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,8 @@ class TokenBucket:
         return False
 
 
-def allowed(port: PortConfig, action: str, key: Any) -> bool:
-    """Does the port's ``allow`` list permit ``action`` (on ``key``)?
+def allowed(port: PortConfig, action: str, key: str | None) -> bool:
+    """Does the port's ``allow`` list permit ``action`` (on the key named ``key``)?
 
     Entries are action names (``read``, ``write``, ``raw``, ``ping``, profile commands) or
     ``action:key`` to allow one key only (``write:interval_ms``).
@@ -105,8 +106,15 @@ class Bridge:
         self._ports = {p.name: p for p in config.ports}
         self._buckets: dict[str, TokenBucket] = {}
         self._statuses: dict[str, bytes] = {}
-        #: ids given up (renamed) whose retained status must be cleared
-        self._cleared: set[str] = set()
+        #: ids whose retained status is to be cleared (a device removed from the
+        #: configuration, an id given up by a rename): the status to publish first and have
+        #: acknowledged (offline, removed), or None once only the clear is left
+        self._retiring: dict[str, bytes | None] = {}
+        #: unacknowledged publishes of that: mid -> (device id, what was published)
+        self._retire_mids: dict[int, tuple[str, bytes | None]] = {}
+        #: events with ids up to this waited in the queue through a broker outage
+        self._replay_upto = 0
+        self._connected_before = False
         self._in_flight: dict[int, SpooledEvent] = {}
         self._acked: list[SpooledEvent] = []
         self._last_sent = 0
@@ -135,6 +143,10 @@ class Bridge:
         self._stop_metrics: Callable[[], None] | None = None
         #: the stats of the last interval (what Prometheus scrapes)
         self.last_stats: dict[str, Any] | None = None
+        #: each device's state for Prometheus: replaced (never changed) on every change
+        self.device_views: dict[str, DeviceView] = {}
+        #: the fields of each device's latest STATUS event (one dict store per event)
+        self.latest_status: dict[str, dict[str, Any]] = {}
         self._final_done = asyncio.Event()
         #: set by ``gateway.reload.Reloader``: re-read the configuration file and apply it
         self.reloader: Callable[[], Awaitable[ReloadReport]] | None = None
@@ -143,7 +155,9 @@ class Bridge:
 
     async def __aenter__(self) -> Bridge:
         if self.config.metrics_address:
-            collector = StatsCollector(lambda: self.last_stats, self.config.gateway_id)
+            collector = StatsCollector(lambda: self.last_stats, self.config.gateway_id,
+                                       devices=lambda: self.device_views,
+                                       telemetry=lambda: self.latest_status)
             self._stop_metrics = serve_metrics(self.config.metrics_address, collector)
             log.info("metrics on http://%s/metrics", self.config.metrics_address)
         for coro, name in ((self.mqtt.run(), "mqtt"), (self._collect(), "collect"),
@@ -202,6 +216,8 @@ class Bridge:
         rows = []
         status_mids: list[int | None] = []
         gw = self.config.gateway_id
+        latest = self.latest_status
+        states_changed = False
         for event in batch:
             if isinstance(event, TelemetryEvent):
                 seq = self.spool.next_seq(event.device_id)
@@ -209,26 +225,38 @@ class Bridge:
                                   event.received_at, seq)
                 rows.append((self.topics.device_event(event.device_id, event.name), body,
                              event.device_id, seq))
+                if event.cmd_id == Command.STATUS:
+                    latest[event.device_id] = event.fields
             elif isinstance(event, DeviceRenamed):
                 # The old id is gone: clear its retained status (now, or on the next connect).
-                self._statuses.pop(event.old_id, None)
-                self._buckets.pop(event.old_id, None)
-                self._cleared.add(event.old_id)
-                self._clear_old_statuses()
+                states_changed = True
+                self._forget(event.old_id)
+                self._retiring[event.old_id] = None
+                self._retire(event.old_id)
             elif isinstance(event, StateChange):
-                status = {"state": event.state, "reason": event.reason, "since": event.since,
-                          **event.facts}
+                states_changed = True
                 if event.state == "connecting":
                     continue
-                body = encode_json(status)
+                body = encode_json({"state": event.state, "reason": event.reason,
+                                    "since": event.since, **event.facts})
+                if event.state == "offline" and event.reason == "removed":
+                    # Offline (removed) first; cleared once the broker has acknowledged that.
+                    self._forget(event.device_id)
+                    self._retiring[event.device_id] = body
+                    self._retire(event.device_id)
+                    continue
                 self._statuses[event.device_id] = body
-                self._cleared.discard(event.device_id)
+                self._retiring.pop(event.device_id, None)
                 status_mids.append(self.mqtt.publish(
-                    self.topics.device_status(event.device_id), body, retain=True))
+                    self.topics.device_status(event.device_id), body, retain=True,
+                    resend=False))
+        if states_changed:
+            self._refresh_device_views()
         if rows:
             # Staged, sent, then written, all in this loop turn: the disk is off the
             # latency path, and no PUBACK can be handled before the rows are on disk.
-            self.spool.append(rows, replayed=not self.mqtt.connected, commit=False)
+            # Whether an event is replayed is decided when it is sent (``_replay_upto``).
+            self.spool.append(rows, replayed=False, commit=False)
             self._publish_some()
             delay = self.config.queue.commit_delay_ms / 1000.0
             if delay > 0:
@@ -238,11 +266,35 @@ class Bridge:
             self._backpressure()
         return status_mids
 
-    def _clear_old_statuses(self) -> None:
-        for device_id in list(self._cleared):
-            if self.mqtt.publish(self.topics.device_status(device_id), b"", retain=True) \
-                    is not None:  # fmt: skip
-                self._cleared.discard(device_id)
+    def _forget(self, device_id: str) -> None:
+        """A device id leaves this gateway: nothing of it is republished or scraped."""
+        self._statuses.pop(device_id, None)
+        self._buckets.pop(device_id, None)
+        self.latest_status.pop(device_id, None)
+
+    def _retire(self, device_id: str) -> None:
+        """Publish the next step of clearing a device id's retained status: its last status
+        if still unacknowledged, else the clear (an empty retained message). Not connected:
+        the next connection does it."""
+        pending = self._retiring[device_id]
+        mid = self.mqtt.publish(self.topics.device_status(device_id), pending or b"",
+                                retain=True, resend=False)
+        if mid is not None:
+            self._retire_mids[mid] = (device_id, pending)
+
+    def _retire_acked(self, device_id: str, published: bytes | None) -> None:
+        if device_id not in self._retiring or self._retiring[device_id] is not published:
+            return  # the id came back (or retires anew) since: that publish is history
+        if published is None:
+            del self._retiring[device_id]  # cleared
+        else:
+            self._retiring[device_id] = None
+            self._retire(device_id)
+
+    def _refresh_device_views(self) -> None:
+        """A new snapshot of every device's state for scrapes (a state changed)."""
+        self.device_views = {name: DeviceView(str(session.state), status_units(session.profile))
+                             for name, session in self.gateway.devices.items()}
 
     def _backpressure(self) -> None:
         # During an outage the queue is what absorbs events: hold reads only while connected.
@@ -272,8 +324,10 @@ class Bridge:
                 rows = self.spool.peek(self._last_sent, window - len(in_flight))
                 if not rows:
                     return
+                replay_upto = self._replay_upto
                 for row in rows:
-                    body = mark_replayed(row.body) if row.replayed else row.body
+                    body = mark_replayed(row.body) if row.replayed or row.id <= replay_upto \
+                        else row.body  # fmt: skip
                     mid = mqtt.publish_event(row.topic.encode(), body)
                     if mid is None:
                         return
@@ -292,6 +346,9 @@ class Bridge:
             log.warning("the broker refused an event on %s: reason code 0x%02x", row.topic,
                         reason)
         if row is None:
+            retiring = self._retire_mids.pop(mid, None)
+            if retiring is not None:
+                self._retire_acked(*retiring)
             if mid in self._final_acks:
                 self._final_acks.discard(mid)
                 if not self._final_acks:
@@ -336,11 +393,19 @@ class Bridge:
         self._flush_acks()
         self._in_flight.clear()
         self._last_sent = 0
+        if self._connected_before:
+            # Everything queued now waited out an outage; before the first connection of
+            # this run events merely waited for it (a previous run's are marked by the spool).
+            self._replay_upto = self.spool.last_id
+        self._connected_before = True
         mqtt = self.mqtt
-        mqtt.publish(self.topics.status, self._online, retain=True)
+        # Statuses are published afresh on every connection: none is sent again by paho.
+        mqtt.publish(self.topics.status, self._online, retain=True, resend=False)
         for device_id, body in self._statuses.items():
-            mqtt.publish(self.topics.device_status(device_id), body, retain=True)
-        self._clear_old_statuses()
+            mqtt.publish(self.topics.device_status(device_id), body, retain=True, resend=False)
+        self._retire_mids.clear()
+        for device_id in self._retiring:
+            self._retire(device_id)
         mqtt.subscribe([self.topics.device_requests_filter, self.topics.gateway_requests])
         self._wake.set()
 
@@ -373,8 +438,15 @@ class Bridge:
             self._respond(message, request, "unknown_device", started,
                           error=("unknown_device", str(exc)))
             return
+        try:
+            # Unknown actions, keys and bad values are invalid whatever the allow list says.
+            prepared = session.prepare(request.action, request.payload)
+        except InvalidRequest as exc:
+            self.invalid_requests += 1
+            self._respond(message, request, "invalid", started, error=("invalid", str(exc)))
+            return
         port = self._ports.get(session.settings.port_name)
-        key = request.payload.get("key") if isinstance(request.payload, dict) else None
+        key = prepared.key.name if prepared.key is not None else None
         if port is None or not allowed(port, request.action, key):
             on_key = f" on key {key!r}" if key is not None else ""
             allow = ", ".join(port.allow) if port else "-"
@@ -389,19 +461,14 @@ class Bridge:
             self._respond(message, request, "busy", started, error=(
                 "busy", f"rate limit of {port.rate_limit:g} requests/s for {device_id} exceeded"))
             return
-        try:
-            outcome = await session.request(request.action, request.payload,
-                                            priority=request.priority, ttl=request.ttl,
-                                            timeout=request.timeout)
-        except InvalidRequest as exc:
-            self.invalid_requests += 1
-            self._respond(message, request, "invalid", started, error=("invalid", str(exc)))
-            return
+        outcome = await session.send(prepared, priority=Priority[request.priority.upper()],
+                                     ttl=request.ttl, timeout=request.timeout)
         if outcome.status is Status.OK:
-            # Only a read answers a bare value; every other action's value is already a dict.
+            # A read and a write answer alike: the key, its value (a write's, as written)
+            # and its unit; every other action's value is already a dict.
             payload = outcome.value
-            if request.action == "read":
-                spec = session.profile.key(key)
+            spec = prepared.key
+            if spec is not None:
                 payload = {"key": spec.name, "value": outcome.value}
                 if spec.field.unit:
                     payload["unit"] = spec.field.unit
@@ -516,4 +583,5 @@ class Bridge:
         while True:
             await asyncio.sleep(self.config.stats_interval_s)
             self.last_stats = stats = self.stats()
+            self._refresh_device_views()  # also devices that have not changed state yet
             self.mqtt.publish(self.topics.stats, encode_json(stats), qos=0, retain=True)

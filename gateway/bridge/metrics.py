@@ -1,35 +1,102 @@
 """The stats on a Prometheus endpoint (off unless configured; loopback by default).
 
-Scrapes read the snapshot the bridge takes every stats interval, never live state from
-another thread.
+Scrapes never read live state from another thread: counters come from the snapshot the
+bridge takes every stats interval, device states from a snapshot the bridge replaces (on
+its loop) whenever a device changes state, and telemetry from a dict the loop only stores
+into, copied whole under the GIL at each scrape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from gateway.frames import Command, DeviceProfile
+from gateway.session import DeviceState
+
 _DEVICE_COUNTERS = ("rx_frames", "tx_frames", "rx_bytes", "checksum_errors", "discarded_bytes",
                     "timeouts", "retries")
 #: ms720 devices only
 _LINK_COUNTERS = ("link_retransmits", "link_lost", "link_duplicates", "link_gaps_skipped")
+#: every state a device can be in: one ``mcp_device_state`` series each, so none appears or
+#: disappears when a device changes state (the Prometheus "enum" convention)
+_STATES = tuple(str(state) for state in DeviceState)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """What a scrape shows of one device besides its counters."""
+
+    state: str
+    #: the numeric fields of its profile's STATUS event, and their units ("" if none)
+    units: Mapping[str, str]
+
+
+def status_units(profile: DeviceProfile) -> dict[str, str]:
+    """The numeric STATUS fields of a profile (bool, text and bytes excluded) and units."""
+    spec = profile.events.get(Command.STATUS)
+    if spec is None:
+        return {}
+    return {f.name: f.unit or "" for f in spec.layout.fields if f.is_numeric}
 
 
 class StatsCollector(Collector):
-    """Turns the ``{p}/{gw}/stats`` body into metric families."""
+    """Turns the ``{p}/{gw}/stats`` body, the device states and the latest STATUS fields
+    into metric families."""
 
-    def __init__(self, snapshot: Callable[[], dict[str, Any] | None], gateway_id: str) -> None:
+    def __init__(self, snapshot: Callable[[], dict[str, Any] | None], gateway_id: str, *,
+                 devices: Callable[[], Mapping[str, DeviceView]] = dict,
+                 telemetry: Callable[[], dict[str, dict[str, Any]]] = dict) -> None:
         self._snapshot = snapshot
+        self._devices = devices
+        self._telemetry = telemetry
         self._gateway = gateway_id
 
     def collect(self) -> Iterator[Any]:
+        devices = self._devices()  # replaced, never changed, by the bridge: safe to read
+        yield from self._device_states(devices)
+        yield self._latest_telemetry(devices)
         stats = self._snapshot()
-        if not stats:
-            return
+        if stats:
+            yield from self._stats(stats)
+
+    def _device_states(self, devices: Mapping[str, DeviceView]) -> Iterator[Any]:
+        gw = self._gateway
+        online = GaugeMetricFamily("mcp_device_online", "1 when the device is online",
+                                   labels=["gateway", "device"])
+        state = GaugeMetricFamily("mcp_device_state", "1 for the state the device is in, "
+                                  "0 for the others", labels=["gateway", "device", "state"])
+        for device, view in devices.items():
+            online.add_metric([gw, device], 1.0 if view.state == "online" else 0.0)
+            for name in _STATES:
+                state.add_metric([gw, device, name], 1.0 if view.state == name else 0.0)
+        yield online
+        yield state
+
+    def _latest_telemetry(self, devices: Mapping[str, DeviceView]) -> GaugeMetricFamily:
+        gw = self._gateway
+        family = GaugeMetricFamily("mcp_telemetry", "The latest value of a numeric field of "
+                                   "the device's STATUS event",
+                                   labels=["gateway", "device", "field", "unit"])
+        # dict.copy() runs in C under the GIL: the loop's stores cannot interleave with it.
+        latest = self._telemetry().copy()
+        for device, view in devices.items():
+            fields = latest.get(device)
+            if not fields:
+                continue
+            for name, unit in view.units.items():
+                value = fields.get(name)
+                # A frame that did not decode carries raw_hex and no fields: nothing to show.
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    family.add_metric([gw, device, name, unit], float(value))
+        return family
+
+    def _stats(self, stats: dict[str, Any]) -> Iterator[Any]:
         gw = self._gateway
         for name in (*_DEVICE_COUNTERS, *_LINK_COUNTERS):
             family = CounterMetricFamily(f"mcp_device_{name}", f"Device {name.replace('_', ' ')}",
@@ -44,12 +111,6 @@ class StatsCollector(Collector):
             for device, values in stats["devices"].items():
                 gauge.add_metric([gw, device], values[name])
             yield gauge
-        online = GaugeMetricFamily("mcp_device_online", "1 when the device is online",
-                                   labels=["gateway", "device", "state"])
-        for device, values in stats["devices"].items():
-            online.add_metric([gw, device, values["state"]], 1.0 if values["state"] == "online"
-                              else 0.0)
-        yield online
         mqtt = stats["mqtt"]
         yield GaugeMetricFamily("mcp_mqtt_connected", "1 when connected to the broker",
                                 value=1.0 if mqtt["connected"] else 0.0)

@@ -237,6 +237,8 @@ class MqttConnection:
         self.receive_maximum: int | None = None
         #: True once the broker acknowledged the last ``subscribe`` on this connection
         self.subscribed = False
+        #: mids of unacknowledged publishes that must not be sent again on a new connection
+        self._no_resend: set[int] = set()
         self._loop = asyncio.get_running_loop()
         self._lost: asyncio.Future[None] | None = None
         self._connected_future: asyncio.Future[bool] | None = None
@@ -301,6 +303,8 @@ class MqttConnection:
                     first = False
                     assert self._lost is not None
                     await self._lost
+                    if self._closing:
+                        return  # ``disconnect``: no reconnecting
                 await asyncio.sleep(delay * rng.uniform(0.8, 1.2))
                 delay = min(delay * 2, BACKOFF_MAX_S)
         finally:
@@ -349,18 +353,32 @@ class MqttConnection:
             log.exception("on_error hook failed")
 
     async def disconnect(self) -> None:
-        """Say DISCONNECT (so the broker does not publish the will) after sending what is queued."""
+        """Say DISCONNECT (so the broker does not publish the will) after sending what is
+        queued, and wait (a moment at most) until it has gone out and the socket is closed."""
         self._closing = True
-        if self.connected:
-            self._client.disconnect()
+        lost = self._lost
+        if not self.connected or lost is None:
+            return
+        self._client.disconnect()
+        # paho writes the DISCONNECT when the loop finds the socket writable: returning
+        # before that (and cancelling ``run``) left it unsent, and the broker published
+        # the will, a second "offline" after the one the owner published.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_CLOSE_FLUSH_S):
+                await asyncio.shield(lost)
 
     # ------------------------------------------------------------------ publish/subscribe
 
     def publish(self, topic: str, body: bytes, *, qos: int = 1, retain: bool = False,
                 correlation_data: bytes | None = None,
-                response_topic: str | None = None) -> int | None:
+                response_topic: str | None = None, resend: bool = True) -> int | None:
         """Queue a publish; returns its mid (for ``on_ack``), None when not connected.
-        ``correlation_data`` and ``response_topic`` are MQTT 5 properties (else ignored)."""
+        ``correlation_data`` and ``response_topic`` are MQTT 5 properties (else ignored).
+
+        A QoS 1 publish still unacknowledged when the connection is lost is sent again on
+        the next one (at least once), unless ``resend`` is False: for a state the owner
+        publishes afresh on every connection (a retained status), where the old copy would
+        come after the new one and undo it."""
         if not self.connected:
             return None
         properties = None
@@ -373,6 +391,8 @@ class MqttConnection:
         info = self._client.publish(topic, body, qos=qos, retain=retain, properties=properties)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             return None
+        if not resend and qos > 0:
+            self._no_resend.add(info.mid)
         return info.mid
 
     def publish_event(self, topic: bytes, body: bytes) -> int | None:
@@ -413,12 +433,24 @@ class MqttConnection:
         self.receive_maximum = (getattr(properties, "ReceiveMaximum", 65535)
                                 if self.is_v5 else None)
         log.info("connected to %s", self.settings.url)
+        self._drop_stale_publishes()
         if future is not None and not future.done():
             future.set_result(True)
         try:
             self.on_connect()
         except Exception:
             log.exception("on_connect hook failed")
+
+    def _drop_stale_publishes(self) -> None:
+        """Forget the unacknowledged ``resend=False`` publishes of the last connection: paho
+        would send them again right after ``on_connect``, behind the owner's fresh ones."""
+        if not self._no_resend:
+            return
+        client = self._client
+        with client._out_message_mutex:  # paho's own lock of its unacknowledged messages
+            for mid in self._no_resend:
+                client._out_messages.pop(mid, None)
+        self._no_resend.clear()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
@@ -463,6 +495,7 @@ class MqttConnection:
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
+        self._no_resend.discard(mid)
         self._on_lean_ack(mid, getattr(reason, "value", 0))
 
     def _on_lean_ack(self, mid: int, reason: int) -> None:

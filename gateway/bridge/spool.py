@@ -142,6 +142,12 @@ class Spool:
         return self._seqs.get(device_id, 0)
 
     @property
+    def last_id(self) -> int:
+        """The id of the newest event ever added (0 if none): every event queued so far has
+        an id up to it."""
+        return self._next_id - 1
+
+    @property
     def staged(self) -> bool:
         """True while something waits for ``commit``."""
         return bool(self._inserts or self._deletes or self._seq_updates)
