@@ -215,6 +215,9 @@ async def filter_mode_keeps_keys_for_text(app: DashboardApp, pilot) -> None:
     filter_input = overview.query_one("#filter", Input)
     assert not filter_input.display  # closed until "/"
     assert headers(app)[0] == "device ▲"  # the sort key, in its column header
+    await pilot.press(*"im-1")  # on the table letters are keys, never filter text
+    assert overview.filter_text == ""
+    assert not filter_input.display
     await pilot.press("slash", *"sim-1")
     await wait_for(lambda: list(table_states(app)) == ["sim-1"], what="the filter")
     assert (overview.filter_text, overview.sort) == ("sim-1", "device")
@@ -222,6 +225,8 @@ async def filter_mode_keeps_keys_for_text(app: DashboardApp, pilot) -> None:
     assert overview.query_one(DeviceTable).has_focus
     assert filter_input.display
     assert list(table_states(app)) == ["sim-1"]
+    await pilot.press("x")  # not added to the kept filter
+    assert overview.filter_text == "sim-1"
     await pilot.press("s")  # now a key: sorts
     assert overview.sort == "gateway"
     await wait_for(lambda: "gateway ▲" in headers(app), what="the sort arrow moved")
@@ -416,8 +421,11 @@ async def test_at_80x24_the_command_form_shows_its_answer():
     async with app.run_test(size=(80, 24)) as pilot:
         await _send_a_command(pilot)
         result = app.screen.query_one("#result", Static)
-        assert app.screen.region.contains_region(result.region)
         assert "not_connected" in "".join(_lines(result))
+        # On screen, not clipped by the form (it used to be cut below its Send button).
+        region = result.region
+        assert all(app.screen.get_widget_at(region.x + 1, y)[0] is result
+                   for y in range(region.y, region.bottom)), region
 
 
 async def test_the_help_text_wraps_cleanly():
