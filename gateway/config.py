@@ -300,8 +300,12 @@ def _allow_entry_error(entry: str, profile: DeviceProfile) -> str | None:
                 "takes no key"
             return (f"is not valid: {action!r} {takes}; expected ACTION:KEY with ACTION one "
                     f"of {', '.join(KEYED_ACTIONS)} (the actions that take a key)")
-        ids = [str(k.id) for k in profile.keys.values()]
-        if key in key_names or key in ids:
+        named = next((k for k in profile.keys.values() if key in (k.name, str(k.id))), None)
+        if named is not None and action == "write" and not named.writable:
+            writable = ", ".join(k.name for k in profile.keys.values() if k.writable)
+            return (f"is not valid: key {named.name!r} of profile {profile.name} is read-only; "
+                    f"expected write:KEY with KEY one of {writable or '(none)'}")
+        if named is not None:
             return None
         hint = _did_you_mean(key, key_names)
         return (f"is not valid: {key!r} is not a key of profile {profile.name}; expected "

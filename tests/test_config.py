@@ -160,6 +160,9 @@ ENV_SENSOR_CHOICES = ("expected one of the actions read, write, raw, ping, a com
     ("ping:interval_ms", "ports[0].allow[1]: 'ping:interval_ms' is not valid: 'ping' takes no "
                          "key; expected ACTION:KEY with ACTION one of read, write"),
     ("wirte:name", "ports[0].allow[1]: 'wirte:name' is not valid: 'wirte' is not an action"),
+    ("write:fw_build", "ports[0].allow[1]: 'write:fw_build' is not valid: key 'fw_build' of "
+                       "profile env-sensor is read-only; expected write:KEY with KEY one of "
+                       "interval_ms, name"),
 ])
 def test_an_allow_entry_that_grants_nothing_is_an_error(entry, message):
     """Issue 12: every allow entry must name an action, a command or a key of the port's
