@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+import pytest
 
 from firmware_sim import Fleet, FleetSpec
 from gateway.app import EventSubscription, Gateway
 from gateway.config import parse_config
 from gateway.session import DeviceEvent, StateChange, TelemetryEvent
+
+
+def lacking(what: str) -> NoReturn:
+    """A test needs a tool this machine lacks: skip with ``what`` on a developer's machine,
+    fail under CI (``CI=true``), whose own set-up must install every tool a test needs."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} (CI installs every tool a test needs: see ./dev system-deps)")
+    pytest.skip(what)
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "it") -> Any:
