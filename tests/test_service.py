@@ -200,7 +200,7 @@ def test_check_config_exits_2_with_every_error(tmp_path):
     assert result.returncode == 2
     for message in ("log_level: 'loud' is not a log level",
                     "queue.max_bytes: 1 is not valid",
-                    "ports[0].path: None is not a port"):
+                    "ports[0].path: missing; expected a device path"):
         assert message in result.stderr
     assert "Traceback" not in result.stderr
 
