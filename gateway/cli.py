@@ -333,11 +333,18 @@ async def _demo(args: argparse.Namespace) -> int:
         async with EmbeddedBroker(url), Fleet(spec) as fleet:
             watching = None
             if headless:  # the dashboard is its own MQTT client
+                subscribed = asyncio.Event()
                 watcher = MqttConnection(BrokerSettings(url=url, protocol=3,
                                                         client_id="mcp-demo-watch"),
-                                         on_message=show)
+                                         on_message=show, on_subscribed=subscribed.set)
                 watcher.on_connect = lambda: watcher.subscribe([f"{config.topic_prefix}/#"])
                 watching = asyncio.create_task(watcher.run())
+                # Subscribed before the gateway connects: amqtt hands a client that subscribes
+                # while a retained message is being stored both the stored and the live copy
+                # (the gateway's status would be printed twice).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):
+                        await subscribed.wait()
             gateway = Gateway(config)
             async with Bridge(gateway, config), gateway:
                 if headless:
