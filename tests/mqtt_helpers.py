@@ -130,6 +130,16 @@ def make_certificates(directory: Path, host: str = "localhost") -> dict[str, Pat
     return paths
 
 
+def tls_mosquitto(directory: Path, extra: str = "") -> tuple[Mosquitto, dict[str, Path]]:
+    """A Mosquitto (not started) that speaks TLS only, with ``make_certificates``' server
+    certificate for localhost on a free port; ``extra`` adds listener options."""
+    certs = make_certificates(directory)
+    broker = Mosquitto(directory, port=free_port(), extra=(
+        f"cafile {certs['ca']}\ncertfile {certs['server']}\nkeyfile {certs['server-key']}\n"
+        + extra))
+    return broker, certs
+
+
 def make_client_certificate(certs: dict[str, Path], directory: Path,
                             name: str = "gateway") -> tuple[Path, Path]:
     """A client certificate and key signed by ``make_certificates``' CA."""

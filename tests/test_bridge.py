@@ -26,8 +26,8 @@ from tests.mqtt_helpers import (
     Client,
     Mosquitto,
     free_port,
-    make_certificates,
     make_client_certificate,
+    tls_mosquitto,
 )
 
 P = "mcp/v1/test-gw"
@@ -230,10 +230,8 @@ def test_the_last_will_says_offline_when_the_gateway_dies(tmp_path, broker):
 
 
 async def test_tls_with_verification_and_a_wrong_host_name_refused(tmp_path):
-    certs = make_certificates(tmp_path)
-    port = free_port()
-    tls = Mosquitto(tmp_path, port=port, extra=(
-        f"cafile {certs['ca']}\ncertfile {certs['server']}\nkeyfile {certs['server-key']}\n"))
+    tls, certs = tls_mosquitto(tmp_path)
+    port = tls.port
     tls.start()
     try:
         good = BrokerSettings(url=f"mqtts://localhost:{port}", ca_file=str(certs["ca"]),
@@ -269,12 +267,9 @@ async def _connects(settings: BrokerSettings) -> tuple[bool, str]:
 
 
 async def test_client_certificates(tmp_path):
-    certs = make_certificates(tmp_path)
+    mutual, certs = tls_mosquitto(tmp_path, "require_certificate true\n")
+    port = mutual.port
     cert, key = make_client_certificate(certs, tmp_path)
-    port = free_port()
-    mutual = Mosquitto(tmp_path, port=port, extra=(
-        f"cafile {certs['ca']}\ncertfile {certs['server']}\nkeyfile {certs['server-key']}\n"
-        "require_certificate true\n"))
     mutual.start()
     try:
         config = parse_config({"state_dir": str(tmp_path / "s"), "broker": {

@@ -16,7 +16,7 @@ from gateway.app import Gateway
 from gateway.bridge.bridge import Bridge
 from gateway.config import parse_config
 from tests.harness import wait_for
-from tests.mqtt_helpers import Client, Mosquitto, free_port, make_certificates
+from tests.mqtt_helpers import Client, Mosquitto, free_port, tls_mosquitto
 
 BIN = Path(sys.executable).parent
 #: the default --wait is 10 s: every failure here must come well before it
@@ -63,10 +63,8 @@ async def test_a_broker_that_refuses_the_credentials_fails_at_once(tmp_path):
 
 
 async def test_a_tls_failure_fails_at_once_saying_so(tmp_path):
-    certs = make_certificates(tmp_path)
-    port = free_port()
-    tls = Mosquitto(tmp_path, port=port, extra=(
-        f"cafile {certs['ca']}\ncertfile {certs['server']}\nkeyfile {certs['server-key']}\n"))
+    tls, _ = tls_mosquitto(tmp_path)
+    port = tls.port
     tls.start()
     try:
         # The broker's certificate is signed by a CA this client was not given.
