@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from gateway.errors import NodeIdsExhausted
-from gateway.frames import Command, NackCode, decode_payload
+from gateway.frames import Command, NackCode, decode_payload, encode_frame
 from gateway.nodeids import MAX_NODE_ID, NodeIdStore
 from gateway.session import TelemetryEvent
 from tests.harness import gateway_config, is_state, lacking, next_event, running_gateway, wait_for
@@ -255,3 +255,32 @@ async def test_a_full_disk_never_stops_registration_and_the_ids_are_written_when
                 f"{0x77:016x}": 1}, timeout=5, what="the id written after space returned")
             await wait_for(lambda: any("over after" in r.getMessage()
                                        for r in caplog.records), what="the INFO line")
+
+
+async def test_a_device_whose_id_was_reused_while_it_was_offline_must_say_hello_again(tmp_path):
+    """The full table may give the id of an offline device to a new uid: when that device
+    is heard again it is ``unregistered`` (its PING answered NACK 5, so it says HELLO and gets
+    an id of its own), never ``online`` with an id another device holds."""
+    uids = _write_full_table(tmp_path / "state" / "node_ids.json")
+    with RawPort() as first, RawPort() as second:
+        config = gateway_config(tmp_path, {"a": first.path, "b": second.path}, heartbeat_s=0.3)
+        async with running_gateway(config) as (gw, sub):
+            await wait_for(lambda: all(d.link for d in gw.devices.values()), what="ports")
+            await first.write(hello(uids[1]))
+            await next_event(sub, is_state("a", "online"))
+            await next_event(sub, is_state("a", "offline"), timeout=5)  # it went quiet
+            store = gw.node_ids
+            for uid, _ in list(store.items()):
+                if uid != uids[1]:
+                    store.get(uid)
+            await second.write(hello(0xBEEF))
+            await next_event(sub, is_state("b", "online"))
+            assert store.lookup(f"{0xBEEF:016x}") == 1  # "a" was offline: its id was free
+            await first.write(STATUS)
+            back = await next_event(sub, lambda e: getattr(e, "device_id", "") == "a" and
+                                    getattr(e, "reason", "") == "heard_again")
+            assert back.state == "unregistered"
+            assert "node_id" not in back.facts
+            await first.write(encode_frame(Command.PING, b""))
+            await wait_for(lambda: first.replies(Command.NACK, NackCode.NOT_REGISTERED),
+                           what="NACK 5 to its PING")
