@@ -307,35 +307,34 @@ class DeviceSession:
             self._set_state(back, "heard_again")
         self.trace.extend(("rx", wall, frame) for frame in frames)
         for frame in frames:
+            # Inline (no call per frame): the hot path. One frame's failure never costs
+            # the frames beside it.
             try:
-                self._on_frame(frame, wall)
-            except Exception as exc:  # one frame's failure never costs the frames beside it
+                cmd = frame.cmd_id
+                if cmd == Command.HELLO:
+                    self._on_hello(frame)
+                elif cmd == Command.PING:
+                    if self.state is DeviceState.UNREGISTERED:
+                        # A device that pings thinks it is registered (the gateway restarted, or
+                        # its HELLO_ACK was lost): NACK 5 tells it to say HELLO again.
+                        self._reply(Frame(Command.NACK, bytes([cmd, NackCode.NOT_REGISTERED]),
+                                          frame.request_seq))
+                    else:
+                        self._reply(Frame(Command.PONG, b"", frame.request_seq))
+                elif cmd & RESPONSE_BIT or cmd == Command.NACK:
+                    self._on_response(frame)
+                elif cmd in self.profile.events or cmd == Command.LOG or (cmd not in COMMANDS \
+                        and cmd not in DEVICE_REQUESTS):  # fmt: skip
+                    self._on_event(frame, wall)
+                else:
+                    # A gateway-to-device request (READ, WRITE, 0x30-0x6F...) sent by the device.
+                    self._reply(Frame(Command.NACK, bytes([cmd, NackCode.UNKNOWN_COMMAND]),
+                                      frame.request_seq))
+            except Exception as exc:
                 if not self._frame_failed.active:
                     log.exception("%s: handling %s failed", self.device_id,
                                   command_name(frame.cmd_id))
                 self._frame_failed.occurred(f"{command_name(frame.cmd_id)}: {exc!r}")
-
-    def _on_frame(self, frame: Frame, wall: float) -> None:
-        cmd = frame.cmd_id
-        if cmd == Command.HELLO:
-            self._on_hello(frame)
-        elif cmd == Command.PING:
-            if self.state is DeviceState.UNREGISTERED:
-                # A device that pings thinks it is registered (the gateway restarted, or
-                # its HELLO_ACK was lost): NACK 5 tells it to say HELLO again.
-                self._reply(Frame(Command.NACK, bytes([cmd, NackCode.NOT_REGISTERED]),
-                                  frame.request_seq))
-            else:
-                self._reply(Frame(Command.PONG, b"", frame.request_seq))
-        elif cmd & RESPONSE_BIT or cmd == Command.NACK:
-            self._on_response(frame)
-        elif cmd in self.profile.events or cmd == Command.LOG or (cmd not in COMMANDS \
-                and cmd not in DEVICE_REQUESTS):  # fmt: skip
-            self._on_event(frame, wall)
-        else:
-            # A gateway-to-device request (READ, WRITE, 0x30-0x6F...) sent by the device.
-            self._reply(Frame(Command.NACK, bytes([cmd, NackCode.UNKNOWN_COMMAND]),
-                              frame.request_seq))
 
     def _on_hello(self, frame: Frame) -> None:
         try:
