@@ -12,7 +12,7 @@ from gateway.config import GatewayConfig, PortConfig
 from gateway.drivers.serial import SerialSettings
 from gateway.errors import GatewayError
 from gateway.nodeids import NodeIdStore
-from gateway.ports import GlobWatcher, PortRunner, device_id_for_match
+from gateway.ports import GlobWatcher, PortRunner, device_id_for_match, unique_device_id
 from gateway.session import DeviceEvent, DeviceSession, DeviceState, SessionSettings
 
 log = logging.getLogger(__name__)
@@ -89,11 +89,20 @@ class Gateway:
         self._port_tasks: dict[str, list[asyncio.Task[Any]]] = {}
         self._group: asyncio.TaskGroup | None = None
         self.node_ids: NodeIdStore | None = None
+        self._node_ids_writer: asyncio.Task[None] | None = None
+        #: every session by the id from its path, kept while it is named ``uid-...``, so
+        #: the id stays its own to go back to
+        self._path_ids: dict[str, DeviceSession] = {}
+        #: ports (path, config) whose device id is taken, by that id: started when it frees
+        self._waiting: dict[str, list[tuple[str, PortConfig]]] = {}
 
     async def __aenter__(self) -> Gateway:
-        self.node_ids = NodeIdStore(self.config.state_dir / "node_ids.json")
+        self.node_ids = NodeIdStore(self.config.state_dir / "node_ids.json",
+                                    in_use=self._online_uids)
         self._group = asyncio.TaskGroup()
         await self._group.__aenter__()
+        self._node_ids_writer = self._group.create_task(self.node_ids.run(),
+                                                        name="node-ids-writer")
         for port in self.config.ports:
             self._start_port(port)
         return self
@@ -103,12 +112,23 @@ class Gateway:
             for task in tasks:
                 task.cancel()
         assert self._group is not None
-        await self._group.__aexit__(None, None, None)
+        assert self._node_ids_writer is not None
+        self._node_ids_writer.cancel()
+        try:
+            await self._group.__aexit__(None, None, None)
+        finally:
+            assert self.node_ids is not None
+            self.node_ids.close()  # the mappings the writer had not written yet
+
+    def _online_uids(self) -> set[str]:
+        """The uids of the devices online now (their node ids are never reused)."""
+        return {session.hello["uid"] for session in self.devices.values()
+                if session.state is DeviceState.ONLINE and "uid" in session.hello}
 
     def _start_port(self, port: PortConfig) -> None:
         if port.is_glob:
             watcher = GlobWatcher(port.path, lambda path, p=port: self._start_device(
-                device_id_for_match(p.name, path), path, p))
+                self._glob_device_id(p, path), path, p))
             watcher.scan()
             self._spawn(watcher.run(), f"glob-{port.name}", port.name)
         else:
@@ -123,11 +143,18 @@ class Gateway:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for waiting in self._waiting.values():
+            waiting[:] = [(path, port) for path, port in waiting if port.name != name]
+        freed = []
         for device_id, session in list(self.devices.items()):
             if session.settings.port_name == name:
                 session.retire(reason)
                 del self.devices[device_id]
                 self.runners.pop(device_id, None)
+                self._path_ids.pop(session.path_id, None)
+                freed += [device_id, session.path_id]
+        for device_id in freed:
+            self._release(device_id)
 
     def _spawn(self, coro: Any, name: str, port_name: str) -> None:
         assert self._group is not None
@@ -170,9 +197,35 @@ class Gateway:
         log.info("configuration reloaded: %s", report.summary())
         return report
 
+    def _id_taken(self, device_id: str) -> bool:
+        return device_id in self.devices or device_id in self._path_ids
+
+    def _glob_device_id(self, port: PortConfig, path: str) -> str:
+        """A glob match's id: from its path below the glob's fixed directory; with a hash
+        of the path if that is taken, by another match or as a configured port's name."""
+        device_id = device_id_for_match(port.name, port.path, path)
+        names = {p.name for p in self.config.ports if not p.is_glob}
+        if self._id_taken(device_id) or device_id in names:
+            device_id = unique_device_id(device_id, path)
+        return device_id
+
+    def _release(self, device_id: str) -> None:
+        """``device_id`` may be free now: start the first port waiting on it."""
+        waiting = self._waiting.get(device_id)
+        if self._id_taken(device_id) or not waiting:
+            if not waiting:
+                self._waiting.pop(device_id, None)
+            return
+        path, port = waiting.pop(0)
+        log.info("%s: the device id is free now; starting %s", device_id, path)
+        self._start_device(device_id, path, port)
+
     def _start_device(self, device_id: str, path: str, port: PortConfig) -> None:
-        if device_id in self.devices:
-            log.error("%s: device id already in use; %s not started", device_id, path)
+        if self._id_taken(device_id):
+            holder = self.devices.get(device_id) or self._path_ids[device_id]
+            log.error("%s: device id in use by %s; %s (port %s) starts when it is free",
+                      device_id, holder.port, path, port.name)
+            self._waiting.setdefault(device_id, []).append((path, port))
             return
         assert self.node_ids is not None
         settings = SessionSettings(
@@ -206,6 +259,7 @@ class Gateway:
         )
         runner = PortRunner(path, serial_settings, session)
         self.devices[device_id] = session
+        self._path_ids[device_id] = session
         self.runners[device_id] = runner
         self._spawn(session.run(), f"session-{device_id}", port.name)
         self._spawn(runner.run(), f"port-{device_id}", port.name)
@@ -216,6 +270,10 @@ class Gateway:
         path) gives it up and goes back to its path id."""
         holder = self.devices.get(device_id)
         if holder is session:
+            return
+        if holder is not None and holder.device_id == holder.path_id:
+            log.error("%s: uid id %s is a configured port's name; this device stays %s",
+                      session.port, device_id, session.device_id)
             return
         if holder is not None:
             if holder.state is DeviceState.ONLINE:
@@ -237,6 +295,7 @@ class Gateway:
         self.devices[device_id] = self.devices.pop(old)
         self.runners[device_id] = self.runners.pop(old)
         session.rename(device_id)
+        self._release(old)
 
     @property
     def reading_paused(self) -> bool:

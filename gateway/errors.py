@@ -115,3 +115,13 @@ class LinkClosed(GatewayError):
 
 class ReloadBusy(GatewayError):
     """A configuration reload is already running."""
+
+
+class NodeIdsExhausted(GatewayError):
+    """Every node id (1..65535) belongs to a device that is online now: a new uid gets none."""
+
+    def __init__(self, uid: str, capacity: int) -> None:
+        super().__init__(f"no node id for uid {uid}: all {capacity} node ids belong to devices "
+                         "online now")
+        self.uid = uid
+        self.capacity = capacity

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import glob
+import hashlib
+import itertools
 import logging
 import os
 import random
@@ -22,6 +24,7 @@ BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 10.0
 GLOB_SCAN_S = 0.5
 _PATH_POLL_S = 0.1
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 class PortRunner:
@@ -115,10 +118,26 @@ def _reason(url: str, exc: BaseException | None) -> str:
     return "port_error"
 
 
-def device_id_for_match(port_name: str, path: str) -> str:
-    """The device id of one glob match: the port's name and the file name, made id-safe."""
-    base = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(path))
-    return f"{port_name}-{base}"[:64]
+def device_id_for_match(port_name: str, pattern: str, path: str) -> str:
+    """The device id of one glob match: the port's name and the match's path below the
+    glob's fixed directory, made id-safe: ``/dev/serial/by-id/*`` gives ``NAME-<by-id name>``,
+    ``/tmp/a/*/tty`` gives ``NAME-1_tty`` and ``NAME-2_tty`` (not ``NAME-tty`` twice)."""
+    below = os.path.relpath(path, glob_fixed_dir(pattern))
+    return f"{port_name}-{_ID_UNSAFE.sub('_', below)}"[:64]
+
+
+def unique_device_id(device_id: str, path: str) -> str:
+    """Another id for a glob match whose id is taken (two paths that differ only in
+    characters an id cannot hold): ``device_id`` with a hash of ``path``, the same every run."""
+    digest = hashlib.sha1(path.encode(), usedforsecurity=False).hexdigest()[:8]
+    return f"{device_id[:55]}-{digest}"
+
+
+def glob_fixed_dir(pattern: str) -> str:
+    """The directory a glob's matches are under: its components before the first wildcard."""
+    parts = pattern.split("/")[:-1]
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts))
+    return "/".join(fixed) or ("/" if pattern.startswith("/") else ".")
 
 
 class GlobWatcher:

@@ -19,7 +19,13 @@ from typing import Any
 
 from gateway.drivers.reliable import LinkCounters
 from gateway.drivers.serial import SerialLink
-from gateway.errors import GatewayError, InvalidRequest, LinkClosed, ValueEncodingError
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    LinkClosed,
+    NodeIdsExhausted,
+    ValueEncodingError,
+)
 from gateway.frames import (
     COMMANDS,
     Command,
@@ -33,6 +39,7 @@ from gateway.frames import (
 )
 from gateway.frames.commands import DEVICE_REQUESTS, RESPONSE_BIT, Direction
 from gateway.frames.deframer import DeframerStats
+from gateway.logs import Recurring
 from gateway.nodeids import NodeIdStore
 from gateway.transactions import (
     CircuitBreaker,
@@ -129,6 +136,11 @@ class SessionSettings:
     id_from_uid: bool = False
     #: the port's frame profile ("mcp" or "ms720"), shown in the device's facts
     frames: str = "mcp"
+    #: HELLOs a port may send at once, and how many a second after that (a token bucket):
+    #: a device (or noise) sending HELLOs in a loop costs at most this many node id
+    #: look-ups, status changes and table writes; the rest are answered NACK 3 (busy)
+    hello_burst: int = 10
+    hello_per_s: float = 2.0
 
 
 @dataclass
@@ -178,6 +190,14 @@ class DeviceSession:
         self._last_ping = 0.0
         self._liveness_pings = 0
         self._loop = asyncio.get_running_loop()
+        self._hello_tokens = float(settings.hello_burst)
+        self._hello_refilled = self._loop.time()
+        #: conditions a device can repeat many times a second: logged once, then counted;
+        #: they have no natural end (they begin again after a quiet summary interval)
+        self._bad_hello = Recurring(log, "")
+        self._hello_refused = Recurring(log, "")
+        self._frame_failed = Recurring(log, "", level=logging.ERROR)
+        self._name_recurring()
         self.transactions = Transactions(
             self._send_request,
             max_queue=settings.max_queue,
@@ -259,9 +279,16 @@ class DeviceSession:
         """Take another id (the gateway's decision); subscribers see ``DeviceRenamed`` and
         then the current state under the new id."""
         old, self.device_id = self.device_id, device_id
+        self._name_recurring()
         log.info("%s is now %s", old, device_id)
         self._emit(DeviceRenamed(device_id, old))
         self._emit(StateChange(device_id, self.state, self.reason, self.since, self.facts))
+
+    def _name_recurring(self) -> None:
+        name = self.device_id
+        self._bad_hello.what = f"{name}: bad HELLO (answered NACK 2)"
+        self._hello_refused.what = f"{name}: HELLO refused (answered NACK 3, busy)"
+        self._frame_failed.what = f"{name}: frame handler failed"
 
     # ------------------------------------------------------------------ frames in
 
@@ -271,49 +298,86 @@ class DeviceSession:
         self._last_heard = now
         self.last_seen = wall = time.time()
         if self.state is DeviceState.OFFLINE and self.link is not None:
-            # Heard again after a heartbeat timeout.
+            # Heard again after a heartbeat timeout: online with its node id, unless the
+            # full table gave that id to another uid meanwhile (then it must say HELLO).
+            if self.node_id is not None and \
+                    self._node_ids.lookup(self.hello.get("uid", "")) != self.node_id:  # fmt: skip
+                self.node_id = None
             back = DeviceState.ONLINE if self.node_id is not None else DeviceState.UNREGISTERED
             self._set_state(back, "heard_again")
         self.trace.extend(("rx", wall, frame) for frame in frames)
         for frame in frames:
-            cmd = frame.cmd_id
-            if cmd == Command.HELLO:
-                self._on_hello(frame)
-            elif cmd == Command.PING:
-                if self.state is DeviceState.UNREGISTERED:
-                    # A device that pings thinks it is registered (the gateway restarted, or
-                    # its HELLO_ACK was lost): NACK 5 tells it to say HELLO again.
-                    self._reply(Frame(Command.NACK, bytes([cmd, NackCode.NOT_REGISTERED]),
-                                      frame.request_seq))
+            # Inline (no call per frame): the hot path. One frame's failure never costs
+            # the frames beside it.
+            try:
+                cmd = frame.cmd_id
+                if cmd == Command.HELLO:
+                    self._on_hello(frame)
+                elif cmd == Command.PING:
+                    if self.state is DeviceState.UNREGISTERED:
+                        # A device that pings thinks it is registered (the gateway restarted, or
+                        # its HELLO_ACK was lost): NACK 5 tells it to say HELLO again.
+                        self._reply(Frame(Command.NACK, bytes([cmd, NackCode.NOT_REGISTERED]),
+                                          frame.request_seq))
+                    else:
+                        self._reply(Frame(Command.PONG, b"", frame.request_seq))
+                elif cmd & RESPONSE_BIT or cmd == Command.NACK:
+                    self._on_response(frame)
+                elif cmd in self.profile.events or cmd == Command.LOG or (cmd not in COMMANDS \
+                        and cmd not in DEVICE_REQUESTS):  # fmt: skip
+                    self._on_event(frame, wall)
                 else:
-                    self._reply(Frame(Command.PONG, b"", frame.request_seq))
-            elif cmd & RESPONSE_BIT or cmd == Command.NACK:
-                self._on_response(frame)
-            elif cmd in self.profile.events or cmd == Command.LOG or (cmd not in COMMANDS \
-                    and cmd not in DEVICE_REQUESTS):  # fmt: skip
-                self._on_event(frame, wall)
-            else:
-                # A gateway-to-device request (READ, WRITE, 0x30-0x6F...) sent by the device.
-                self._reply(Frame(Command.NACK, bytes([cmd, NackCode.UNKNOWN_COMMAND]),
-                                  frame.request_seq))
+                    # A gateway-to-device request (READ, WRITE, 0x30-0x6F...) sent by the device.
+                    self._reply(Frame(Command.NACK, bytes([cmd, NackCode.UNKNOWN_COMMAND]),
+                                      frame.request_seq))
+            except Exception as exc:
+                if not self._frame_failed.active:
+                    log.exception("%s: handling %s failed", self.device_id,
+                                  command_name(frame.cmd_id))
+                self._frame_failed.occurred(f"{command_name(frame.cmd_id)}: {exc!r}")
 
     def _on_hello(self, frame: Frame) -> None:
         try:
             hello = decode_payload(Command.HELLO, frame.payload)
         except GatewayError as exc:
-            log.warning("%s: bad HELLO: %s", self.device_id, exc)
-            self._reply(Frame(Command.NACK, bytes([Command.HELLO, NackCode.BAD_PAYLOAD]),
-                              frame.request_seq))
+            self._bad_hello.occurred(str(exc))
+            self._nack(frame, NackCode.BAD_PAYLOAD)
             return
-        self.hello = hello
+        if not self._take_hello_token():
+            self._hello_refused.occurred(
+                f"more than {self.settings.hello_burst} at once or "
+                f"{self.settings.hello_per_s:g}/s (uid {hello['uid']})")
+            self._nack(frame, NackCode.BUSY)
+            return
+        try:
+            node_id = self._node_ids.get(hello["uid"])
+        except NodeIdsExhausted as exc:
+            self._hello_refused.occurred(str(exc))
+            self._nack(frame, NackCode.BUSY)
+            return
+        self.hello, self.node_id = hello, node_id
         if self.settings.id_from_uid and self._claim_id is not None:
             self._claim_id(self, f"uid-{hello['uid']}")
-        self.node_id = self._node_ids.get(hello["uid"])
         # HELLO_ACK carries whole seconds; sub-second heartbeats (tests) round up to 1.
         ack = {"node_id": self.node_id, "heartbeat_s": max(1, round(self.settings.heartbeat_s))}
         self._reply(Frame(Command.HELLO_ACK, encode_payload(Command.HELLO_ACK, ack),
                           frame.request_seq))
         self._set_state(DeviceState.ONLINE, "registered")
+
+    def _take_hello_token(self) -> bool:
+        """The HELLO rate limit (a token bucket, O(1)): True if this HELLO may go on."""
+        now = self._loop.time()
+        settings = self.settings
+        self._hello_tokens = min(float(settings.hello_burst), self._hello_tokens
+                                 + (now - self._hello_refilled) * settings.hello_per_s)
+        self._hello_refilled = now
+        if self._hello_tokens < 1.0:
+            return False
+        self._hello_tokens -= 1.0
+        return True
+
+    def _nack(self, frame: Frame, code: NackCode) -> None:
+        self._reply(Frame(Command.NACK, bytes([frame.cmd_id, code]), frame.request_seq))
 
     def _on_response(self, frame: Frame) -> None:
         if frame.cmd_id == Command.PONG and self._liveness_pings and \
