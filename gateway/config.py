@@ -558,9 +558,8 @@ def _state_dir_errors(errors: _Errors, state_dir: str) -> None:
             for name, what in STATE_FILES.items():
                 file = path / name
                 if file.exists() and not file.is_file():
-                    errors.add(f"state_dir/{name}", str(file), f"is not a file (it is {what}, "
-                               "and is a directory here); expected a file, or nothing: move it "
-                               "away")
+                    errors.add(f"state_dir/{name}", str(file), f"is not a file; expected "
+                               f"{what}'s file, or nothing yet: move it away")
                 elif file.exists() and not os.access(file, os.R_OK | os.W_OK):
                     errors.add(f"state_dir/{name}", str(file), f"is not readable and {writable}"
                                f"; it is {what}")
