@@ -407,7 +407,9 @@ def _port_devices(port: PortConfig) -> set[str]:
     if port.is_url:
         return {port.path.rstrip("/")}
     paths = glob.glob(port.path) if port.is_glob else [port.path]
-    return {p for path in paths for p in (os.path.normpath(path), os.path.realpath(path))}
+    # Resolved only if there: a dangling link's old target may be another device's by now.
+    return {os.path.normpath(path) for path in paths} | {
+        os.path.realpath(path) for path in paths if os.path.exists(path)}
 
 
 def _glob_matches(pattern: str, path: str) -> bool:

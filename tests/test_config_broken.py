@@ -416,3 +416,23 @@ def test_run_names_broker_url_for_a_port_out_of_range(tmp_path: Path) -> None:
     _assert_refused_at_start(_run("run", "--config", str(config)),
                              "broker.url: 'mqtt://127.0.0.1:99999' is not a broker URL: port "
                              "99999 is not a TCP port")
+
+
+def test_two_links_to_one_device_are_one_device_and_a_dangling_link_is_not(tmp_path: Path) -> None:
+    """Two udev names for one adapter would open it twice; a link whose device is gone says
+    nothing about which device its old target name belongs to now."""
+    # /dev/null stands in for the adapter: a character device, only its identity matters.
+    (tmp_path / "by-id").symlink_to("/dev/null")
+    (tmp_path / "by-path").symlink_to("/dev/null")
+    with pytest.raises(ConfigError) as info:
+        parse_config({"state_dir": str(tmp_path / "s"), "ports": [
+            {"name": "a", "path": str(tmp_path / "by-id")},
+            {"name": "b", "path": str(tmp_path / "by-path")}]})
+    assert info.value.errors == [(
+        f"ports[1].path: '{tmp_path / 'by-path'}' is the same device as the path of ports[0] "
+        f"('a'); {SAME_DEVICE}")]
+    (tmp_path / "gone").symlink_to(tmp_path / "ttyUSB9")
+    (tmp_path / "other").symlink_to(tmp_path / "ttyUSB9")
+    parse_config({"state_dir": str(tmp_path / "s"), "ports": [
+        {"name": "a", "path": str(tmp_path / "gone")},
+        {"name": "b", "path": str(tmp_path / "other")}]})
