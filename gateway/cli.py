@@ -125,12 +125,14 @@ async def _until_stopped(duration: float | None) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, check_state_dir=True)
     return await Service(args.config, config).run()
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.file)
+    config = load_config(args.file, check_state_dir=True)
+    for warning in config.warnings:  # it runs, but probably not as meant
+        print(f"mcp-gateway: warning: {args.file}: {warning}", file=sys.stderr)
     sys.stdout.write(f"# {args.file}: valid. The effective configuration, every default "
                      "filled in:\n")
     sys.stdout.write(tomli_w.dumps(effective(config)))

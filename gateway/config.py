@@ -7,14 +7,21 @@ reported at once; unknown keys are errors (they are usually typos).
 from __future__ import annotations
 
 import difflib
+import fnmatch
+import glob
+import importlib.util
 import os
 import re
 import socket
+import ssl
+import stat
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from gateway.bridge.embedded import url_problem as embedded_url_problem
 from gateway.errors import ConfigError, UnknownProfile
 from gateway.frames import DeviceProfile, ProfileRegistry
 
@@ -28,6 +35,16 @@ FRAME_PROFILES = ("mcp", "ms720")
 #: requests in flight per ms720 device: the default, and at most
 PIPELINE_DEFAULT = 16
 PIPELINE_MAX = 64
+#: what ``state_dir`` holds: each must be a file (or not there yet)
+STATE_FILES = {"spool.db": "the event queue", "node_ids.json": "the uid -> node_id map"}
+#: characters brokers refuse in MQTT strings (topics, client ids, user names): U+0000 is
+#: forbidden by the MQTT spec, and Mosquitto closes the connection of a client sending any
+#: other C0 or C1 control character too (the gateway would reconnect forever)
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: the longest string an MQTT packet can carry (a 16-bit length, in UTF-8 bytes)
+MQTT_STRING_MAX = 65535
+#: pyserial URL schemes whose URL is host:port (the port is required)
+_HOST_PORT_SCHEMES = ("socket", "rfc2217")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +149,9 @@ class GatewayConfig:
     log_level: str = "INFO"
     #: "text" (journald-friendly lines) or "json" (one object per line)
     log_format: str = "text"
+    #: settings that work but are probably not what was meant (check-config prints them,
+    #: run logs them); not part of the configuration itself
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def profiles(self) -> ProfileRegistry:
         """The built-in profiles plus those in ``profiles_dir``."""
@@ -146,12 +166,24 @@ _BROKER_KEYS = {"url", "protocol", "embedded", "client_id", "username", "passwor
                 "password_env", "ca_file", "cert_file", "key_file", "tls_insecure"}
 
 
+def _shown(value: Any) -> str:
+    """A bad value as an error shows it: its repr, a long string cut short."""
+    if isinstance(value, str) and len(value) > 80:
+        return f"{value[:60]!r}… ({len(value)} characters)"
+    return repr(value)
+
+
 class _Errors:
     def __init__(self) -> None:
         self.items: list[str] = []
+        self.warnings: list[str] = []
 
     def add(self, path: str, value: Any, expected: str) -> None:
-        self.items.append(f"{path}: {value!r} {expected}")
+        self.items.append(f"{path}: {_shown(value)} {expected}")
+
+    def warn(self, path: str, value: Any, why: str) -> None:
+        """A setting that runs, but probably not as meant."""
+        self.warnings.append(f"{path}: {_shown(value)} {why}")
 
     def missing(self, path: str, expected: str) -> None:
         """A required key that is not there (not a bad value: there is none)."""
@@ -191,6 +223,10 @@ def _port(errors: _Errors, raw: Any, index: int, registry: ProfileRegistry) -> P
         errors.missing(f"{path}.path", port_rule)
     elif not isinstance(device_path, str) or not device_path:
         errors.add(f"{path}.path", device_path, f"is not a port; expected {port_rule}")
+    else:
+        wrong = _port_path_error(device_path)
+        if wrong:
+            errors.add(f"{path}.path", device_path, wrong)
     baudrate = raw.get("baudrate", defaults.baudrate)
     if baudrate not in STANDARD_BAUDRATES or isinstance(baudrate, bool):
         errors.add(f"{path}.baudrate", baudrate, "is not a standard baud rate; expected one of "
@@ -205,6 +241,10 @@ def _port(errors: _Errors, raw: Any, index: int, registry: ProfileRegistry) -> P
     stopbits = raw.get("stopbits", defaults.stopbits)
     if stopbits not in (1, 1.5, 2) or isinstance(stopbits, bool):
         errors.add(f"{path}.stopbits", stopbits, "is not a stop bit count; expected 1, 1.5 or 2")
+    elif stopbits == 1.5 and bytesize != 5:
+        # POSIX has one "more stop bits" flag: a UART sends 1.5 with 5 data bits, else 2.
+        errors.add(f"{path}.stopbits", stopbits, f"needs bytesize = 5: with {bytesize} data "
+                   "bits a UART sends 2 stop bits instead; expected 1 or 2")
     flags = {}
     for key in ("rtscts", "exclusive"):
         flags[key] = raw.get(key, getattr(defaults, key))
@@ -321,8 +361,230 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfig:
-    """Validate a parsed TOML document; ``ConfigError`` lists every problem."""
+def _port_path_error(path: str) -> str | None:
+    """Why a port's ``path`` cannot be opened as a port (None: it may be).
+
+    A device that is not there is fine (it is waited for); one that is there must be a
+    character device, and a URL must have a pyserial handler (and host:port for sockets).
+    """
+    if "://" in path:
+        scheme = path.partition("://")[0]
+        if not re.fullmatch(r"[a-z0-9]+", scheme) or importlib.util.find_spec(
+                f"serial.urlhandler.protocol_{scheme}") is None:
+            return ("is not a serial URL pyserial can open; expected a device path, a glob, "
+                    "or socket://host:port (or rfc2217://, loop://, spy://)")
+        if scheme in _HOST_PORT_SCHEMES:
+            parts = urlsplit(path)
+            try:
+                port = parts.port
+            except ValueError:
+                port = 0
+            if not parts.hostname or not port:
+                return f"is not host:port; expected {scheme}://HOST:PORT with a port from 1 to " \
+                    "65535"
+        return None
+    if not os.path.isabs(path):
+        return ("is not an absolute path; expected a device path such as /dev/ttyUSB0 (a "
+                "relative one depends on the working directory: / under systemd)")
+    if any(c in path for c in "*?["):
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # not there (yet): the port waits for it
+    if stat.S_ISDIR(mode):
+        return ("is a directory; expected a serial device such as /dev/ttyUSB0, or a glob such "
+                f"as {path.rstrip('/')}/*")
+    if not stat.S_ISCHR(mode):
+        return "is not a serial device (not a character device); expected one such as " \
+            "/dev/ttyUSB0"
+    return None
+
+
+def _port_devices(port: PortConfig) -> set[str]:
+    """The device paths a port opens now, as spelt and resolved (for finding two ports on
+    one device); a glob gives the paths it matches at this moment."""
+    if port.is_url:
+        return {port.path.rstrip("/")}
+    paths = glob.glob(port.path) if port.is_glob else [port.path]
+    # Resolved only if there: a dangling link's old target may be another device's by now.
+    return {os.path.normpath(path) for path in paths} | {
+        os.path.realpath(path) for path in paths if os.path.exists(path)}
+
+
+def _glob_matches(pattern: str, path: str) -> bool:
+    """Would the glob ``pattern`` match ``path`` (level by level, as ``glob`` does)?"""
+    levels = os.path.normpath(path).split("/")
+    patterns = os.path.normpath(pattern).split("/")
+    return len(levels) == len(patterns) and all(
+        fnmatch.fnmatchcase(level, pat) for level, pat in zip(levels, patterns, strict=True))
+
+
+def _same_device_errors(errors: _Errors, ports: list[tuple[int, PortConfig]]) -> None:
+    """A device opened by two ports: the second finds it "in use by another program" (or,
+    with exclusive = false, both read half of its bytes). Each later port is named with the
+    earlier one."""
+    earlier: list[tuple[int, PortConfig, set[str]]] = []
+    for index, port in ports:
+        if not port.path:
+            continue
+        devices = _port_devices(port)
+        for other_index, other, other_devices in earlier:
+            where = f"ports[{other_index}] ({other.name!r})"
+            common = sorted(devices & other_devices)
+            if port.is_glob and not other.is_glob and not other.is_url \
+                    and _glob_matches(port.path, other.path):
+                what = f"matches {other.path!r}, the path of {where}"
+            elif other.is_glob and not port.is_glob and not port.is_url \
+                    and _glob_matches(other.path, port.path):
+                what = f"is matched by {other.path!r}, the glob of {where}"
+            elif common:
+                same = "the same device as" if not (port.is_glob or other.is_glob) else \
+                    f"matching {common[0]!r}, as does"
+                what = f"is {same} the path of {where}"
+            else:
+                continue
+            errors.add(f"ports[{index}].path", port.path, f"{what}; expected each device on "
+                       "one port only (the second port to open it would find it in use)")
+            break
+        earlier.append((index, port, devices))
+
+
+def _topic_prefix_error(prefix: Any) -> str | None:
+    """Why ``topic_prefix`` would make bad topics (None: it is fine)."""
+    rule = ("expected topic levels separated by / such as \"mcp/v1\", without + or #, not "
+            "starting with $, with no empty level")
+    if not isinstance(prefix, str) or not prefix:
+        return f"is not a topic prefix; {rule}"
+    if "+" in prefix or "#" in prefix:
+        return f"is not a topic prefix: + and # are wildcards, not topic characters; {rule}"
+    if prefix.startswith("$"):
+        return ("is not a topic prefix: topics starting with $ are the broker's own ($SYS), "
+                f"where it refuses (or drops) what clients publish; {rule}")
+    if "" in prefix.split("/"):
+        return ("is not a topic prefix: it has an empty level (a / at its start or end, or "
+                f"//), so every topic would too; {rule}")
+    wrong = _mqtt_string_error(prefix)
+    return f"is not a topic prefix: it {wrong}; {rule}" if wrong else None
+
+
+def _mqtt_string_error(text: str) -> str | None:
+    """Why a broker refuses ``text`` in a topic, client id or user name (None: it does not)."""
+    control = _CONTROL_CHARACTER.search(text)
+    if control:
+        return (f"contains the control character U+{ord(control.group()):04X}, which brokers "
+                "refuse (they close the connection)")
+    size = len(text.encode("utf-8"))
+    if size > MQTT_STRING_MAX:
+        return f"is {size} bytes long; an MQTT string is at most {MQTT_STRING_MAX}"
+    return None
+
+
+_BROKER_URL_RULE = "expected mqtt://host[:port] or mqtts://host[:port]"
+
+
+def _broker_url_error(url: Any) -> str | None:
+    """Why ``broker.url`` cannot be connected to as given (None: it can be tried)."""
+    if not isinstance(url, str):
+        return f"is not a broker URL; {_BROKER_URL_RULE}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.netloc:
+        return f"is not a broker URL; {_BROKER_URL_RULE}"
+    if "@" in parts.netloc:
+        return ("is not a broker URL: it holds a user name or password, which would not be "
+                f"sent; {_BROKER_URL_RULE}, with broker.username and broker.password_file "
+                "or broker.password_env")
+    if parts.path not in ("", "/") or "?" in url or "#" in url:
+        return f"is not a broker URL: MQTT has no paths, queries or fragments; {_BROKER_URL_RULE}"
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\s\[\]:]+)(?::(\d*))?", parts.netloc)
+    if match is None:
+        return f"is not a broker URL: {parts.netloc!r} is not host[:port]; {_BROKER_URL_RULE}"
+    port = match.group(2)
+    if port is not None and not (port and 1 <= int(port) <= 65535):
+        return (f"is not a broker URL: port {port or '(empty)'} is not a TCP port; "
+                f"{_BROKER_URL_RULE} with a port from 1 to 65535")
+    return None
+
+
+_METRICS_RULE = ("expected \"host:port\" such as \"127.0.0.1:9108\", or a port number (on "
+                 "127.0.0.1), with a port from 1 to 65535")
+
+
+def _metrics_address(errors: _Errors, metrics: Any) -> str | None:
+    """``[metrics]``: the endpoint's address as host:port (None: none, or an error)."""
+    if not isinstance(metrics, dict):
+        errors.add("metrics", metrics, "is not a table; expected [metrics] with address = "
+                   "\"127.0.0.1:9108\"")
+        return None
+    for key in sorted(set(metrics) - {"address"}):
+        errors.add(f"metrics.{key}", metrics[key], "is an unknown key; expected address")
+    if "address" not in metrics:
+        errors.missing("metrics.address", _METRICS_RULE)
+        return None
+    address = metrics["address"]
+    if isinstance(address, int) and not isinstance(address, bool):
+        if 1 <= address <= 65535:
+            return f"127.0.0.1:{address}"  # a bare port: loopback only
+        errors.add("metrics.address", address, f"is not a TCP port; {_METRICS_RULE}")
+        return None
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[\w.-]*):(\d+)", address) \
+        if isinstance(address, str) else None
+    if match is None:
+        errors.add("metrics.address", address, f"is not host:port; {_METRICS_RULE}")
+        return None
+    if not 1 <= int(match.group(2)) <= 65535:
+        errors.add("metrics.address", address, f"has port {int(match.group(2))}, which is not "
+                   f"a TCP port; {_METRICS_RULE}")
+        return None
+    return address
+
+
+def _user() -> str:
+    """Who check-config checks permissions as (they are the service user's at run)."""
+    return f"uid {os.geteuid()}"
+
+
+def _state_dir_errors(errors: _Errors, state_dir: str) -> None:
+    """What ``run`` would find wrong with ``state_dir``, seen without changing anything:
+    its type, its permissions (for the user running this), the files in it."""
+    path = Path(state_dir)
+    writable = f"writable by this user ({_user()}; run check-config as the service's user)"
+    if path.exists():
+        if not path.is_dir():
+            errors.add("state_dir", state_dir, "is a file, not a directory; expected a "
+                       "directory for spool.db and node_ids.json (or a path to create one at)")
+        elif not os.access(path, os.W_OK | os.X_OK):
+            errors.add("state_dir", state_dir, f"is not {writable}; expected a directory the "
+                       "gateway may write (a read-only file system is not)")
+        else:
+            for name, what in STATE_FILES.items():
+                file = path / name
+                if file.exists() and not file.is_file():
+                    errors.add(f"state_dir/{name}", str(file), f"is not a file; expected "
+                               f"{what}'s file, or nothing yet: move it away")
+                elif file.exists() and not os.access(file, os.R_OK | os.W_OK):
+                    errors.add(f"state_dir/{name}", str(file), f"is not readable and {writable}"
+                               f"; it is {what}")
+        return
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        errors.add("state_dir", state_dir, f"cannot be created: {str(ancestor)!r} is a file, "
+                   "not a directory; expected a directory path")
+    elif not os.access(ancestor, os.W_OK | os.X_OK):
+        errors.add("state_dir", state_dir, f"does not exist and cannot be created: "
+                   f"{str(ancestor)!r} is not {writable}")
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>", *,
+                 check_state_dir: bool = False) -> GatewayConfig:
+    """Validate a parsed TOML document; ``ConfigError`` lists every problem.
+
+    ``check_state_dir``: also check what ``run`` will find in ``state_dir`` (without
+    creating anything), for ``check-config`` and ``run``; the clients that read the
+    gateway's file for its broker settings (``request``, ``dashboard``) do not need it.
+    """
     errors = _Errors()
     for key in sorted(set(data) - _TOP_KEYS):
         errors.add(key, data[key], "is an unknown key; expected one of "
@@ -334,17 +596,33 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfi
     if not isinstance(state_dir, str) or not state_dir:
         errors.add("state_dir", state_dir, "is not a directory path")
         state_dir = "."
+    else:
+        if not os.path.isabs(state_dir):
+            errors.warn("state_dir", state_dir, "is relative: it is found from the working "
+                        "directory, which is / under systemd")
+        if check_state_dir:
+            _state_dir_errors(errors, state_dir)
     profiles_dir = data.get("profiles_dir")
-    if profiles_dir is not None and not isinstance(profiles_dir, str):
-        errors.add("profiles_dir", profiles_dir, "is not a directory path")
+    profiles_rule = "expected a directory of device profiles (NAME.toml)"
+    if profiles_dir is not None and (not isinstance(profiles_dir, str) or not profiles_dir):
+        errors.add("profiles_dir", profiles_dir, f"is not a directory path; {profiles_rule}")
         profiles_dir = None
+    elif profiles_dir is not None:
+        wrong = ("does not exist" if not os.path.exists(profiles_dir) else
+                 "is not a directory" if not os.path.isdir(profiles_dir) else
+                 f"cannot be read by this user ({_user()})"
+                 if not os.access(profiles_dir, os.R_OK | os.X_OK) else None)
+        if wrong:
+            errors.add("profiles_dir", profiles_dir, f"{wrong}; {profiles_rule}")
+            profiles_dir = None  # the ports' profiles are looked up among the built-in ones
     topic_prefix = data.get("topic_prefix", "mcp/v1")
-    if not isinstance(topic_prefix, str) or not topic_prefix or "#" in topic_prefix \
-            or "+" in topic_prefix:
-        errors.add("topic_prefix", topic_prefix, "is not a topic prefix (no # or +)")
+    wrong = _topic_prefix_error(topic_prefix)
+    if wrong:
+        errors.add("topic_prefix", topic_prefix, wrong)
     registry = ProfileRegistry([Path(profiles_dir)] if profiles_dir else [])
     raw_ports = data.get("ports", [])
     ports: list[PortConfig] = []
+    indexed: list[tuple[int, PortConfig]] = []
     if not isinstance(raw_ports, list):
         errors.add("ports", raw_ports, "is not a list; expected [[ports]] tables")
         raw_ports = []
@@ -356,6 +634,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfi
             errors.add(f"ports[{index}].name", port.name, "is used by an earlier port; names "
                        "are device ids and must be unique")
         ports.append(port)
+        indexed.append((index, port))
+    _same_device_errors(errors, indexed)
     broker = _broker(errors, data.get("broker"), gateway_id)
     queue = QueueConfig()
     raw_queue = data.get("queue", {})
@@ -377,18 +657,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfi
                                 maximum=1 << 24, integer=True)
     stats_interval_s = _number(errors, data, "stats_interval_s", "", 5.0, minimum=0.1,
                                maximum=3600)
-    metrics_address = None
     metrics = data.get("metrics")
-    if metrics is not None:
-        address = metrics.get("address") if isinstance(metrics, dict) else None
-        if isinstance(address, int) and not isinstance(address, bool):
-            address = f"127.0.0.1:{address}"  # a bare port: loopback only
-        if not isinstance(metrics, dict) or set(metrics) - {"address"} or not isinstance(
-                address, str) or not re.fullmatch(r"[\w.:\[\]-]*:\d{1,5}", address):
-            errors.add("metrics", metrics, "is not valid; expected a table with address = "
-                       "\"127.0.0.1:9108\" (host:port) or a port number")
-        else:
-            metrics_address = address
+    metrics_address = _metrics_address(errors, metrics) if metrics is not None else None
     log_level = data.get("log_level", "INFO")
     if not isinstance(log_level, str) or log_level.upper() not in LOG_LEVELS:
         errors.add("log_level", log_level, f"is not a log level; expected one of "
@@ -413,6 +683,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfi
         metrics_address=metrics_address,
         log_level=log_level.upper(),
         log_format=log_format,
+        warnings=tuple(errors.warnings),
     )
 
 
@@ -468,9 +739,9 @@ def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerConfig | None:
                    f"is an unknown key; expected one of {', '.join(sorted(_BROKER_KEYS))}{hint}")
     defaults = BrokerConfig()
     url = raw.get("url", defaults.url)
-    if not isinstance(url, str) or not re.fullmatch(r"mqtts?://[^/:\s]+(:\d{1,5})?/?", url):
-        errors.add("broker.url", url, "is not a broker URL; expected mqtt://host[:port] or "
-                   "mqtts://host[:port]")
+    wrong_url = _broker_url_error(url)
+    if wrong_url:
+        errors.add("broker.url", url, wrong_url)
     embedded = raw.get("embedded", False)
     # The embedded broker (amqtt) speaks MQTT 3.1.1 only.
     protocol = raw.get("protocol", 3 if embedded is True else defaults.protocol)
@@ -493,10 +764,33 @@ def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerConfig | None:
             errors.add(f"broker.{key}", value, "is not a non-empty string")
             value = None
         strings[key] = value
+    for key in ("client_id", "username"):
+        wrong = _mqtt_string_error(strings[key]) if strings[key] else None
+        if wrong:
+            errors.add(f"broker.{key}", strings[key], wrong)
+            strings[key] = None
+    if embedded is True and not wrong_url:
+        wrong = embedded_url_problem(url)
+        if wrong:
+            errors.add("broker.url", url, f"{wrong} (broker.embedded = true)")
     for key in ("ca_file", "cert_file", "key_file"):
         if strings[key] and not readable_file(strings[key]):
             errors.add(f"broker.{key}", strings[key], "is not a readable file")
+            strings[key] = None
+    if not wrong_url and urlsplit(url).scheme == "mqtt":
+        for key in ("ca_file", "cert_file", "key_file", "tls_insecure"):
+            value = strings.get(key) or flags.get(key)
+            if value:
+                errors.add(f"broker.{key}", value, "is for TLS, and broker.url is mqtt:// "
+                           f"(no TLS), so it would be ignored; expected mqtts:// in "
+                           f"broker.url, or no {key}")
+    elif not wrong_url:
+        _tls_errors(errors, strings)
     password = None
+    if strings["password_file"] and strings["password_env"]:
+        errors.add("broker.password_env", strings["password_env"], "is given with "
+                   "broker.password_file; expected one of them (the file would be used and "
+                   "this ignored)")
     if strings["password_file"]:
         try:
             password = read_password_file(strings["password_file"])
@@ -508,6 +802,12 @@ def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerConfig | None:
         if password is None:
             errors.add("broker.password_env", strings["password_env"],
                        "names an environment variable that is not set")
+    source = "password_file" if strings["password_file"] else "password_env"
+    if password is not None and strings["username"] is None and "username" not in raw:
+        errors.add(f"broker.{source}", strings[source], "needs broker.username: MQTT sends "
+                   "a password only with a user name, so it would be ignored")
+    elif password == "":
+        errors.warn(f"broker.{source}", strings[source], "gives an empty password")
     client_id = strings["client_id"] or f"mcp-gateway-{gateway_id}"
     return BrokerConfig(
         url=url if isinstance(url, str) else defaults.url,
@@ -525,8 +825,51 @@ def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerConfig | None:
     )
 
 
-def load_config(path: Path) -> GatewayConfig:
-    """Read and validate a configuration file."""
+class _EncryptedKey(Exception):
+    """A key file asked for a passphrase (the gateway has none to give)."""
+
+
+def _no_passphrase() -> str:
+    raise _EncryptedKey
+
+
+def _tls_errors(errors: _Errors, strings: dict[str, str | None]) -> None:
+    """Load the CA bundle and the client certificate and key as the connection will (no
+    connection is made): what would fail at every connection attempt fails here once."""
+    ca_file, cert_file, key_file = strings["ca_file"], strings["cert_file"], strings["key_file"]
+    if ca_file:
+        try:
+            ssl.create_default_context(cafile=ca_file)
+        except ssl.SSLError as exc:
+            errors.add("broker.ca_file", ca_file, f"is not a CA bundle ({exc.reason or exc}); "
+                       "expected PEM certificates")
+    if key_file and not cert_file:
+        errors.add("broker.key_file", key_file, "needs broker.cert_file, the client "
+                   "certificate it is the key of")
+    elif cert_file:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
+        except _EncryptedKey:
+            errors.add("broker.key_file" if key_file else "broker.cert_file",
+                       key_file or cert_file, "is an encrypted key, and the gateway has no "
+                       "passphrase to give; expected an unencrypted key (openssl pkey -in "
+                       "KEY -out PLAIN), readable by the service's user only")
+        except ssl.SSLError as exc:
+            # OpenSSL says only "PEM lib" (no reason) for a file without a certificate or key.
+            why = f" ({exc.reason})" if exc.reason else ""
+            if key_file:
+                errors.add("broker.key_file", key_file, f"does not load as the key of "
+                           f"broker.cert_file {cert_file!r}{why}; expected PEM files: the "
+                           "certificate, and its private key")
+            else:
+                errors.add("broker.cert_file", cert_file, f"does not load as a certificate "
+                           f"with its key{why}; expected broker.key_file with the key, or the "
+                           "PEM certificate and key both in this file")
+
+
+def load_config(path: Path, *, check_state_dir: bool = False) -> GatewayConfig:
+    """Read and validate a configuration file (``check_state_dir``: as ``parse_config``)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -535,4 +878,4 @@ def load_config(path: Path) -> GatewayConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"not valid TOML: {exc}"], str(path)) from exc
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), check_state_dir=check_state_dir)

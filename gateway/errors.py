@@ -105,6 +105,26 @@ class ConfigError(GatewayError):
         self.source = source
 
 
+class StartupError(GatewayError):
+    """``run`` cannot start with a setting that passed validation: the state directory cannot
+    be written, the metrics address cannot be listened on... Names the config key (exit 2)."""
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        super().__init__(f"cannot start: {key}: {value!r} {reason}")
+        self.key = key
+        self.value = value
+        self.reason = reason
+
+
+class MetricsUnavailable(GatewayError):
+    """The Prometheus endpoint cannot listen on its address (in use, not this host's...)."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"cannot serve metrics on {address}: {reason}")
+        self.address = address
+        self.reason = reason
+
+
 class InvalidRequest(GatewayError):
     """A request names an unknown action, key or command, or a value that cannot be encoded."""
 

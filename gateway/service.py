@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
+import os
 import signal
+import tempfile
 from pathlib import Path
 
 from gateway.app import EventSubscription, Gateway
 from gateway.bridge.bridge import Bridge
-from gateway.bridge.embedded import EmbeddedBroker
+from gateway.bridge.embedded import EmbeddedBroker, EmbeddedBrokerError
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, MetricsUnavailable, StartupError
 from gateway.notify import Notifier
 from gateway.reload import Reloader
 from gateway.session import DeviceEvent, DeviceState, TelemetryEvent
@@ -46,6 +49,29 @@ def status_line(gateway: Gateway, bridge: Bridge | None) -> str:
         text += (f"; broker {'connected' if bridge.mqtt.connected else 'not connected'}; "
                  f"{bridge.spool.count} events queued")
     return text
+
+
+def prepare_state_dir(path: Path) -> None:
+    """Create ``state_dir`` if needed and prove it can be written (a file created and
+    removed); ``StartupError`` naming ``state_dir`` if not.
+
+    ``check-config`` saw its type and permissions; this catches what only trying shows (a
+    read-only mount such as systemd's ProtectSystem, an ACL, root's view differing from
+    the service user's). A full disk is not refused here: the running gateway copes with it.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            log.warning("state_dir %s: %s at start", path, exc.strerror)
+            return
+        what = "is a file, not a directory" if exc.errno in (errno.EEXIST, errno.ENOTDIR) \
+            else f"cannot be written ({exc.strerror})"
+        raise StartupError("state_dir", str(path), f"{what}; expected a directory the "
+                           f"gateway's user (uid {os.geteuid()}) may write") from None
 
 
 class Service:
@@ -106,13 +132,20 @@ class Service:
             subscription = self.gateway.subscribe()  # before the ports open: nothing missed
             logger = asyncio.create_task(self._log_events(subscription), name="log-events")
         tasks: list[asyncio.Task[None]] = []
+        for warning in config.warnings:
+            log.warning("configuration: %s", warning)
         try:
+            prepare_state_dir(config.state_dir)
             async with contextlib.AsyncExitStack() as stack:
                 if config.broker is not None and config.broker.embedded:
-                    await stack.enter_async_context(EmbeddedBroker(config.broker.url))
+                    try:
+                        await stack.enter_async_context(EmbeddedBroker(config.broker.url))
+                    except EmbeddedBrokerError as exc:
+                        raise StartupError("broker.url", config.broker.url,
+                                           f"cannot be served: {exc}") from None
                 if config.broker is not None:
                     # The bridge outlives the gateway: devices go offline on the fabric first.
-                    self.bridge = await stack.enter_async_context(Bridge(self.gateway, config))
+                    self.bridge = await self._enter_bridge(stack)
                 reloader = Reloader(self.path, self.gateway, self.bridge)
                 await stack.enter_async_context(self.gateway)
                 for sig in (signal.SIGINT, signal.SIGTERM):
@@ -138,6 +171,17 @@ class Service:
                     _log_event(subscription.get_nowait())
             self.notifier.close()
         return 0
+
+    async def _enter_bridge(self, stack: contextlib.AsyncExitStack) -> Bridge:
+        """Start the bridge; a metrics address it cannot listen on is a ``StartupError``
+        naming ``metrics.address`` (the queue it opened is closed again)."""
+        bridge = Bridge(self.gateway, self.config)
+        try:
+            return await stack.enter_async_context(bridge)
+        except MetricsUnavailable as exc:
+            bridge.spool.close()
+            raise StartupError("metrics.address", exc.address,
+                               f"cannot be listened on: {exc.reason}") from None
 
     @staticmethod
     async def _log_events(subscription: EventSubscription) -> None:

@@ -96,7 +96,7 @@ BROKEN = [
      "is not set"),
     ({"broker": {"ca_file": "/nonexistent/ca.pem"}},
      "broker.ca_file: '/nonexistent/ca.pem' is not a readable file"),
-    ({"metrics": {"address": "everywhere"}}, "metrics: {'address': 'everywhere'} is not valid"),
+    ({"metrics": {"address": "everywhere"}}, "metrics.address: 'everywhere' is not host:port"),
     ({"stats_interval_s": 0}, "stats_interval_s: 0 is not valid; expected a number from 0.1"),
     ({"ports": [{"name": "a", "path": "/dev/x", "allow": "read"}]}, "ports[0].allow"),
     ({"ports": [{"name": "a", "path": "/dev/x", "max_in_flight": 4}]},

@@ -8,6 +8,8 @@ into, copied whole under the GIL at each scrape.
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +18,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from gateway.errors import MetricsUnavailable
 from gateway.frames import Command, DeviceProfile
 from gateway.session import DeviceState
 
@@ -123,12 +126,34 @@ class StatsCollector(Collector):
         yield GaugeMetricFamily("mcp_uptime_seconds", "Gateway uptime", value=stats["uptime_s"])
 
 
-def serve_metrics(address: str, collector: StatsCollector) -> Callable[[], None]:
-    """Serve ``/metrics`` on ``host:port``; returns the function that stops it."""
+def split_address(address: str) -> tuple[str, int]:
+    """(host, port) of ``host:port`` or ``[v6]:port``; an empty host means loopback."""
     host, _, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    return host or "127.0.0.1", int(port)
+
+
+def serve_metrics(address: str, collector: StatsCollector) -> Callable[[], None]:
+    """Serve ``/metrics`` on ``host:port``; returns the function that stops it.
+
+    ``MetricsUnavailable`` says why it cannot listen there (in use, not an address of this
+    host, a name that does not resolve), so the caller can name its setting.
+    """
+    host, port = split_address(address)
     registry = CollectorRegistry()
     registry.register(collector)
-    server, thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+    try:
+        server, thread = start_http_server(port, addr=host, registry=registry)
+    except socket.gaierror as exc:
+        raise MetricsUnavailable(address, f"the host name does not resolve ({exc.strerror})") \
+            from None
+    except (OSError, OverflowError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+            reason += " (another program, or another gateway, listens there)"
+        elif isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL:
+            reason += " (not an address of this host)"
+        raise MetricsUnavailable(address, reason) from None
 
     def stop() -> None:
         server.shutdown()
