@@ -436,10 +436,13 @@ async def test_the_help_text_wraps_cleanly():
         app = _snapshot_app()
         async with app.run_test(size=size) as pilot:
             await pilot.app.push_screen(HelpScreen())
+            # Laid out and rendered (on a busy machine that can take more than one frame).
+            await wait_for(lambda app=app: any(
+                line.startswith("The top line is the health")
+                for line in _lines(app.screen.query_one(Static))), what="the help text laid out")
             text = app.screen.query_one(Static)
             width = text.content_region.width
             lines = _lines(text)
-            assert any(line.startswith("The top line is the health") for line in lines)
             for before, line in itertools.pairwise(lines):
                 if before and line and not line.startswith(" "):
                     first_word = line.split()[0]
