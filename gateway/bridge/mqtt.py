@@ -36,6 +36,11 @@ BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 10.0
 _RECV_SIZE = 65536
 _CLOSE_FLUSH_S = 0.5
+#: reads from the broker pause while this many bytes wait to be sent to it, and resume below
+#: the second figure: a broker that takes our publishes slower than it sends us messages (a
+#: request flood) must not grow the gateway's memory; TCP tells it to slow down instead
+TX_HOLD_BYTES = 1024 * 1024
+TX_RESUME_BYTES = 256 * 1024
 _PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
 _U16 = struct.Struct("!H")
 _NO_PROPERTIES = Properties(PacketTypes.PUBACK)
@@ -69,12 +74,15 @@ class _Client(paho.Client):
         self._lean_properties = b"\x00" if self._protocol == paho.MQTTv5 else b""
         self.on_lean_ack: Callable[[int, int], None] = lambda mid, reason: None
 
-    def publish_lean(self, topic: bytes, payload: bytes) -> int | None:
-        """Queue a QoS 1 PUBLISH; returns its mid, None when there is no connection."""
+    def publish_lean(self, topic: bytes, payload: bytes,
+                     properties: bytes | None = None) -> int | None:
+        """Queue a QoS 1 PUBLISH; returns its mid, None when there is no connection.
+        ``properties``: MQTT 5 properties, encoded with their length (none by default)."""
         if self._sock is None:
             return None
         mid = self._mid_generate()
-        properties = self._lean_properties
+        if properties is None:
+            properties = self._lean_properties
         remaining = 4 + len(topic) + len(properties) + len(payload)
         tx = self.tx
         tx.append(0x32)  # PUBLISH, QoS 1
@@ -89,6 +97,20 @@ class _Client(paho.Client):
         tx += payload
         self._lean.add(mid)
         return mid
+
+    def lean_properties(self, correlation_data: bytes | None) -> bytes:
+        """The encoded properties of a lean publish carrying Correlation Data (MQTT 5;
+        3.1.1 has none)."""
+        if self._protocol != paho.MQTTv5 or correlation_data is None:
+            return self._lean_properties
+        data = b"\x09" + _U16.pack(len(correlation_data)) + correlation_data
+        length = bytearray()
+        remaining = len(data)
+        while remaining > 0x7F:
+            length.append(remaining & 0x7F | 0x80)
+            remaining >>= 7
+        length.append(remaining)
+        return bytes(length) + data
 
     @property
     def buffered(self) -> bool:
@@ -239,6 +261,11 @@ class MqttConnection:
         self.subscribed = False
         #: mids of unacknowledged publishes that must not be sent again on a new connection
         self._no_resend: set[int] = set()
+        #: unacknowledged responses (``publish_response``): mid -> (topic, body, properties)
+        self._responses: dict[int, tuple[bytes, bytes, bytes]] = {}
+        self._flush_soon: asyncio.Handle | None = None
+        #: reads paused because too much waits to be sent (``TX_HOLD_BYTES``)
+        self.reads_held = False
         self._loop = asyncio.get_running_loop()
         self._lost: asyncio.Future[None] | None = None
         self._connected_future: asyncio.Future[bool] | None = None
@@ -402,6 +429,29 @@ class MqttConnection:
             return None
         return self._client.publish_lean(topic, body)
 
+    def publish_response(self, topic: str, body: bytes,
+                         correlation_data: bytes | None = None) -> int | None:
+        """Queue a response (QoS 1, not retained) without paho's per-message objects (~7 KB
+        each with MQTT 5 properties: a flood's answers waiting for their PUBACKs took
+        hundreds of MB). Kept as bytes until acknowledged and sent again on the next
+        connection if this one ends first; it goes out within this loop turn. Returns its
+        mid, None when not connected."""
+        if not self.connected:
+            return None
+        client = self._client
+        entry = (topic.encode("utf-8"), body, client.lean_properties(correlation_data))
+        mid = client.publish_lean(*entry)
+        if mid is None:
+            return None
+        self._responses[mid] = entry
+        if self._flush_soon is None:
+            self._flush_soon = self._loop.call_soon(self._flush_responses)
+        return mid
+
+    def _flush_responses(self) -> None:
+        self._flush_soon = None
+        self.flush()
+
     def flush(self) -> None:
         """Send what is queued now; the rest when the socket has room."""
         client = self._client
@@ -409,6 +459,23 @@ class MqttConnection:
             sock = client.socket()
             if sock is not None:
                 self._loop.add_writer(sock, self._write)
+                if len(client.tx) > TX_HOLD_BYTES:
+                    self._hold_reads(True)
+        elif self.reads_held:
+            self._hold_reads(False)
+
+    def _hold_reads(self, hold: bool) -> None:
+        """Stop (or resume) reading from the broker; only ever while a send waits."""
+        sock = self._client.socket()
+        if hold == self.reads_held or sock is None:
+            return
+        self.reads_held = hold
+        if hold:
+            log.debug("%d bytes wait to be sent to %s: reads paused", len(self._client.tx),
+                      self.settings.url)
+            self._loop.remove_reader(sock)
+        else:
+            self._loop.add_reader(sock, self._read)
 
     def subscribe(self, topics: list[str]) -> None:
         """Subscribe (QoS 1) to topic filters; ``subscribed`` turns True on the SUBACK."""
@@ -440,6 +507,15 @@ class MqttConnection:
             self.on_connect()
         except Exception:
             log.exception("on_connect hook failed")
+        # Responses the last connection left unacknowledged go again (QoS 1: at least once).
+        pending = list(self._responses.values())
+        self._responses.clear()
+        for entry in pending:
+            mid = self._client.publish_lean(*entry)
+            if mid is not None:
+                self._responses[mid] = entry
+        if pending:
+            self.flush()
 
     def _drop_stale_publishes(self) -> None:
         """Forget the unacknowledged ``resend=False`` publishes of the last connection: paho
@@ -499,6 +575,7 @@ class MqttConnection:
         self._on_lean_ack(mid, getattr(reason, "value", 0))
 
     def _on_lean_ack(self, mid: int, reason: int) -> None:
+        self._responses.pop(mid, None)
         try:
             self.on_ack(mid, reason)
         except Exception:
@@ -518,6 +595,7 @@ class MqttConnection:
         with contextlib.suppress(OSError, AttributeError):
             raw = getattr(sock, "socket", sock)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reads_held = False
         self._in_loop(self._loop.add_reader, sock, self._read)
 
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
@@ -558,6 +636,8 @@ class MqttConnection:
             self._loop.add_writer(sock, self._write)
         elif not client.want_write():
             self._remove_writer(sock)
+        if self.reads_held and len(client.tx) < TX_RESUME_BYTES:
+            self._hold_reads(False)
 
     def _drop_socket(self) -> None:
         sock = self._client.socket()
