@@ -41,6 +41,12 @@ _CLOSE_FLUSH_S = 0.5
 #: request flood) must not grow the gateway's memory; TCP tells it to slow down instead
 TX_HOLD_BYTES = 1024 * 1024
 TX_RESUME_BYTES = 256 * 1024
+#: packets handled per readable-socket callback: the loop's other work (serial reads, the
+#: requests taken in) gets its turn between, however fast the broker sends
+READ_BUDGET = 256
+#: responses awaiting their PUBACK at most (their bytes are kept to send them again); beyond,
+#: a response goes at QoS 0: under a flood, memory stays bounded and packet ids never run out
+MAX_RESPONSES_UNACKED = 4096
 _PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
 _U16 = struct.Struct("!H")
 _NO_PROPERTIES = Properties(PacketTypes.PUBACK)
@@ -75,23 +81,32 @@ class _Client(paho.Client):
         self.on_lean_ack: Callable[[int, int], None] = lambda mid, reason: None
 
     def publish_lean(self, topic: bytes, payload: bytes,
-                     properties: bytes | None = None) -> int | None:
-        """Queue a QoS 1 PUBLISH; returns its mid, None when there is no connection.
-        ``properties``: MQTT 5 properties, encoded with their length (none by default)."""
+                     properties: bytes | None = None, *, qos: int = 1) -> int | None:
+        """Queue a QoS 1 (or 0) PUBLISH; returns its mid (0 for QoS 0), None when there is
+        no connection. ``properties``: MQTT 5 properties, encoded with their length (none
+        by default)."""
         if self._sock is None:
             return None
-        mid = self._mid_generate()
         if properties is None:
             properties = self._lean_properties
-        remaining = 4 + len(topic) + len(properties) + len(payload)
         tx = self.tx
-        tx.append(0x32)  # PUBLISH, QoS 1
+        if qos == 0:
+            remaining = 2 + len(topic) + len(properties) + len(payload)
+            tx.append(0x30)  # PUBLISH, QoS 0: no packet id, no PUBACK
+        else:
+            remaining = 4 + len(topic) + len(properties) + len(payload)
+            tx.append(0x32)  # PUBLISH, QoS 1
         while remaining > 0x7F:
             tx.append(remaining & 0x7F | 0x80)
             remaining >>= 7
         tx.append(remaining)
         tx += _U16.pack(len(topic))
         tx += topic
+        if qos == 0:
+            tx += properties
+            tx += payload
+            return 0
+        mid = self._mid_generate()
         tx += _U16.pack(mid)
         tx += properties
         tx += payload
@@ -266,6 +281,9 @@ class MqttConnection:
         self._flush_soon: asyncio.Handle | None = None
         #: reads paused because too much waits to be sent (``TX_HOLD_BYTES``)
         self.reads_held = False
+        #: responses sent at QoS 0 because ``MAX_RESPONSES_UNACKED`` awaited their PUBACKs
+        self.responses_qos0 = 0
+        self._read_soon: asyncio.Handle | None = None
         self._loop = asyncio.get_running_loop()
         self._lost: asyncio.Future[None] | None = None
         self._connected_future: asyncio.Future[bool] | None = None
@@ -434,16 +452,22 @@ class MqttConnection:
         """Queue a response (QoS 1, not retained) without paho's per-message objects (~7 KB
         each with MQTT 5 properties: a flood's answers waiting for their PUBACKs took
         hundreds of MB). Kept as bytes until acknowledged and sent again on the next
-        connection if this one ends first; it goes out within this loop turn. Returns its
-        mid, None when not connected."""
+        connection if this one ends first (while ``MAX_RESPONSES_UNACKED`` wait, at QoS 0
+        instead); it goes out within this loop turn. Returns its mid (0 for QoS 0), None
+        when not connected."""
         if not self.connected:
             return None
         client = self._client
         entry = (topic.encode("utf-8"), body, client.lean_properties(correlation_data))
-        mid = client.publish_lean(*entry)
+        if len(self._responses) >= MAX_RESPONSES_UNACKED:
+            self.responses_qos0 += 1
+            mid = client.publish_lean(*entry, qos=0)
+        else:
+            mid = client.publish_lean(*entry)
+            if mid is not None:
+                self._responses[mid] = entry
         if mid is None:
             return None
-        self._responses[mid] = entry
         if self._flush_soon is None:
             self._flush_soon = self._loop.call_soon(self._flush_responses)
         return mid
@@ -476,6 +500,7 @@ class MqttConnection:
             self._loop.remove_reader(sock)
         else:
             self._loop.add_reader(sock, self._read)
+            self._read_later()  # what was read already but not handled yet
 
     def subscribe(self, topics: list[str]) -> None:
         """Subscribe (QoS 1) to topic filters; ``subscribed`` turns True on the SUBACK."""
@@ -619,10 +644,27 @@ class MqttConnection:
             self._loop.remove_writer(sock)
 
     def _read(self) -> None:
+        self._read_soon = None
         client = self._client
+        if self.reads_held or client.socket() is None:
+            return
         client.loop_read()
+        budget = READ_BUDGET
         while client.buffered and client.socket() is not None:
+            budget -= 1
+            if budget <= 0 or len(client.tx) > TX_HOLD_BYTES:
+                # Enough for one turn (or too much to send): the rest of what was read
+                # waits in the buffer, and nothing more is read until it is handled.
+                self.flush()
+                self._read_later()
+                return
             client.loop_read()
+
+    def _read_later(self) -> None:
+        """Handle the rest of the read buffer in a later loop turn (the socket may have
+        nothing more to say, so its reader would not be called)."""
+        if self._read_soon is None and self._client.buffered and not self.reads_held:
+            self._read_soon = self._loop.call_soon(self._read)
 
     def _write(self) -> None:
         # paho hands its queued packets to the client's buffer, which goes out in one send;

@@ -128,8 +128,6 @@ class RequestServer:
                 self._intake and self._intake_bytes + size > MAX_INTAKE_BYTES):
             self._refuse(message, now)
             return
-        if self._full.active:
-            self._full.ended(f"{self.busy} answered busy in all")
         self._intake.append((message, now))
         self._intake_bytes += size
         self._wake.set()
@@ -164,6 +162,13 @@ class RequestServer:
                 served += 1
                 if served % _SLICE == 0:
                     await asyncio.sleep(0)
+            self._maybe_over()
+
+    def _maybe_over(self) -> None:
+        # Over once half the room is free again, not at the first free place: a flood keeps
+        # the intake at its bound, and each refusal after an "over" would log anew.
+        if self._full.active and self.waiting <= MAX_WAITING // 2:
+            self._full.ended(f"{self.busy} answered busy in all")
 
     async def close(self) -> None:
         """Cancel the requests still waiting (the bridge is stopping)."""
@@ -335,6 +340,7 @@ class RequestServer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._maybe_over()
         if not task.cancelled() and task.exception() is not None:
             log.error("a request failed", exc_info=task.exception())
 
