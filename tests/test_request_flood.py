@@ -199,9 +199,11 @@ def test_a_request_flood_gets_one_answer_each_in_bounded_memory_and_events_flow(
         assert during > 0, "no event was published during the flood"
         gw.send_signal(signal.SIGTERM)
         assert gw.wait(15) == 0
-        # The full intake is logged once, summarised every 10 s and ended once: no flood.
+        # A full intake is logged when it begins, summarised every 10 s and ended when half
+        # the room is free again (a flood that pauses may start a second episode): a few
+        # lines for tens of thousands of refusals, never one each.
         full = [line for line in lines.rest().splitlines() if "request intake full" in line]
-        assert 1 <= len(full) <= 3 + int(sent_s + answered_s) // 10, full
+        assert 1 <= len(full) <= 10, full
     finally:
         if flooder is not None:
             flooder.close()
