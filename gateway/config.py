@@ -32,6 +32,9 @@ ACTIONS = ("read", "write", "raw", "ping")
 #: the actions whose requests name a key, so ``allow`` may grant them one key (``write:KEY``)
 KEYED_ACTIONS = ("read", "write")
 FRAME_PROFILES = ("mcp", "ms720")
+#: the actions of ``{p}/{gw}/requests``, and the ones ``gateway_allow`` allows by default
+GATEWAY_ACTIONS = ("list_devices", "reload", "trace")
+GATEWAY_ALLOW_DEFAULT = ("list_devices",)
 #: requests in flight per ms720 device: the default, and at most
 PIPELINE_DEFAULT = 16
 PIPELINE_MAX = 64
@@ -149,6 +152,8 @@ class GatewayConfig:
     log_level: str = "INFO"
     #: "text" (journald-friendly lines) or "json" (one object per line)
     log_format: str = "text"
+    #: the gateway-level actions (``GATEWAY_ACTIONS``) the fabric may ask
+    gateway_allow: tuple[str, ...] = GATEWAY_ALLOW_DEFAULT
     #: settings that work but are probably not what was meant (check-config prints them,
     #: run logs them); not part of the configuration itself
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -159,7 +164,8 @@ class GatewayConfig:
 
 
 _TOP_KEYS = {"gateway_id", "state_dir", "topic_prefix", "profiles_dir", "broker", "queue", "ports",
-             "max_request_bytes", "stats_interval_s", "metrics", "log_level", "log_format"}
+             "max_request_bytes", "stats_interval_s", "metrics", "log_level", "log_format",
+             "gateway_allow"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 _BROKER_KEYS = {"url", "protocol", "embedded", "client_id", "username", "password_file",
@@ -668,6 +674,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", *,
     if log_format not in LOG_FORMATS:
         errors.add("log_format", log_format, "is not a log format; expected text or json")
         log_format = "text"
+    gateway_allow = _gateway_allow(errors, data)
     if errors.items:
         raise ConfigError(errors.items, source)
     return GatewayConfig(
@@ -683,8 +690,23 @@ def parse_config(data: dict[str, Any], source: str = "<config>", *,
         metrics_address=metrics_address,
         log_level=log_level.upper(),
         log_format=log_format,
+        gateway_allow=gateway_allow,
         warnings=tuple(errors.warnings),
     )
+
+
+def _gateway_allow(errors: _Errors, data: dict[str, Any]) -> tuple[str, ...]:
+    """``gateway_allow``: a list of gateway actions (``GATEWAY_ACTIONS``)."""
+    allow = data.get("gateway_allow", list(GATEWAY_ALLOW_DEFAULT))
+    expected = f"expected a list of some of {', '.join(GATEWAY_ACTIONS)}"
+    if not isinstance(allow, list):
+        errors.add("gateway_allow", allow, f"is not a list; {expected}")
+        return GATEWAY_ALLOW_DEFAULT
+    for number, entry in enumerate(allow):
+        if entry not in GATEWAY_ACTIONS:
+            errors.add(f"gateway_allow[{number}]", entry, "is not a gateway action; expected "
+                       f"one of {', '.join(GATEWAY_ACTIONS)}")
+    return tuple(allow)
 
 
 def effective(config: GatewayConfig) -> dict[str, Any]:
@@ -699,6 +721,7 @@ def effective(config: GatewayConfig) -> dict[str, Any]:
         "log_format": config.log_format,
         "max_request_bytes": config.max_request_bytes,
         "stats_interval_s": config.stats_interval_s,
+        "gateway_allow": list(config.gateway_allow),
     }
     if config.profiles_dir is not None:
         doc["profiles_dir"] = str(config.profiles_dir)

@@ -16,7 +16,7 @@ from gateway.errors import ReloadBusy
 
 #: gateway-wide settings the bridge takes at once (``Bridge.apply``): a reload that changes
 #: them lists them under ``updated``, beside the ports whose access rules changed
-LIVE_SETTINGS = ("stats_interval_s", "max_request_bytes")
+LIVE_SETTINGS = ("stats_interval_s", "max_request_bytes", "gateway_allow")
 
 
 class Reloader:

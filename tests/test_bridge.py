@@ -326,7 +326,7 @@ async def test_every_malformed_request_gets_its_own_invalid_over_mqtt(tmp_path, 
             _, response = await request(client, topic, raw)
             assert response["status"] == "invalid", raw[:40]
             assert message in response["error"]["message"]
-        assert bridge.invalid_requests == len(MALFORMED)
+        assert bridge.request_server.invalid == len(MALFORMED)
         # and the device was never disturbed
         assert not any(f.cmd_id == 0x10 for f in fleet.devices[0].received)
         _, response = await request(client, topic, {"action": "ping"})
@@ -382,8 +382,8 @@ def test_a_gateway_killed_during_an_outage_loses_nothing_it_had_queued(tmp_path,
 
 async def test_trace_shows_the_last_frames_both_ways(tmp_path, broker, client):
     # STATUS once a second: the HELLO stays within the trace's last 64 frames.
-    async with stack(tmp_path, broker, spec=FleetSpec(count=1, interval_ms=1000)) as (
-            _, gateway, _bridge):
+    async with stack(tmp_path, broker, spec=FleetSpec(count=1, interval_ms=1000),
+                     gateway_allow=["list_devices", "trace"]) as (_, gateway, _bridge):
         await wait_for(lambda: gateway.device("sim-0").node_id, what="registration")
         _, response = await request(client, f"{P}/requests",
                                     {"action": "trace", "payload": {"device": "sim-0"}})
@@ -506,8 +506,10 @@ async def test_glob_devices_appear_under_their_uid_ids(tmp_path, broker):
                 client.close()
 
 
-def _toml(tmp_path, broker, links, ports: list[dict], url: str | None = None) -> str:
-    lines = [f'gateway_id = "test-gw"\nstate_dir = "{tmp_path / "state"}"\n',
+def _toml(tmp_path, broker, links, ports: list[dict], url: str | None = None,
+          gateway_allow: tuple[str, ...] = ("list_devices", "reload")) -> str:
+    lines = [f'gateway_id = "test-gw"\nstate_dir = "{tmp_path / "state"}"\n'
+             f"gateway_allow = {json.dumps(list(gateway_allow))}\n",
              f'[broker]\nurl = "{url or broker.url}"\n']
     for port in ports:
         lines.append("[[ports]]\n" + "".join(

@@ -271,7 +271,7 @@ async def test_unknown_actions_keys_and_values_are_invalid_whatever_allow_says(t
                 assert response["status"] == status, (body, response)
                 if text is not None:
                     assert text in response["error"]["message"], (body, response)
-            assert bridge.invalid_requests == 3
+            assert bridge.request_server.invalid == 3
     finally:
         client.close()
 

@@ -18,8 +18,10 @@ from tests.harness import wait_for
 BIN = Path(sys.executable).parent
 
 
-def _write(path: Path, tmp_path: Path, url: str, links: Path, extra: str = "") -> None:
+def _write(path: Path, tmp_path: Path, url: str, links: Path, extra: str = "",
+           gateway_allow: str = '["reload"]') -> None:
     path.write_text(f'gateway_id = "rl"\nstate_dir = "{tmp_path / "state"}"\n{extra}\n'
+                    f"gateway_allow = {gateway_allow}\n"
                     f'[broker]\nurl = "{url}"\n'
                     f'[[ports]]\nname = "sim-0"\npath = "{links / "sim-0"}"\n')
 
@@ -55,3 +57,9 @@ async def test_a_reload_lists_the_gateway_settings_it_changed_under_updated(tmp_
             # The same file again changes nothing, and says so.
             again = await _reload_over_the_fabric(broker.url)
             assert again["payload"]["updated"] == []
+            # gateway_allow applies at once, like a port's allow (issue 13 item 5).
+            _write(path, tmp_path, broker.url, links,
+                   "stats_interval_s = 0.5\nmax_request_bytes = 4096", '["reload", "trace"]')
+            allowed = await _reload_over_the_fabric(broker.url)
+            assert allowed["payload"]["updated"] == ["gateway_allow"]
+            assert bridge.request_server.config.gateway_allow == ("reload", "trace")

@@ -2,8 +2,8 @@
 
 Data flows one way: device events -> spool (SQLite, batched) -> publishes with a window of
 unacknowledged QoS 1 messages -> broker; an event leaves the spool only on its PUBACK.
-Requests come in through the MQTT callback, each served by a short task, and answered on
-their reply topic. Nothing here blocks on a single message.
+Requests are served by ``gateway.bridge.requests.RequestServer`` (a bounded intake, one
+answer each). Nothing here blocks on a single message.
 """
 
 from __future__ import annotations
@@ -14,30 +14,19 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from typing import Any
 
 from gateway import __version__
-from gateway.app import Gateway, ReloadReport, UnknownDevice
-from gateway.bridge.envelope import (
-    InvalidEnvelope,
-    RequestEnvelope,
-    encode_json,
-    event_body,
-    mark_replayed,
-    parse_request,
-    response_body,
-)
+from gateway.app import Gateway, ReloadReport
+from gateway.bridge.envelope import encode_json, event_body, mark_replayed
 from gateway.bridge.metrics import DeviceView, StatsCollector, serve_metrics, status_units
 from gateway.bridge.mqtt import BrokerSettings, Message, MqttConnection
+from gateway.bridge.requests import RequestServer
 from gateway.bridge.spool import Spool, SpooledEvent
-from gateway.bridge.topics import Topics, valid_reply_topic
-from gateway.config import GatewayConfig, PortConfig
-from gateway.errors import GatewayError, InvalidRequest, ReloadBusy
+from gateway.bridge.topics import Topics
+from gateway.config import GatewayConfig
 from gateway.frames import Command
-from gateway.monitor import describe
 from gateway.session import DeviceEvent, DeviceRenamed, StateChange, TelemetryEvent
-from gateway.transactions import Priority, Status
 
 log = logging.getLogger(__name__)
 
@@ -49,38 +38,6 @@ _BATCH = 1000
 _SHUTDOWN_ACK_S = 3.0
 #: acknowledged events are deleted from the queue at most this late
 COMMIT_DELAY_S = 0.05
-
-
-class TokenBucket:
-    """``rate`` requests per second, bursts up to two seconds' worth."""
-
-    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, 2 * rate)
-        self.tokens = self.capacity
-        self._clock = clock
-        self._last = clock()
-
-    def take(self) -> bool:
-        """True if a request may go now."""
-        now = self._clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
-        self._last = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
-def allowed(port: PortConfig, action: str, key: str | None) -> bool:
-    """Does the port's ``allow`` list permit ``action`` (on the key named ``key``)?
-
-    Entries are action names (``read``, ``write``, ``raw``, ``ping``, profile commands) or
-    ``action:key`` to allow one key only (``write:interval_ms``).
-    """
-    if action in port.allow:
-        return True
-    return key is not None and f"{action}:{key}" in port.allow
 
 
 class Bridge:
@@ -99,12 +56,8 @@ class Bridge:
                            max_bytes=config.queue.max_bytes)
         self.started_at = time.time()
         self.published = 0
-        self.invalid_requests = 0
         #: events the broker refused (MQTT 5 PUBACK reason code >= 0x80)
         self.rejected = 0
-        self.requests = 0
-        self._ports = {p.name: p for p in config.ports}
-        self._buckets: dict[str, TokenBucket] = {}
         self._statuses: dict[str, bytes] = {}
         #: ids whose retained status is to be cleared (a device removed from the
         #: configuration, an id given up by a rename): the status to publish first and have
@@ -123,7 +76,6 @@ class Bridge:
         self.window = WINDOW
         self.peak_in_flight = 0
         self._commit_handle: asyncio.TimerHandle | None = None
-        self._request_tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
         self._last_rx: dict[str, tuple[float, int]] = {}
         online = json.dumps({"state": "online", "version": __version__,
@@ -148,8 +100,8 @@ class Bridge:
         #: the fields of each device's latest STATUS event (one dict store per event)
         self.latest_status: dict[str, dict[str, Any]] = {}
         self._final_done = asyncio.Event()
-        #: set by ``gateway.reload.Reloader``: re-read the configuration file and apply it
-        self.reloader: Callable[[], Awaitable[ReloadReport]] | None = None
+        #: the fabric's requests: intake, checks, device sends, gateway actions, answers
+        self.request_server = RequestServer(gateway, config, self.topics, self.mqtt)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -161,7 +113,8 @@ class Bridge:
             self._stop_metrics = serve_metrics(self.config.metrics_address, collector)
             log.info("metrics on http://%s/metrics", self.config.metrics_address)
         for coro, name in ((self.mqtt.run(), "mqtt"), (self._collect(), "collect"),
-                           (self._publish_loop(), "publish"), (self._stats_loop(), "stats")):
+                           (self._publish_loop(), "publish"), (self._stats_loop(), "stats"),
+                           (self.request_server.run(), "requests")):
             self._tasks.append(asyncio.create_task(coro, name=f"bridge-{name}"))
         return self
 
@@ -178,9 +131,9 @@ class Bridge:
                     async with asyncio.timeout(_SHUTDOWN_ACK_S):
                         await self._final_done.wait()
             await self.mqtt.disconnect()
-        for task in [*self._tasks, *self._request_tasks]:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._request_tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, self.request_server.close(), return_exceptions=True)
         self._flush_acks()
         self._commit()
         self.spool.close()
@@ -269,7 +222,7 @@ class Bridge:
     def _forget(self, device_id: str) -> None:
         """A device id leaves this gateway: nothing of it is republished or scraped."""
         self._statuses.pop(device_id, None)
-        self._buckets.pop(device_id, None)
+        self.request_server.forget(device_id)
         self.latest_status.pop(device_id, None)
 
     def _retire(self, device_id: str) -> None:
@@ -412,140 +365,23 @@ class Bridge:
     # ------------------------------------------------------------------ requests
 
     def _on_message(self, message: Message) -> None:
-        task = self._loop.create_task(self._serve(message))
-        self._request_tasks.add(task)
-        task.add_done_callback(self._request_tasks.discard)
+        self.request_server.take(message)
 
-    async def _serve(self, message: Message) -> None:
-        started = self._loop.time()
-        self.requests += 1
-        device_id = self.topics.device_of_request_topic(message.topic)
-        request = RequestEnvelope()
-        try:
-            request = parse_request(message.payload, max_bytes=self.config.max_request_bytes)
-        except InvalidEnvelope as exc:
-            self.invalid_requests += 1
-            log.info("invalid request on %s: %s", message.topic, exc.message)
-            self._respond(message, exc.reply or request, "invalid", started,
-                          error=("invalid", exc.message))
-            return
-        if message.topic == self.topics.gateway_requests:
-            await self._serve_gateway(message, request, started)
-            return
-        try:
-            session = self.gateway.device(device_id or "")
-        except UnknownDevice as exc:
-            self._respond(message, request, "unknown_device", started,
-                          error=("unknown_device", str(exc)))
-            return
-        try:
-            # Unknown actions, keys and bad values are invalid whatever the allow list says.
-            prepared = session.prepare(request.action, request.payload)
-        except InvalidRequest as exc:
-            self.invalid_requests += 1
-            self._respond(message, request, "invalid", started, error=("invalid", str(exc)))
-            return
-        port = self._ports.get(session.settings.port_name)
-        key = prepared.key.name if prepared.key is not None else None
-        if port is None or not allowed(port, request.action, key):
-            on_key = f" on key {key!r}" if key is not None else ""
-            allow = ", ".join(port.allow) if port else "-"
-            self._respond(message, request, "forbidden", started, error=(
-                "forbidden", f"action {request.action!r}{on_key} is not allowed on "
-                f"{device_id}; allowed: {allow}"))
-            return
-        bucket = self._buckets.get(device_id)
-        if bucket is None:
-            bucket = self._buckets[device_id] = TokenBucket(port.rate_limit, self._loop.time)
-        if not bucket.take():
-            self._respond(message, request, "busy", started, error=(
-                "busy", f"rate limit of {port.rate_limit:g} requests/s for {device_id} exceeded"))
-            return
-        outcome = await session.send(prepared, priority=Priority[request.priority.upper()],
-                                     ttl=request.ttl, timeout=request.timeout)
-        if outcome.status is Status.OK:
-            # A read and a write answer alike: the key, its value (a write's, as written)
-            # and its unit; every other action's value is already a dict.
-            payload = outcome.value
-            spec = prepared.key
-            if spec is not None:
-                payload = {"key": spec.name, "value": outcome.value}
-                if spec.field.unit:
-                    payload["unit"] = spec.field.unit
-            self._respond(message, request, "ok", started, payload=payload)
-            return
-        code: Any = outcome.nack_code if outcome.status is Status.NACK else str(outcome.status)
-        text = {
-            Status.NACK: f"the device refused: NACK code {outcome.nack_code}",
-            Status.TIMEOUT: f"no answer after {outcome.tries} tries",
-            Status.EXPIRED: f"waited longer than its ttl of {request.ttl:g} s",
-            Status.OFFLINE: f"{device_id} is offline",
-            Status.BUSY: f"{device_id}'s request queue is full",
-            Status.CIRCUIT_OPEN: f"{device_id} failed repeatedly; requests fail fast for a while",
-        }.get(outcome.status, str(outcome.status))
-        self._respond(message, request, str(outcome.status), started, error=(code, text))
+    @property
+    def reloader(self) -> Callable[[], Awaitable[ReloadReport]] | None:
+        """Set by ``gateway.reload.Reloader``: re-read the configuration file and apply it
+        (the fabric's ``reload``)."""
+        return self.request_server.reloader
 
-    async def _serve_gateway(self, message: Message, request: RequestEnvelope,
-                             started: float) -> None:
-        if request.action == "list_devices":
-            devices = {name: {"state": str(s.state), **s.facts}
-                       for name, s in self.gateway.devices.items()}
-            self._respond(message, request, "ok", started, payload={"devices": devices})
-        elif request.action == "trace":
-            device_id = request.payload.get("device")
-            try:
-                session = self.gateway.device(str(device_id))
-            except UnknownDevice as exc:
-                self._respond(message, request, "unknown_device", started,
-                              error=("unknown_device", str(exc)))
-                return
-            frames = [{"t": t, "dir": direction, "hex": frame.encode().hex(" "),
-                       **describe(frame, session.profile)}
-                      for direction, t, frame in session.trace]
-            self._respond(message, request, "ok", started,
-                          payload={"device": session.device_id, "frames": frames})
-        elif request.action == "reload":
-            await self._serve_reload(message, request, started)
-        else:
-            self._respond(message, request, "invalid", started, error=(
-                "invalid", f"unknown gateway action {request.action!r}; known: list_devices, "
-                "reload, trace"))
-
-    async def _serve_reload(self, message: Message, request: RequestEnvelope,
-                            started: float) -> None:
-        if self.reloader is None:
-            self._respond(message, request, "invalid", started, error=(
-                "invalid", "this gateway was not started from a configuration file: "
-                "there is nothing to reload"))
-            return
-        try:
-            report = await self.reloader()
-        except ReloadBusy as exc:
-            self._respond(message, request, "busy", started, error=("busy", str(exc)))
-            return
-        except GatewayError as exc:  # the file does not load or validate: nothing changed
-            self._respond(message, request, "invalid", started, error=("invalid", str(exc)))
-            return
-        self._respond(message, request, "ok", started, payload=asdict(report))
-
-    def _respond(self, message: Message, request: RequestEnvelope, status: str, started: float,
-                 *, payload: dict[str, Any] | None = None,
-                 error: tuple[Any, str] | None = None) -> None:
-        reply_to, correlation = request.reply_to, None
-        if message.response_topic and valid_reply_topic(message.response_topic):
-            reply_to, correlation = message.response_topic, message.correlation_data
-        if reply_to is None:
-            return  # carried out and counted; nobody asked for an answer
-        body = response_body(request, f"{self.config.gateway_id}", status, payload=payload,
-                             error=error, latency_ms=(self._loop.time() - started) * 1000)
-        self.mqtt.publish(reply_to, body, correlation_data=correlation)
+    @reloader.setter
+    def reloader(self, reload: Callable[[], Awaitable[ReloadReport]] | None) -> None:
+        self.request_server.reloader = reload
 
     def apply(self, config: GatewayConfig) -> None:
         """Take a reloaded configuration (the gateway's, after its own ``apply``): access
         rules, rate limits, request limits and the stats interval change at once."""
         self.config = config
-        self._ports = {p.name: p for p in config.ports}
-        self._buckets.clear()
+        self.request_server.apply(config)
 
     # ------------------------------------------------------------------ stats
 
@@ -574,8 +410,7 @@ class Bridge:
                 "dropped": self.spool.dropped,
                 "rejected": self.rejected,
                 "reconnects": self.mqtt.reconnects,
-                "requests": self.requests,
-                "invalid_requests": self.invalid_requests,
+                **self.request_server.counters(),
             },
         }
 

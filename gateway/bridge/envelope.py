@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,9 @@ DEFAULT_MAX_DEPTH = 8
 MAX_TTL_S = 3600.0
 MAX_TIMEOUT_S = 60.0
 PRIORITIES = ("high", "medium", "low")
+#: a request the parser refuses whole (too big, not UTF-8, too deep, not JSON) is still
+#: answered if its ``reply_to`` is found among the first this many bytes
+SALVAGE_BYTES = 65536
 _REQUEST_FIELDS = {"mcp_version", "message_id", "message_type", "timestamp", "source",
                    "destination", "action", "payload", "priority", "ttl", "timeout",
                    "reply_to", "correlation_id"}
@@ -153,35 +157,26 @@ def parse_request(
 ) -> RequestEnvelope:
     """Parse and check a request envelope; ``InvalidEnvelope`` says exactly what is wrong."""
     if len(body) > max_bytes:
-        raise InvalidEnvelope(f"request body is {len(body)} bytes; the limit is {max_bytes}")
+        raise InvalidEnvelope(f"request body is {len(body)} bytes; the limit is {max_bytes}",
+                              salvage_reply(body))
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidEnvelope(f"request body is not UTF-8: {exc.reason} at byte {exc.start}") \
-            from None
+        raise InvalidEnvelope(f"request body is not UTF-8: {exc.reason} at byte {exc.start}",
+                              salvage_reply(body)) from None
     # Refuse deep nesting before the parser recurses into it.
     if text.count("[") + text.count("{") > max_depth and _bracket_depth(text) > max_depth:
-        raise InvalidEnvelope(f"request nests deeper than {max_depth} levels")
+        raise InvalidEnvelope(f"request nests deeper than {max_depth} levels",
+                              salvage_reply(body))
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise InvalidEnvelope(f"request body is not JSON: {exc}") from None
+        raise InvalidEnvelope(f"request body is not JSON: {exc}", salvage_reply(body)) \
+            from None
     if not isinstance(data, dict):
         raise InvalidEnvelope(f"request must be a JSON object, got {type(data).__name__}")
-    request = RequestEnvelope()
     # Where to answer is read first, so even a bad request gets its `invalid` response.
-    reply_to = data.get("reply_to")
-    if isinstance(reply_to, str) and valid_reply_topic(reply_to):
-        request.reply_to = reply_to
-    correlation_id = data.get("correlation_id")
-    if isinstance(correlation_id, str | int) and not isinstance(correlation_id, bool):
-        request.correlation_id = str(correlation_id)[:256]
-    if isinstance(data.get("message_id"), str):
-        request.message_id = data["message_id"][:64]
-    if isinstance(data.get("source"), str):
-        request.source = data["source"][:256]
-    if isinstance(data.get("action"), str):
-        request.action = data["action"][:64]
+    request = _addressing(data)
 
     def bad(message: str) -> InvalidEnvelope:
         return InvalidEnvelope(message, request)
@@ -211,6 +206,99 @@ def parse_request(
     if "timeout" in data:
         request.timeout = _seconds(data, "timeout", 2.0, MAX_TIMEOUT_S, bad)
     return request
+
+
+def _addressing(data: dict[str, Any]) -> RequestEnvelope:
+    """The fields of a request that say where and to whom to answer (and what it was),
+    each checked and cut to its size; the rest of the envelope is left at its defaults."""
+    request = RequestEnvelope()
+    reply_to = data.get("reply_to")
+    if isinstance(reply_to, str) and valid_reply_topic(reply_to):
+        request.reply_to = reply_to
+    correlation_id = data.get("correlation_id")
+    if isinstance(correlation_id, str | int) and not isinstance(correlation_id, bool):
+        request.correlation_id = _echoable(str(correlation_id)[:256])
+    if isinstance(data.get("message_id"), str):
+        request.message_id = _echoable(data["message_id"][:64])
+    if isinstance(data.get("source"), str):
+        request.source = _echoable(data["source"][:256])
+    if isinstance(data.get("action"), str):
+        request.action = _echoable(data["action"][:64])
+    return request
+
+
+def _echoable(text: str) -> str:
+    """``text`` as it can go back in a response: a lone surrogate (a ``\\ud800`` escape in
+    the request's JSON) cannot be encoded as UTF-8 and becomes ``?``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+_SALVAGED = frozenset(("reply_to", "correlation_id", "message_id", "source", "action"))
+_TOKEN = re.compile(r'[{}\[\]"]')
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_COLON = re.compile(r"[ \t\r\n]*:[ \t\r\n]*")
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)(?![0-9.eE])")
+#: a value whose type the salvage does not read: the key's earlier value no longer holds
+_UNREAD = object()
+
+
+def salvage_reply(body: bytes) -> RequestEnvelope:
+    """Where to answer a request the parser refuses whole (too big, not UTF-8, nested too
+    deep, not JSON): the top-level ``reply_to`` and ``correlation_id`` (and ``message_id``,
+    ``source``, ``action``) of the object that starts the body, read by a tolerant scan of
+    its first ``SALVAGE_BYTES`` bytes. Bytes that are not UTF-8 become U+FFFD (a value
+    containing one is not taken); nesting is counted, never recursed into; a later key wins,
+    as in ``json.loads``. Never raises."""
+    text = body[:SALVAGE_BYTES].decode("utf-8", "replace")
+    start = len(text) - len(text.lstrip(" \t\r\n"))
+    if not text.startswith("{", start):
+        return RequestEnvelope()  # not an object: no field to find
+    found: dict[str, Any] = {}
+    depth, pos = 0, start
+    while (token := _TOKEN.search(text, pos)) is not None:
+        char = token.group()
+        if char != '"':
+            depth += 1 if char in "{[" else -1
+            pos = token.end()
+            if depth <= 0:
+                break  # the object has ended: what follows is not part of it
+            continue
+        string = _STRING.match(text, token.start())
+        if string is None:
+            break  # a string that does not end (cut off at the limit, or not JSON)
+        pos = string.end()
+        colon = _COLON.match(text, pos)
+        if depth != 1 or colon is None:
+            continue  # deeper, or a value rather than a key
+        key = _json_string(string.group())
+        if key not in _SALVAGED:
+            continue
+        at = colon.end()
+        value: Any = _UNREAD
+        if text.startswith('"', at):
+            literal = _STRING.match(text, at)
+            if literal is None:
+                break
+            pos = literal.end()
+            value = _json_string(literal.group())
+        elif (number := _INTEGER.match(text, at)) is not None:
+            value = int(number.group())
+        found[key] = value
+    clean = {key: value for key, value in found.items()
+             if not (isinstance(value, str) and "\ufffd" in value)}
+    return _addressing(clean)
+
+
+def _json_string(literal: str) -> Any:
+    """The value of a JSON string literal (quotes included); ``_UNREAD`` if it is not one."""
+    try:
+        return json.loads(literal)
+    except ValueError:
+        return _UNREAD
 
 
 def _seconds(data: dict, key: str, default: float, maximum: float, bad: Any) -> float:

@@ -118,7 +118,7 @@ class StatsCollector(Collector):
         yield GaugeMetricFamily("mcp_mqtt_connected", "1 when connected to the broker",
                                 value=1.0 if mqtt["connected"] else 0.0)
         for name in ("published", "dropped", "rejected", "reconnects", "requests",
-                     "invalid_requests"):
+                     "invalid_requests", "requests_busy", "requests_withheld"):
             yield CounterMetricFamily(f"mcp_mqtt_{name}", f"MQTT {name.replace('_', ' ')}",
                                       value=mqtt[name])
         yield GaugeMetricFamily("mcp_mqtt_spooled", "Events waiting in the on-disk queue",

@@ -36,6 +36,17 @@ BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 10.0
 _RECV_SIZE = 65536
 _CLOSE_FLUSH_S = 0.5
+#: reads from the broker pause while this many bytes wait to be sent to it, and resume below
+#: the second figure: a broker that takes our publishes slower than it sends us messages (a
+#: request flood) must not grow the gateway's memory; TCP tells it to slow down instead
+TX_HOLD_BYTES = 1024 * 1024
+TX_RESUME_BYTES = 256 * 1024
+#: packets handled per readable-socket callback: the loop's other work (serial reads, the
+#: requests taken in) gets its turn between, however fast the broker sends
+READ_BUDGET = 256
+#: responses awaiting their PUBACK at most (their bytes are kept to send them again); beyond,
+#: a response goes at QoS 0: under a flood, memory stays bounded and packet ids never run out
+MAX_RESPONSES_UNACKED = 4096
 _PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
 _U16 = struct.Struct("!H")
 _NO_PROPERTIES = Properties(PacketTypes.PUBACK)
@@ -69,26 +80,52 @@ class _Client(paho.Client):
         self._lean_properties = b"\x00" if self._protocol == paho.MQTTv5 else b""
         self.on_lean_ack: Callable[[int, int], None] = lambda mid, reason: None
 
-    def publish_lean(self, topic: bytes, payload: bytes) -> int | None:
-        """Queue a QoS 1 PUBLISH; returns its mid, None when there is no connection."""
+    def publish_lean(self, topic: bytes, payload: bytes,
+                     properties: bytes | None = None, *, qos: int = 1) -> int | None:
+        """Queue a QoS 1 (or 0) PUBLISH; returns its mid (0 for QoS 0), None when there is
+        no connection. ``properties``: MQTT 5 properties, encoded with their length (none
+        by default)."""
         if self._sock is None:
             return None
-        mid = self._mid_generate()
-        properties = self._lean_properties
-        remaining = 4 + len(topic) + len(properties) + len(payload)
+        if properties is None:
+            properties = self._lean_properties
         tx = self.tx
-        tx.append(0x32)  # PUBLISH, QoS 1
+        if qos == 0:
+            remaining = 2 + len(topic) + len(properties) + len(payload)
+            tx.append(0x30)  # PUBLISH, QoS 0: no packet id, no PUBACK
+        else:
+            remaining = 4 + len(topic) + len(properties) + len(payload)
+            tx.append(0x32)  # PUBLISH, QoS 1
         while remaining > 0x7F:
             tx.append(remaining & 0x7F | 0x80)
             remaining >>= 7
         tx.append(remaining)
         tx += _U16.pack(len(topic))
         tx += topic
+        if qos == 0:
+            tx += properties
+            tx += payload
+            return 0
+        mid = self._mid_generate()
         tx += _U16.pack(mid)
         tx += properties
         tx += payload
         self._lean.add(mid)
         return mid
+
+    def lean_properties(self, correlation_data: bytes | None) -> bytes:
+        """The encoded properties of a lean publish carrying Correlation Data (MQTT 5;
+        3.1.1 has none)."""
+        if self._protocol != paho.MQTTv5 or correlation_data is None:
+            return self._lean_properties
+        data = b"\x09" + _U16.pack(len(correlation_data)) + correlation_data
+        length = bytearray()
+        remaining = len(data)
+        while remaining > 0x7F:
+            length.append(remaining & 0x7F | 0x80)
+            remaining >>= 7
+        length.append(remaining)
+        return bytes(length) + data
 
     @property
     def buffered(self) -> bool:
@@ -239,6 +276,14 @@ class MqttConnection:
         self.subscribed = False
         #: mids of unacknowledged publishes that must not be sent again on a new connection
         self._no_resend: set[int] = set()
+        #: unacknowledged responses (``publish_response``): mid -> (topic, body, properties)
+        self._responses: dict[int, tuple[bytes, bytes, bytes]] = {}
+        self._flush_soon: asyncio.Handle | None = None
+        #: reads paused because too much waits to be sent (``TX_HOLD_BYTES``)
+        self.reads_held = False
+        #: responses sent at QoS 0 because ``MAX_RESPONSES_UNACKED`` awaited their PUBACKs
+        self.responses_qos0 = 0
+        self._read_soon: asyncio.Handle | None = None
         self._loop = asyncio.get_running_loop()
         self._lost: asyncio.Future[None] | None = None
         self._connected_future: asyncio.Future[bool] | None = None
@@ -402,6 +447,35 @@ class MqttConnection:
             return None
         return self._client.publish_lean(topic, body)
 
+    def publish_response(self, topic: str, body: bytes,
+                         correlation_data: bytes | None = None) -> int | None:
+        """Queue a response (QoS 1, not retained) without paho's per-message objects (~7 KB
+        each with MQTT 5 properties: a flood's answers waiting for their PUBACKs took
+        hundreds of MB). Kept as bytes until acknowledged and sent again on the next
+        connection if this one ends first (while ``MAX_RESPONSES_UNACKED`` wait, at QoS 0
+        instead); it goes out within this loop turn. Returns its mid (0 for QoS 0), None
+        when not connected."""
+        if not self.connected:
+            return None
+        client = self._client
+        entry = (topic.encode("utf-8"), body, client.lean_properties(correlation_data))
+        if len(self._responses) >= MAX_RESPONSES_UNACKED:
+            self.responses_qos0 += 1
+            mid = client.publish_lean(*entry, qos=0)
+        else:
+            mid = client.publish_lean(*entry)
+            if mid is not None:
+                self._responses[mid] = entry
+        if mid is None:
+            return None
+        if self._flush_soon is None:
+            self._flush_soon = self._loop.call_soon(self._flush_responses)
+        return mid
+
+    def _flush_responses(self) -> None:
+        self._flush_soon = None
+        self.flush()
+
     def flush(self) -> None:
         """Send what is queued now; the rest when the socket has room."""
         client = self._client
@@ -409,6 +483,24 @@ class MqttConnection:
             sock = client.socket()
             if sock is not None:
                 self._loop.add_writer(sock, self._write)
+                if len(client.tx) > TX_HOLD_BYTES:
+                    self._hold_reads(True)
+        elif self.reads_held:
+            self._hold_reads(False)
+
+    def _hold_reads(self, hold: bool) -> None:
+        """Stop (or resume) reading from the broker; only ever while a send waits."""
+        sock = self._client.socket()
+        if hold == self.reads_held or sock is None:
+            return
+        self.reads_held = hold
+        if hold:
+            log.debug("%d bytes wait to be sent to %s: reads paused", len(self._client.tx),
+                      self.settings.url)
+            self._loop.remove_reader(sock)
+        else:
+            self._loop.add_reader(sock, self._read)
+            self._read_later()  # what was read already but not handled yet
 
     def subscribe(self, topics: list[str]) -> None:
         """Subscribe (QoS 1) to topic filters; ``subscribed`` turns True on the SUBACK."""
@@ -440,6 +532,15 @@ class MqttConnection:
             self.on_connect()
         except Exception:
             log.exception("on_connect hook failed")
+        # Responses the last connection left unacknowledged go again (QoS 1: at least once).
+        pending = list(self._responses.values())
+        self._responses.clear()
+        for entry in pending:
+            mid = self._client.publish_lean(*entry)
+            if mid is not None:
+                self._responses[mid] = entry
+        if pending:
+            self.flush()
 
     def _drop_stale_publishes(self) -> None:
         """Forget the unacknowledged ``resend=False`` publishes of the last connection: paho
@@ -499,6 +600,7 @@ class MqttConnection:
         self._on_lean_ack(mid, getattr(reason, "value", 0))
 
     def _on_lean_ack(self, mid: int, reason: int) -> None:
+        self._responses.pop(mid, None)
         try:
             self.on_ack(mid, reason)
         except Exception:
@@ -518,6 +620,7 @@ class MqttConnection:
         with contextlib.suppress(OSError, AttributeError):
             raw = getattr(sock, "socket", sock)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reads_held = False
         self._in_loop(self._loop.add_reader, sock, self._read)
 
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
@@ -541,10 +644,27 @@ class MqttConnection:
             self._loop.remove_writer(sock)
 
     def _read(self) -> None:
+        self._read_soon = None
         client = self._client
+        if self.reads_held or client.socket() is None:
+            return
         client.loop_read()
+        budget = READ_BUDGET
         while client.buffered and client.socket() is not None:
+            budget -= 1
+            if budget <= 0 or len(client.tx) > TX_HOLD_BYTES:
+                # Enough for one turn (or too much to send): the rest of what was read
+                # waits in the buffer, and nothing more is read until it is handled.
+                self.flush()
+                self._read_later()
+                return
             client.loop_read()
+
+    def _read_later(self) -> None:
+        """Handle the rest of the read buffer in a later loop turn (the socket may have
+        nothing more to say, so its reader would not be called)."""
+        if self._read_soon is None and self._client.buffered and not self.reads_held:
+            self._read_soon = self._loop.call_soon(self._read)
 
     def _write(self) -> None:
         # paho hands its queued packets to the client's buffer, which goes out in one send;
@@ -558,6 +678,8 @@ class MqttConnection:
             self._loop.add_writer(sock, self._write)
         elif not client.want_write():
             self._remove_writer(sock)
+        if self.reads_held and len(client.tx) < TX_RESUME_BYTES:
+            self._hold_reads(False)
 
     def _drop_socket(self) -> None:
         sock = self._client.socket()

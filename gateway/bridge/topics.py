@@ -54,6 +54,26 @@ class Topics:
         """A device's events of one kind."""
         return f"{self.base}/devices/{device_id}/events/{name}"
 
+    def reply_refusal(self, topic: str) -> str | None:
+        """Why the gateway must not publish a response on ``topic``, or None if it may.
+
+        Never inside any gateway's namespace (``{p}/+/status``, ``{p}/+/stats``,
+        ``{p}/+/devices/#``, ``{p}/+/requests``) nor on a ``$`` topic: the gateway's
+        credentials may write there, so a response would let any client forge a gateway's
+        status or a device's events (a confused deputy)."""
+        if topic.startswith("$"):
+            return "it is a $ topic"
+        head = f"{self.prefix}/"
+        if not topic.startswith(head):
+            return None  # the usual case, decided without splitting
+        levels = topic[len(head):].split("/")
+        # levels[0] is any gateway id ("+" matches every level, the empty one too)
+        if len(levels) == 2 and levels[1] in ("status", "stats", "requests"):
+            return f"it is inside a gateway's namespace ({self.prefix}/+/{levels[1]})"
+        if len(levels) >= 2 and levels[1] == "devices":
+            return f"it is inside a gateway's namespace ({self.prefix}/+/devices/#)"
+        return None
+
     def device_of_request_topic(self, topic: str) -> str | None:
         """The device id of a ``.../devices/{dev}/requests`` topic, None for other topics."""
         head = f"{self.base}/devices/"
@@ -65,6 +85,10 @@ class Topics:
 
 
 def valid_reply_topic(topic: str) -> bool:
-    """A topic a response can be published to: non-empty, no wildcards, not too long."""
-    return 0 < len(topic.encode("utf-8")) <= 1024 and "#" not in topic and "+" not in topic \
-        and "\x00" not in topic
+    """A topic a response can be published to: UTF-8, non-empty, no wildcards, not too long.
+    (Whether the gateway may publish there is ``Topics.reply_refusal``.)"""
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: a \ud800 escape in the JSON
+        return False
+    return 0 < size <= 1024 and "#" not in topic and "+" not in topic and "\x00" not in topic
