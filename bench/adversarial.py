@@ -244,7 +244,9 @@ class EventLog:
         data = self._rest + self._in.read()
         *lines, self._rest = data.split(b"\n")
         for line in lines:
-            topic, payload = line.split(b" ", 1)
+            topic, _, payload = line.partition(b" ")
+            if not payload:  # not an event (an empty message): nothing to count
+                continue
             seq = json.loads(payload)["seq"]
             device = topic.split(b"/")[4].decode()
             counts = self.counts.setdefault(device, bytearray(1))
@@ -647,7 +649,10 @@ def soak(rig: Rig, *, devices: int, rate: float, seconds: float) -> dict[str, An
     time.sleep(min(5.0, seconds / 4))  # warm: the baseline is RSS under this load
     start, cpu0, t0 = rig.gateway.sample(), _cpu_s(rig.gateway.pid), time.monotonic()
     rig.start_probe()
-    time.sleep(seconds)
+    trend = []  # RSS at each tenth of the run: flat, or growing?
+    for _ in range(10):
+        time.sleep(seconds / 10)
+        trend.append(rig.gateway.sample()["rss_mib"])
     end = rig.gateway.sample()
     cpu = 100 * (_cpu_s(rig.gateway.pid) - cpu0) / (time.monotonic() - t0)
     sent = rig.devices.request("stop")
@@ -655,7 +660,7 @@ def soak(rig: Rig, *, devices: int, rate: float, seconds: float) -> dict[str, An
     return {"events_per_s": rate, "seconds": seconds, "events_sent": sum(sent["sent"].values()),
             "rss_mib_start": start["rss_mib"], "rss_mib_end": end["rss_mib"],
             "fds_start": start["fds"], "fds_end": end["fds"],
-            "gateway_cpu_percent": round(cpu, 1),
+            "rss_mib_trend": trend, "gateway_cpu_percent": round(cpu, 1),
             **rig.events.tally(_expected(base, sent["sent"])), **rig.finish()}
 
 
@@ -790,7 +795,14 @@ def fuzz(rig: Rig, *, requests: int, seed: int) -> dict[str, Any]:
             with rig.watcher.lock:
                 return list(rig.watcher.responses)
 
-        wait_quiet(lambda: len(rig.watcher.responses), quiet_s=2.0, timeout=60)
+        # Answers have stopped when none came for a while with the gateway connected (a
+        # hostile reply topic can get it disconnected: then its answers wait for it).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            wait_quiet(lambda: len(rig.watcher.responses), quiet_s=3.0,
+                       timeout=deadline - time.monotonic())
+            if rig.gateway.metrics().get("mcp_mqtt_connected") == 1.0:
+                break
         # Afterwards: does it still answer?
         final = f"fuzz/final/{seed}"
         properties = Properties(PacketTypes.PUBLISH)
@@ -910,7 +922,7 @@ def _row(name: str, r: dict[str, Any]) -> tuple[str, str]:
             f"{r['requests']} fuzzed: alive {r['gateway_alive']}, answered twice "
             f"{r['answered_twice_or_more']}, unanswered {r['unanswered']} of "
             f"{r['with_valid_reply_topic']}, forbidden-topic answers "
-            f"{r['answers_on_forbidden_topics']}")
+            f"{r['answers_on_forbidden_topics']}, gateway reconnects {r['gateway_reconnects']}")
 
 
 def main() -> int:
