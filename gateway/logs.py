@@ -86,8 +86,10 @@ class Recurring:
         self._last_seen = 0.0
         self._began = 0.0
 
-    def occurred(self, detail: str = "", count: int = 1) -> None:
-        """It happened (``count`` times): logged if it begins, summarised if it is time."""
+    def occurred(self, detail: str = "", count: int = 1) -> bool:
+        """It happened (``count`` times): logged if it begins, summarised if it is time.
+        True when this occurrence was logged on its own line (it began the condition), so a
+        caller can keep its follow-up lines for the occurrences that were."""
         now = self._clock()
         self.total += count
         if not self.active or now - self._last_seen >= self._summary_s:
@@ -96,11 +98,12 @@ class Recurring:
             self.active, self._began, self._unlogged = True, now, 0
             self._log.log(self._level, "%s%s", self.what, f": {detail}" if detail else "")
             self._last_line = self._last_seen = now
-            return
+            return True
         self._last_seen = now
         self._unlogged += count
         if now - self._last_line >= self._summary_s:
             self._summary(now, detail)
+        return False
 
     def _summary(self, now: float, detail: str = "") -> None:
         self._log.log(self._level, "%s: %d more times in %.0f s%s", self.what,

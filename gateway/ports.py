@@ -16,12 +16,15 @@ from collections.abc import Callable
 import serial
 
 from gateway.drivers.serial import SerialLink, SerialSettings, explain_open_error
+from gateway.logs import Recurring
 from gateway.session import DeviceSession
 
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 10.0
+#: port losses within this long are one episode (summarised); open this long ends it
+LOSS_SUMMARY_S = 10.0
 GLOB_SCAN_S = 0.5
 _PATH_POLL_S = 0.1
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -60,36 +63,51 @@ class PortRunner:
         delay = BACKOFF_MIN_S
         last_error = ""
         name = self.session.device_id
+        # An unplug storm (a loose cable, a device rebooting in a loop) is logged once,
+        # then counted: not three lines per unplug.
+        losses = Recurring(log, f"{name}: lost its port", summary_s=LOSS_SUMMARY_S)
+        quiet = False  # this loss was counted, not logged: so are its reopen lines
         while True:
             try:
                 link = await SerialLink.open(self.url, self.settings, self.session.on_frames)
             except (OSError, serial.SerialException, ValueError) as exc:
                 message = explain_open_error(self.url, exc)
                 # One line per distinct problem, not one per retry.
-                (log.warning if message != last_error else log.debug)("%s: %s", name, message)
+                loud = message != last_error and not quiet
+                (log.warning if loud else log.debug)("%s: %s", name, message)
                 last_error = message
                 self.session.mark_unavailable(_reason(self.url, exc))
                 await self._wait_before_retry(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
             if last_error:
-                log.warning("%s: %s is open again", name, self.url)
+                (log.debug if quiet else log.warning)("%s: %s is open again", name, self.url)
             last_error = ""
             delay = BACKOFF_MIN_S
             self.opens += 1
-            log.info("%s: opened %s", name, self.url)
+            (log.debug if quiet else log.info)("%s: opened %s", name, self.url)
             self.session.attach(link)
             try:
-                exc = await link.closed
+                exc = await self._until_closed(link, losses)
             except asyncio.CancelledError:
                 link.close()
                 self.session.detach(self.stop_reason)
                 raise
             reason = _reason(self.url, exc)
-            log.warning("%s: lost %s (%s)", name, self.url, exc or "closed")
+            quiet = not losses.occurred(f"{self.url} ({exc or 'closed'})")
             self.session.detach(reason)
             link.close()
             await self._wait_before_retry(BACKOFF_MIN_S)
+
+    async def _until_closed(self, link: SerialLink, losses: Recurring) -> BaseException | None:
+        """Wait for the link to close; a loss episode ends once it has stayed open a while."""
+        if losses.active:
+            # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # comes as the link closes, and the runner would reopen the port for ever.
+            done, _ = await asyncio.wait({link.closed}, timeout=LOSS_SUMMARY_S)
+            if not done:
+                losses.ended(f"{self.url} has stayed open {LOSS_SUMMARY_S:g} s")
+        return await link.closed
 
     async def _wait_before_retry(self, delay: float) -> None:
         """Sleep ``delay`` with ±20% jitter; a device path that (re)appears ends it early."""
