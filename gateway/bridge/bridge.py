@@ -66,6 +66,9 @@ COMMIT_DELAY_S = 0.05
 #: the maximum: the queue resumes by itself within RETRY_MAX_S of the disk having room
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 5.0
+#: the gateway says degraded until its queue has been written without a failure this long: a
+#: nearly full disk takes some writes and refuses others, and must not flap the status
+RECOVERED_AFTER_S = 5.0
 
 
 class TokenBucket:
@@ -147,9 +150,12 @@ class Bridge:
         self.not_durable = 0
         #: the retry delay while the queue cannot be written (None while it can)
         self._retry_s: float | None = None
+        #: why the gateway says degraded (the last write error), None while it does not
+        self._degraded: str | None = None
         self._degraded_since: float | None = None
-        self._spool_failing = Recurring(log, "the event queue cannot be written; events go on "
-                                        "from memory, not durable", level=logging.ERROR)
+        self._recovery_handle: asyncio.TimerHandle | None = None
+        self._spool_failing = Recurring(log, "the event queue cannot be written (events go on "
+                                        "from memory, not durable)", level=logging.ERROR)
         #: set when a loop or a scheduled callback of the bridge fails: the gateway stops
         self._failure: asyncio.Future[BaseException] = self._loop.create_future()
         self._stopping = False
@@ -204,7 +210,11 @@ class Bridge:
         self._stopping = True
         try:
             # The gateway has stopped: its devices' last state changes are in the subscription.
-            waits = self._drain_subscription()
+            try:
+                waits = self._drain_subscription()
+            except Exception as error:  # the failure that stops the bridge, again: say offline
+                waits = []
+                log.error("the last events could not be queued at the stop: %r", error)
             if self.mqtt.connected:
                 waits.append(self.mqtt.publish(self.topics.status, b'{"state":"offline"}',
                                                retain=True))
@@ -234,6 +244,8 @@ class Bridge:
             else:
                 await self._group.__aexit__(None, None, None)
         finally:
+            if self._recovery_handle is not None:
+                self._recovery_handle.cancel()
             self._flush_acks()
             self._commit()
             self.spool.close()
@@ -250,15 +262,15 @@ class Bridge:
 
     def _fail(self, where: str, exc: BaseException) -> None:
         """A loop or callback of the bridge failed: ERROR, and the gateway stops (exit 1)."""
-        if self._failure.done():
-            return
         log.error("%s failed: %r; the gateway stops (a restart starts it afresh)", where, exc,
                   exc_info=exc)
-        self._failure.set_result(BridgeTaskFailed(where, exc))
+        if not self._failure.done():
+            self._failure.set_result(BridgeTaskFailed(where, exc))
 
     async def _supervise(self) -> None:
         """Raises the first failure in the group: the group stops the gateway with it."""
-        failure = await self._failure
+        # Shielded: the group cancelling this task must not cancel the future with it.
+        failure = await asyncio.shield(self._failure)
         raise failure
 
     def _guarded(self, callback: Callable[[], None]) -> None:
@@ -479,17 +491,22 @@ class Bridge:
             self._spool_failed(exc.reason)
             return
         if self._retry_s is not None:
-            self._spool_recovered()
+            self._spool_written()
 
     # ------------------------------------------------------------------ storage faults
 
     def _spool_failed(self, reason: str) -> None:
         """A write of the queue failed: degraded (loudly, once), retried with backoff."""
-        entering = self._retry_s is None
-        self._retry_s = RETRY_MIN_S if entering else min(RETRY_MAX_S, self._retry_s * 2)
+        if self._recovery_handle is not None:
+            self._recovery_handle.cancel()  # it failed again before it counted as recovered
+            self._recovery_handle = None
+        retry = self._retry_s
+        self._retry_s = RETRY_MIN_S if retry is None else min(RETRY_MAX_S, retry * 2)
         self._spool_failing.occurred(
-            f"{reason} ({self.spool.unwritten} events only in memory, at most "
-            f"{self.spool.memory_rows}; retrying every {self._retry_s:g} s at most)")
+            f"{reason}; {self.spool.unwritten} events only in memory (at most "
+            f"{self.spool.memory_rows}); retrying in {self._retry_s:g} s")
+        entering = self._degraded is None
+        self._degraded = reason
         if entering:
             self._degraded_since = time.time()
             self.mqtt.publish(self.topics.status, self._status_body(), retain=True,
@@ -498,22 +515,31 @@ class Bridge:
             self._commit_handle = self._loop.call_later(self._retry_s, self._guarded,
                                                         self._commit)
 
-    def _spool_recovered(self) -> None:
+    def _spool_written(self) -> None:
+        """A write succeeded after failures: commits go as usual again (the retry timer is
+        done); degraded ends once writes have kept succeeding for RECOVERED_AFTER_S."""
         self._retry_s = None
+        if self._recovery_handle is None and not self._stopping:
+            self._recovery_handle = self._loop.call_later(RECOVERED_AFTER_S, self._guarded,
+                                                          self._spool_recovered)
+        self._backpressure()
+
+    def _spool_recovered(self) -> None:
+        self._recovery_handle = None
+        self._degraded = None
         self._degraded_since = None
         self._spool_failing.ended(f"the queue is written again; {self.not_durable} events "
                                   "were published not durable, "
                                   f"{self.spool.dropped} dropped in all")
         self.mqtt.publish(self.topics.status, self._status_body(), retain=True, resend=False)
-        self._backpressure()
 
     def _status_body(self) -> bytes:
         """The gateway's retained status: online, or degraded while the queue cannot be
         written (still serving: consumers treat anything but offline as up)."""
         body: dict[str, Any] = {"state": "online", "version": __version__,
                                 "started_at": self.started_at}
-        if self._retry_s is not None and self.spool.error is not None:
-            body.update(state="degraded", reason="spool_error", error=self.spool.error,
+        if self._degraded is not None:
+            body.update(state="degraded", reason="spool_error", error=self._degraded,
                         since=self._degraded_since)
         return json.dumps(body).encode()
 
@@ -706,7 +732,7 @@ class Bridge:
                 "spooled": self.spool.count,
                 "dropped": self.spool.dropped,
                 "not_durable": self.not_durable,
-                "spool_error": self.spool.error if self._retry_s is not None else None,
+                "spool_error": self._degraded,
                 "rejected": self.rejected,
                 "reconnects": self.mqtt.reconnects,
                 "requests": self.requests,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import sqlite3
 import stat
@@ -258,7 +259,7 @@ class Spool:
             # found now, not in the middle of a commit.
             problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
-                raise _NotAQueue("; ".join(problems))
+                raise _NotAQueue("; ".join(problems).replace("\n", " "))
             db.executescript(_SCHEMA)
             db.execute("SELECT id, topic, body, replayed FROM queue LIMIT 0").fetchall()
         except _NotAQueue:
@@ -594,6 +595,9 @@ def _salvage(path: Path, max_messages: int, max_bytes: int) -> _Salvage:
     found = _Salvage()
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # Else SQLite refuses a file shorter than its header says (a truncated queue)
+        # before reading a single row.
+        db.execute("PRAGMA writable_schema=ON")
     except sqlite3.Error:
         return found
     try:
@@ -612,6 +616,20 @@ def _salvage(path: Path, max_messages: int, max_bytes: int) -> _Salvage:
     return found
 
 
+def _readable(topic: object, body: object) -> bytes | None:
+    """A salvaged row's body if it is intact: the queue holds JSON objects on topics; a
+    damaged page can still yield a row, with zeros or garbage where its bytes were."""
+    if not isinstance(topic, str) or not topic or "\0" in topic:
+        return None
+    if not isinstance(body, bytes | str):
+        return None
+    data = body.encode() if isinstance(body, str) else bytes(body)
+    try:
+        return data if isinstance(json.loads(data), dict) else None
+    except ValueError:  # also not UTF-8
+        return None
+
+
 def _salvage_rows(db: sqlite3.Connection, found: _Salvage, max_messages: int,
                   max_bytes: int) -> None:
     rows = found.rows
@@ -622,10 +640,10 @@ def _salvage_rows(db: sqlite3.Connection, found: _Salvage, max_messages: int,
             for row_id, topic, body in db.execute(
                     "SELECT id, topic, body FROM queue WHERE id > ? ORDER BY id", (after,)):
                 after = row_id
-                if not isinstance(topic, str) or not isinstance(body, bytes | str):
+                data = _readable(topic, body)
+                if data is None:
                     found.skipped += 1
                     continue
-                data = body.encode() if isinstance(body, str) else bytes(body)
                 rows.append((topic, data))
                 size += len(data)
                 # The bounds drop the oldest, as the queue itself would have.
