@@ -539,6 +539,9 @@ class Spool:
             unsent = self._unsent
             while unsent and unsent[0].id <= after_id:
                 unsent.popleft()
+            # Those popped left memory too: after a reconnect they are read from the disk
+            # (else a send from the disk that had stopped short of them skipped them).
+            self._memory_after = after_id
             rows = [unsent.popleft() for _ in range(min(limit, len(unsent)))]
             if rows:
                 self._memory_after = rows[-1].id
