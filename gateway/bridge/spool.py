@@ -50,8 +50,8 @@ CHECKPOINT_INTERVAL_S = 1.0
 _FULL_UNTIL = 0.9
 #: SQLite's primary result codes for a file that is not (or no longer) a database
 _CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-#: readable stretches a salvage looks for beyond damaged pages before it gives up
-_SALVAGE_HOLES = 256
+#: damaged rows or pages a salvage looks past before it gives up (each costs a few lookups)
+_SALVAGE_HOLES = 20_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
@@ -638,6 +638,7 @@ def _salvage_rows(db: sqlite3.Connection, found: _Salvage, max_messages: int,
     rows = found.rows
     size = 0
     after = 0
+    last_failure = -1
     for _ in range(_SALVAGE_HOLES):
         try:
             for row_id, topic, body in db.execute(
@@ -656,12 +657,16 @@ def _salvage_rows(db: sqlite3.Connection, found: _Salvage, max_messages: int,
             return
         except sqlite3.DatabaseError:
             found.damaged = True
-        # A damaged page: look further and further ahead for the next readable row.
+        # A damaged page: look further and further ahead for the next readable row. If the
+        # scan failed at once where the last look led it, that row itself is unreadable:
+        # look past it.
+        base = after + 1 if after == last_failure else after
+        last_failure = after
         step = 1
-        while after + step < 2**62:
+        while base + step < 2**62:
             try:
                 row = db.execute("SELECT id FROM queue WHERE id >= ? ORDER BY id LIMIT 1",
-                                 (after + step,)).fetchone()
+                                 (base + step,)).fetchone()
             except sqlite3.DatabaseError:
                 step *= 2
                 continue
