@@ -176,14 +176,15 @@ async def _request(args: argparse.Namespace) -> int:
 
     def on_status(message: Message) -> None:
         # The gateway's retained status says whether anyone will answer: without one, or
-        # with "offline", waiting the whole --wait would only hide that.
+        # with "offline", waiting the whole --wait would only hide that. Any other state
+        # ("online", "degraded": its queue cannot be written, it still serves) answers.
         nonlocal status_seen
         status_seen = True
         try:
             state = json.loads(message.payload).get("state") if message.payload else None
         except (ValueError, AttributeError):
             state = None
-        if state != "online":
+        if state == "offline" or not isinstance(state, str):
             said = message.payload.decode("utf-8", "replace") or "(cleared)"
             what = f"is {state}" if isinstance(state, str) else "has no readable status"
             fail(f"gateway {args.gateway!r} on {broker.url} {what}: {topics.status} says {said}")

@@ -145,3 +145,39 @@ class NodeIdsExhausted(GatewayError):
                          "online now")
         self.uid = uid
         self.capacity = capacity
+
+
+class SpoolError(GatewayError):
+    """The on-disk event queue (``spool.db``) cannot be used as asked; names the file."""
+
+    def __init__(self, path: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+class SpoolWriteFailed(SpoolError):
+    """A write to the event queue failed (the disk is full, an I/O error, read-only): nothing
+    of it was written, everything stays staged in memory for the next attempt."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason, f"cannot write the event queue {path}: {reason}")
+
+
+class SpoolUnavailable(SpoolError):
+    """The event queue cannot be opened for a reason other than a corrupt file (permissions,
+    another process holding it): moving it aside would not help, so the gateway does not start."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason, f"cannot open the event queue {path}: {reason} (check "
+                         "that state_dir is a writable directory and that no other gateway "
+                         "uses it)")
+
+
+class BridgeTaskFailed(GatewayError):
+    """A loop or callback of the bridge raised: the gateway stops (exit 1) rather than stall."""
+
+    def __init__(self, where: str, cause: BaseException) -> None:
+        super().__init__(f"{where} failed: {cause!r}")
+        self.where = where
+        self.cause = cause

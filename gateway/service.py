@@ -75,7 +75,8 @@ def prepare_state_dir(path: Path) -> None:
 
 
 class Service:
-    """``await Service(config_path, config).run()``: until SIGTERM/SIGINT; returns 0."""
+    """``await Service(config_path, config).run()``: until SIGTERM/SIGINT; returns 0, or 1
+    when a task of the bridge failed (systemd restarts the service)."""
 
     def __init__(self, path: Path, config: GatewayConfig,
                  notifier: Notifier | None = None) -> None:
@@ -122,8 +123,9 @@ class Service:
         self.notifier.send(READY=1, STATUS=status_line(self.gateway, self.bridge))
 
     async def run(self) -> int:
-        """Run until SIGTERM/SIGINT."""
+        """Run until SIGTERM/SIGINT (0), or until a task of the bridge fails (1)."""
         config = self.config
+        failed = False
         loop = asyncio.get_running_loop()
         # Every event at DEBUG: only then a subscription (a queue every event goes through).
         subscription = None
@@ -161,6 +163,15 @@ class Service:
                 for task in [*tasks, *self._reloads]:
                     task.cancel()
                 await asyncio.gather(*tasks, *self._reloads, return_exceptions=True)
+        except ExceptionGroup as group:
+            # The bridge's TaskGroup: a loop failed (logged with its traceback where it
+            # did). Exit 1 rather than run on without it.
+            failed = True
+            log.error("stopped after a failure: %s; exit 1",
+                      "; ".join(str(exc) for exc in group.exceptions))
+            for task in [*tasks, *self._reloads]:
+                task.cancel()
+            await asyncio.gather(*tasks, *self._reloads, return_exceptions=True)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -170,7 +181,7 @@ class Service:
                 while not subscription.queue.empty():  # the last events, at shutdown
                     _log_event(subscription.get_nowait())
             self.notifier.close()
-        return 0
+        return 1 if failed else 0
 
     async def _enter_bridge(self, stack: contextlib.AsyncExitStack) -> Bridge:
         """Start the bridge; a metrics address it cannot listen on is a ``StartupError``

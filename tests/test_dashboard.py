@@ -25,6 +25,7 @@ from tui.detail import DeviceScreen
 from tui.device_table import DeviceTable, cell
 from tui.fabric import shown_url
 from tui.help import HelpScreen
+from tui.overview import health_text
 from tui.state import FabricState
 
 P = "mcp/v1"
@@ -488,3 +489,22 @@ async def test_the_palette_screenshot_saves_without_a_downloads_directory(tmp_pa
         await wait_for(lambda: any("Screenshot saved to" in str(n.message)
                                    for n in app._notifications), what="the notification")
     assert "device" in saved[0].read_text()
+
+
+def test_a_degraded_gateway_is_up_its_devices_are_not_stale_and_its_reason_shows():
+    """Issue 13 item 1: a gateway whose event queue cannot be written says ``degraded``
+    (spec: anything but offline is up). Its devices keep their own states, and the health
+    line says why it is degraded."""
+    state = FabricState(P, clock=lambda: 500.0)
+    msg(state, "gw1/status", {"state": "online", "started_at": 1.0})
+    msg(state, "gw1/devices/a/status", {"state": "online", "reason": "registered"})
+    msg(state, "gw1/status", {"state": "degraded", "reason": "spool_error",
+                              "error": "database or disk is full", "started_at": 1.0}, now=100.0)
+    device = state.devices[("gw1", "a")]
+    assert device.shown_state == "online"
+    assert state.gateways["gw1"].offline_since is None
+    assert state.counts() == (1, 0, 1)
+    text = health_text(state, True, 0, "", now=500.0)
+    assert "gw1 degraded (spool_error)" in text
+    msg(state, "gw1/status", {"state": "online", "started_at": 1.0})
+    assert "(spool_error)" not in health_text(state, True, 0, "", now=500.0)

@@ -24,6 +24,8 @@ def health_text(state: FabricState, connected: bool, reconnects: int, last_error
     gateways = []
     for gw in sorted(state.gateways.values(), key=lambda g: g.gateway_id):
         text = f"{gw.gateway_id} {gw.state}"
+        if gw.state not in ("online", "offline") and gw.reason:
+            text += f" ({gw.reason})"  # degraded: still serving, but say why
         if gw.offline_since is not None:
             # Its last stats (uptime, queue) are from before it went away: not shown.
             text += f" for {ago(gw.offline_since, now).removesuffix(' ago')}"

@@ -28,6 +28,8 @@ class GatewayView:
 
     gateway_id: str
     state: str = "unknown"
+    #: why it is in that state, when not plainly online (``spool_error`` while degraded)
+    reason: str = ""
     version: str = ""
     started_at: float | None = None
     mqtt: dict[str, Any] = field(default_factory=dict)
@@ -172,6 +174,7 @@ class FabricState:
             offline_since = None  # gone from the broker: nothing says its devices are stale
         else:
             view.state = str(body.get("state", "unknown"))
+            view.reason = str(body.get("reason") or "")
             view.version = str(body.get("version", view.version))
             view.started_at = body.get("started_at", view.started_at)
             if view.state != "offline":

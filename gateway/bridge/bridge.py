@@ -4,6 +4,12 @@ Data flows one way: device events -> spool (SQLite, batched) -> publishes with a
 unacknowledged QoS 1 messages -> broker; an event leaves the spool only on its PUBACK.
 Requests are served by ``gateway.bridge.requests.RequestServer`` (a bounded intake, one
 answer each). Nothing here blocks on a single message.
+
+When the queue cannot be written (a full disk), events keep flowing to a connected broker
+(counted as not durable) or wait in the spool's bounded memory; the gateway's status says
+``degraded`` and writes are retried with a bounded backoff until the disk takes them again.
+The bridge's loops run in a TaskGroup: if one of them (or a callback it schedules) fails,
+the gateway stops with an ERROR instead of stalling silently.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from gateway.bridge.requests import RequestServer
 from gateway.bridge.spool import Spool, SpooledEvent
 from gateway.bridge.topics import Topics
 from gateway.config import GatewayConfig
+from gateway.errors import BridgeTaskFailed, SpoolWriteFailed
 from gateway.frames import Command
+from gateway.logs import Recurring
 from gateway.session import DeviceEvent, DeviceRenamed, StateChange, TelemetryEvent
 
 log = logging.getLogger(__name__)
@@ -38,6 +46,13 @@ _BATCH = 1000
 _SHUTDOWN_ACK_S = 3.0
 #: acknowledged events are deleted from the queue at most this late
 COMMIT_DELAY_S = 0.05
+#: while the queue cannot be written, writes are retried after this long, doubling up to
+#: the maximum: the queue resumes by itself within RETRY_MAX_S of the disk having room
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 5.0
+#: the gateway says degraded until its queue has been written without a failure this long: a
+#: nearly full disk takes some writes and refuses others, and must not flap the status
+RECOVERED_AFTER_S = 5.0
 
 
 class Bridge:
@@ -78,9 +93,20 @@ class Bridge:
         self._commit_handle: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._last_rx: dict[str, tuple[float, int]] = {}
-        online = json.dumps({"state": "online", "version": __version__,
-                             "started_at": self.started_at}).encode()
-        self._online = online
+        #: events sent to the broker while they were not on disk (the queue's writes failed)
+        self.not_durable = 0
+        #: the retry delay while the queue cannot be written (None while it can)
+        self._retry_s: float | None = None
+        #: why the gateway says degraded (the last write error), None while it does not
+        self._degraded: str | None = None
+        self._degraded_since: float | None = None
+        self._recovery_handle: asyncio.TimerHandle | None = None
+        self._spool_failing = Recurring(log, "the event queue cannot be written (events go on "
+                                        "from memory, not durable)", level=logging.ERROR)
+        #: set when a loop or a scheduled callback of the bridge fails: the gateway stops
+        self._failure: asyncio.Future[BaseException] = self._loop.create_future()
+        self._stopping = False
+        self._group: asyncio.TaskGroup | None = None
         self.mqtt = MqttConnection(
             self.settings,
             will=(self.topics.status, b'{"state":"offline"}'),
@@ -90,6 +116,7 @@ class Bridge:
             on_ack=self._on_ack,
         )
         self._tasks: list[asyncio.Task[Any]] = []
+        self._mqtt_task: asyncio.Task[None] | None = None
         self._final_acks: set[int] = set()
         self._holding = False
         self._stop_metrics: Callable[[], None] | None = None
@@ -112,33 +139,96 @@ class Bridge:
                                        telemetry=lambda: self.latest_status)
             self._stop_metrics = serve_metrics(self.config.metrics_address, collector)
             log.info("metrics on http://%s/metrics", self.config.metrics_address)
-        for coro, name in ((self.mqtt.run(), "mqtt"), (self._collect(), "collect"),
-                           (self._publish_loop(), "publish"), (self._stats_loop(), "stats"),
-                           (self.request_server.run(), "requests")):
-            self._tasks.append(asyncio.create_task(coro, name=f"bridge-{name}"))
+        # The connection is not in the group: when a loop fails, the group cancels the
+        # others at once, and the connection must stay up to publish the offline statuses.
+        self._mqtt_task = asyncio.create_task(self.mqtt.run(), name="bridge-mqtt")
+        self._mqtt_task.add_done_callback(self._task_done)
+        self._group = asyncio.TaskGroup()
+        await self._group.__aenter__()
+        for coro, name in ((self._collect(), "collect"), (self._publish_loop(), "publish"),
+                           (self._stats_loop(), "stats"), (self.request_server.run(), "requests"),
+                           (self._supervise(), "supervise")):
+            task = self._group.create_task(coro, name=f"bridge-{name}")
+            task.add_done_callback(self._task_done)
+            self._tasks.append(task)
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        # The gateway has stopped: its devices' last state changes are in the subscription.
-        waits = self._drain_subscription()
-        if self.mqtt.connected:
-            waits.append(self.mqtt.publish(self.topics.status, b'{"state":"offline"}',
-                                           retain=True))
-            self._final_done.clear()
-            self._final_acks = {mid for mid in waits if mid is not None}
-            if self._final_acks:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_SHUTDOWN_ACK_S):
-                        await self._final_done.wait()
-            await self.mqtt.disconnect()
-        for task in self._tasks:
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: Any) -> None:
+        self._stopping = True
+        try:
+            # The gateway has stopped: its devices' last state changes are in the subscription.
+            try:
+                waits = self._drain_subscription()
+            except Exception as error:  # the failure that stops the bridge, again: say offline
+                waits = []
+                log.error("the last events could not be queued at the stop: %r", error)
+            if self.mqtt.connected:
+                waits.append(self.mqtt.publish(self.topics.status, b'{"state":"offline"}',
+                                               retain=True))
+                self._final_done.clear()
+                self._final_acks = {mid for mid in waits if mid is not None}
+                if self._final_acks:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_SHUTDOWN_ACK_S):
+                            await self._final_done.wait()
+                await self.mqtt.disconnect()
+        finally:
+            await self._stop_tasks(exc_type, exc, tb)
+
+    async def _stop_tasks(self, exc_type: type[BaseException] | None,
+                          exc: BaseException | None, tb: Any) -> None:
+        """Cancel and await every task; raise the failures of the group's, if any."""
+        assert self._group is not None
+        assert self._mqtt_task is not None
+        for task in [self._mqtt_task, *self._tasks]:
             task.cancel()
-        await asyncio.gather(*self._tasks, self.request_server.close(), return_exceptions=True)
-        self._flush_acks()
-        self._commit()
-        self.spool.close()
-        if self._stop_metrics is not None:
-            self._stop_metrics()
+        try:
+            await asyncio.gather(self._mqtt_task, self.request_server.close(),
+                                 return_exceptions=True)
+            # A CancelledError may be the group's own (a loop failed): the group takes it and
+            # raises the failure instead. Any other exception of the body passes through.
+            if exc_type is asyncio.CancelledError:
+                await self._group.__aexit__(exc_type, exc, tb)
+            else:
+                await self._group.__aexit__(None, None, None)
+        finally:
+            if self._recovery_handle is not None:
+                self._recovery_handle.cancel()
+            self._flush_acks()
+            self._commit()
+            self.spool.close()
+            if self._stop_metrics is not None:
+                self._stop_metrics()
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        if exc is None:
+            exc = RuntimeError("it returned, but it should run until the bridge stops")
+        self._fail(task.get_name(), exc)
+
+    def _fail(self, where: str, exc: BaseException) -> None:
+        """A loop or callback of the bridge failed: ERROR, and the gateway stops (exit 1)."""
+        log.error("%s failed: %r; the gateway stops (a restart starts it afresh)", where, exc,
+                  exc_info=exc)
+        if not self._failure.done():
+            self._failure.set_result(BridgeTaskFailed(where, exc))
+
+    async def _supervise(self) -> None:
+        """Raises the first failure in the group: the group stops the gateway with it."""
+        # Shielded: the group cancelling this task must not cancel the future with it.
+        failure = await asyncio.shield(self._failure)
+        raise failure
+
+    def _guarded(self, callback: Callable[[], None]) -> None:
+        """Run a callback the loop calls (``call_soon``/``call_at``): its failure stops the
+        gateway, as a loop's does, instead of a traceback from the loop and a stall."""
+        try:
+            callback()
+        except Exception as exc:
+            self._fail(getattr(callback, "__name__", repr(callback)), exc)
 
 
     # ------------------------------------------------------------------ events in
@@ -212,7 +302,9 @@ class Bridge:
             self.spool.append(rows, replayed=False, commit=False)
             self._publish_some()
             delay = self.config.queue.commit_delay_ms / 1000.0
-            if delay > 0:
+            if self._retry_s is not None:
+                pass  # the disk refuses writes: the retry timer writes them when it can
+            elif delay > 0:
                 self._schedule_commit(delay)  # acked by then: never written at all
             else:
                 self._commit()
@@ -271,13 +363,16 @@ class Bridge:
     def _publish_some(self) -> None:
         mqtt = self.mqtt
         in_flight = self._in_flight
+        spool = self.spool
         try:
             window = self.window
             while mqtt.connected and len(in_flight) < window:
-                rows = self.spool.peek(self._last_sent, window - len(in_flight))
+                rows = spool.peek(self._last_sent, window - len(in_flight))
                 if not rows:
                     return
                 replay_upto = self._replay_upto
+                # While the queue's writes fail, events from this id on are only in memory.
+                unwritten = spool.first_unwritten if spool.error is not None else None
                 for row in rows:
                     body = mark_replayed(row.body) if row.replayed or row.id <= replay_upto \
                         else row.body  # fmt: skip
@@ -286,6 +381,8 @@ class Bridge:
                         return
                     in_flight[mid] = row
                     self._last_sent = row.id
+                    if unwritten is not None and row.id >= unwritten:
+                        self.not_durable += 1
         finally:
             self.peak_in_flight = max(self.peak_in_flight, len(in_flight))
             mqtt.flush()
@@ -308,7 +405,7 @@ class Bridge:
                     self._final_done.set()
             return
         if not self._acked:
-            self._loop.call_soon(self._flush_acks)
+            self._loop.call_soon(self._guarded, self._flush_acks)
         self._acked.append(row)
 
     def _flush_acks(self) -> None:
@@ -323,19 +420,77 @@ class Bridge:
             self._backpressure()
 
     def _schedule_commit(self, delay: float) -> None:
+        if self._retry_s is not None:
+            return  # the disk refuses writes: the retry timer is set, with its backoff
         when = self._loop.time() + delay
         handle = self._commit_handle
         if handle is not None:
             if handle.when() <= when:
                 return
             handle.cancel()
-        self._commit_handle = self._loop.call_at(when, self._commit)
+        self._commit_handle = self._loop.call_at(when, self._guarded, self._commit)
 
     def _commit(self) -> None:
         if self._commit_handle is not None:
             self._commit_handle.cancel()
             self._commit_handle = None
-        self.spool.commit()
+        try:
+            self.spool.commit()
+        except SpoolWriteFailed as exc:
+            self._spool_failed(exc.reason)
+            return
+        if self._retry_s is not None:
+            self._spool_written()
+
+    # ------------------------------------------------------------------ storage faults
+
+    def _spool_failed(self, reason: str) -> None:
+        """A write of the queue failed: degraded (loudly, once), retried with backoff."""
+        if self._recovery_handle is not None:
+            self._recovery_handle.cancel()  # it failed again before it counted as recovered
+            self._recovery_handle = None
+        retry = self._retry_s
+        self._retry_s = RETRY_MIN_S if retry is None else min(RETRY_MAX_S, retry * 2)
+        self._spool_failing.occurred(
+            f"{reason}; {self.spool.unwritten} events only in memory (at most "
+            f"{self.spool.memory_rows}); retrying in {self._retry_s:g} s")
+        entering = self._degraded is None
+        self._degraded = reason
+        if entering:
+            self._degraded_since = time.time()
+            self.mqtt.publish(self.topics.status, self._status_body(), retain=True,
+                              resend=False)
+        if not self._stopping:
+            self._commit_handle = self._loop.call_later(self._retry_s, self._guarded,
+                                                        self._commit)
+
+    def _spool_written(self) -> None:
+        """A write succeeded after failures: commits go as usual again (the retry timer is
+        done); degraded ends once writes have kept succeeding for RECOVERED_AFTER_S."""
+        self._retry_s = None
+        if self._recovery_handle is None and not self._stopping:
+            self._recovery_handle = self._loop.call_later(RECOVERED_AFTER_S, self._guarded,
+                                                          self._spool_recovered)
+        self._backpressure()
+
+    def _spool_recovered(self) -> None:
+        self._recovery_handle = None
+        self._degraded = None
+        self._degraded_since = None
+        self._spool_failing.ended(f"the queue is written again; {self.not_durable} events "
+                                  "were published not durable, "
+                                  f"{self.spool.dropped} dropped in all")
+        self.mqtt.publish(self.topics.status, self._status_body(), retain=True, resend=False)
+
+    def _status_body(self) -> bytes:
+        """The gateway's retained status: online, or degraded while the queue cannot be
+        written (still serving: consumers treat anything but offline as up)."""
+        body: dict[str, Any] = {"state": "online", "version": __version__,
+                                "started_at": self.started_at}
+        if self._degraded is not None:
+            body.update(state="degraded", reason="spool_error", error=self._degraded,
+                        since=self._degraded_since)
+        return json.dumps(body).encode()
 
     def _on_connect(self) -> None:
         # Events in flight stay within the broker's Receive Maximum, leaving room for the
@@ -353,7 +508,7 @@ class Bridge:
         self._connected_before = True
         mqtt = self.mqtt
         # Statuses are published afresh on every connection: none is sent again by paho.
-        mqtt.publish(self.topics.status, self._online, retain=True, resend=False)
+        mqtt.publish(self.topics.status, self._status_body(), retain=True, resend=False)
         for device_id, body in self._statuses.items():
             mqtt.publish(self.topics.device_status(device_id), body, retain=True, resend=False)
         self._retire_mids.clear()
@@ -408,6 +563,8 @@ class Bridge:
                 "published": self.published,
                 "spooled": self.spool.count,
                 "dropped": self.spool.dropped,
+                "not_durable": self.not_durable,
+                "spool_error": self._degraded,
                 "rejected": self.rejected,
                 "reconnects": self.mqtt.reconnects,
                 **self.request_server.counters(),

@@ -118,9 +118,12 @@ class StatsCollector(Collector):
         yield GaugeMetricFamily("mcp_mqtt_connected", "1 when connected to the broker",
                                 value=1.0 if mqtt["connected"] else 0.0)
         for name in ("published", "dropped", "rejected", "reconnects", "requests",
-                     "invalid_requests", "requests_busy", "requests_withheld"):
+                     "invalid_requests", "requests_busy", "requests_withheld", "not_durable"):
             yield CounterMetricFamily(f"mcp_mqtt_{name}", f"MQTT {name.replace('_', ' ')}",
                                       value=mqtt[name])
+        yield GaugeMetricFamily("mcp_spool_writable", "1 while the on-disk event queue can be "
+                                "written (0: degraded, events not durable)",
+                                value=0.0 if mqtt["spool_error"] else 1.0)
         yield GaugeMetricFamily("mcp_mqtt_spooled", "Events waiting in the on-disk queue",
                                 value=mqtt["spooled"])
         yield GaugeMetricFamily("mcp_uptime_seconds", "Gateway uptime", value=stats["uptime_s"])
