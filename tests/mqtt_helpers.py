@@ -67,10 +67,13 @@ def _no_delay(client, userdata, sock) -> None:
 class Client:
     """paho in its own thread; collects every message it sees."""
 
-    def __init__(self, port: int, *, protocol: int = 5, client_id: str = "") -> None:
+    def __init__(self, port: int, *, protocol: int = 5, client_id: str = "",
+                 username: str | None = None, password: str | None = None) -> None:
         self.protocol = protocol
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=paho.MQTTv5 if protocol == 5 else paho.MQTTv311)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.messages: list[paho.MQTTMessage] = []
         self.lock = threading.Lock()
         self.client.on_message = self._on_message

@@ -253,9 +253,9 @@ async def test_gateway_dashboard_and_request_work_under_the_shipped_acl(tmp_path
             assert "refused" in out, out
 
             # An application cannot forge the gateway's retained status.
-            forger = Client(broker.port, client_id="forger")
-            forger.client.username_pw_set("app", secrets["app"])
-            forger.client.reconnect()
+            # Credentials from the first CONNECT (a reconnect after an anonymous one raced).
+            forger = Client(broker.port, client_id="forger", username="app",
+                            password=secrets["app"])
             await wait_for(forger.client.is_connected, what="the forger connected")
             forger.client.publish("mcp/v1/edge-1/status", b'{"state":"offline"}', qos=1,
                                   retain=True).wait_for_publish(5)
