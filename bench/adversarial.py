@@ -773,11 +773,16 @@ def fuzz(rig: Rig, *, requests: int, seed: int) -> dict[str, Any]:
     client.connect("127.0.0.1", rig.broker.port)
     client.loop_start()
     cases: dict[int, str] = {}
+    named: set[int] = set()
     try:
         pending = []
         for i in range(requests):
             category, topic, body, response_topic = _fuzz_case(rng, i)
             cases[i] = category
+            # Only a request that names a reply topic (property or body) can be answered.
+            if category != "bad_reply_topic" and (
+                    response_topic is not None or f"fuzz/r/{i}".encode() in body):
+                named.add(i)
             properties = None
             if response_topic is not None:
                 properties = Properties(PacketTypes.PUBLISH)
@@ -828,12 +833,15 @@ def fuzz(rig: Rig, *, requests: int, seed: int) -> dict[str, Any]:
     by_category: dict[str, dict[str, int]] = {}
     for i, category in cases.items():
         row = by_category.setdefault(category, {"sent": 0, "answered_once": 0,
-                                                "unanswered": 0, "answered_twice_or_more": 0})
+                                                "unanswered": 0, "answered_twice_or_more": 0,
+                                                "no_reply_topic": 0})
         row["sent"] += 1
         n = per_request[i]
+        if n == 0 and i not in named:
+            row["no_reply_topic"] += 1
+            continue
         row["answered_once" if n == 1 else "unanswered" if n == 0
             else "answered_twice_or_more"] += 1
-    named = [i for i, c in cases.items() if c != "bad_reply_topic"]
     alive = rig.gateway.alive()
     after = rig.gateway.sample() if alive else {}
     with rig.watcher.lock:
