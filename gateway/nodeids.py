@@ -23,6 +23,7 @@ from typing import Any
 
 from gateway.errors import NodeIdsExhausted
 from gateway.logs import Recurring
+from gateway.statefiles import aside_path
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class NodeIdStore:
             return
         except (ValueError, UnicodeDecodeError) as exc:
             # Keep the broken file for inspection.
-            backup = self.path.with_suffix(".corrupt")
+            backup = aside_path(self.path)
             self.path.replace(backup)
             log.error("node id map %s is corrupt (%s); moved to %s, starting anew",
                       self.path, exc, backup)

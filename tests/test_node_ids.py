@@ -211,6 +211,19 @@ def test_the_holder_seen_last_keeps_a_duplicated_id_and_a_table_of_online_device
     assert store.writes == 1
 
 
+def test_a_corrupt_map_is_moved_aside_and_an_earlier_one_is_kept(tmp_path):
+    """A damaged node_ids.json is kept for inspection, as a damaged spool.db is: the second
+    damaged file must not overwrite the first's backup (it was ``node_ids.corrupt``)."""
+    path = tmp_path / "node_ids.json"
+    for text in ("{not json", "also not json"):
+        path.write_text(text)
+        store = NodeIdStore(path)
+        assert store.get("a") == 1  # starts anew
+        store.close()
+    kept = sorted(p.read_text() for p in tmp_path.glob("node_ids.json.corrupt-*"))
+    assert kept == ["also not json", "{not json"]
+
+
 @contextlib.contextmanager
 def _tmpfs(directory, size: str):
     """A tmpfs of ``size`` mounted on ``directory`` (as root; CI is root), unmounted after."""

@@ -29,7 +29,6 @@ import logging
 import sqlite3
 import stat
 import threading
-import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from pathlib import Path
 from gateway.bridge.seqmarks import RESERVE, SeqMarks
 from gateway.errors import SpoolUnavailable, SpoolWriteFailed
 from gateway.logs import Recurring
+from gateway.statefiles import aside_path
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +122,6 @@ class _Salvage:
 def _sqlite_code(exc: sqlite3.Error) -> int | None:
     code = getattr(exc, "sqlite_errorcode", None)
     return None if code is None else code & 0xFF
-
-
-def _aside_path(path: Path) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    for n in itertools.count(1):
-        if not aside.exists():
-            return aside
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-    raise AssertionError("unreachable")
 
 
 class Spool:
@@ -227,7 +217,7 @@ class Spool:
             raise SpoolUnavailable(str(path), str(exc)) from exc
         if not stat.S_ISREG(info.st_mode):
             kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-            self.moved_to = aside = _aside_path(path)
+            self.moved_to = aside = aside_path(path)
             try:
                 path.replace(aside)
             except OSError as exc:
@@ -278,7 +268,7 @@ class Spool:
     def _move_aside_and_salvage(self, reason: str) -> _Salvage:
         path = self.path
         size = path.stat().st_size
-        self.moved_to = aside = _aside_path(path)
+        self.moved_to = aside = aside_path(path)
         # The WAL and its index belong to that file: a new queue must not pick them up.
         for suffix in ("", "-wal", "-shm"):
             source = path.with_name(path.name + suffix)
