@@ -12,7 +12,6 @@ link), as a device expects.
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
 import sys
@@ -24,6 +23,7 @@ import serial
 import serial_asyncio
 
 from gateway.drivers.reliable import ReliableLink
+from gateway.drivers.serial import is_port_held
 from gateway.errors import GatewayError
 from gateway.frames import (
     COMMANDS,
@@ -76,12 +76,6 @@ class PortHeld(GatewayError):
             "port, it would take the frames from it. To watch a live port use: mcp-gateway "
             "request GATEWAY - trace '{\"device\": \"DEVICE\"}'")
         self.url = url
-
-
-def _is_locked(exc: BaseException) -> bool:
-    """pyserial's exclusive open failed on the lock (flock LOCK_EX|LOCK_NB): held elsewhere."""
-    return getattr(exc, "errno", None) in (errno.EWOULDBLOCK, errno.EBUSY) \
-        or "Could not exclusively lock" in str(exc)
 
 
 class _PortProtocol(asyncio.Protocol):
@@ -155,7 +149,7 @@ class PortMonitor:
                     loop, lambda: _PortProtocol(self._on_data), self.url, baudrate=self.baudrate,
                     exclusive=True)
             except (serial.SerialException, OSError) as exc:
-                if _is_locked(exc):
+                if is_port_held(exc):
                     raise PortHeld(self.url) from None
                 log.warning("%s: cannot open %s: %s; retrying", self.name, self.url, exc)
                 await asyncio.sleep(_RETRY_S)

@@ -64,6 +64,14 @@ class SerialSettings:
         return max(0.1, 2 * 261 * bits_per_byte / self.baudrate)
 
 
+def is_port_held(exc: BaseException) -> bool:
+    """The open failed because another program holds the port (pyserial's exclusive open
+    takes flock LOCK_EX|LOCK_NB; a device may also say EBUSY)."""
+    text = str(exc)
+    return getattr(exc, "errno", None) in (errno.EBUSY, errno.EWOULDBLOCK) \
+        or "Could not exclusively lock" in text or "Resource busy" in text
+
+
 def explain_open_error(path: str, exc: BaseException) -> str:
     """One line saying why a port did not open and what to do about it."""
     code = getattr(exc, "errno", None)
@@ -75,7 +83,7 @@ def explain_open_error(path: str, exc: BaseException) -> str:
     if code == errno.ENOENT or "No such file" in text or ("could not open port" in text and \
             "[Errno 2]" in text):
         return f"{path} does not exist: is the device plugged in? (waiting for it)"
-    if code == errno.EBUSY or "Could not exclusively lock" in text or "Resource busy" in text:
+    if is_port_held(exc):
         return (f"{path} is in use by another program (exclusive open): close it, or set "
                 "exclusive = false for this port")
     if "Connection refused" in text:
