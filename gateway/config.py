@@ -28,6 +28,8 @@ from gateway.frames import DeviceProfile, ProfileRegistry
 STANDARD_BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800,
                       500000, 576000, 921600, 1000000, 1500000, 2000000, 3000000)
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: a character an id cannot hold (what is put in its place when one is made from a name)
+ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 ACTIONS = ("read", "write", "raw", "ping")
 #: the actions whose requests name a key, so ``allow`` may grant them one key (``write:KEY``)
 KEYED_ACTIONS = ("read", "write")

@@ -10,11 +10,11 @@ import itertools
 import logging
 import os
 import random
-import re
 from collections.abc import Callable
 
 import serial
 
+from gateway.config import ID_UNSAFE
 from gateway.drivers.serial import SerialLink, SerialSettings, explain_open_error
 from gateway.logs import Recurring
 from gateway.session import DeviceSession
@@ -27,7 +27,6 @@ BACKOFF_MAX_S = 10.0
 LOSS_SUMMARY_S = 10.0
 GLOB_SCAN_S = 0.5
 _PATH_POLL_S = 0.1
-_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 class PortRunner:
@@ -141,7 +140,7 @@ def device_id_for_match(port_name: str, pattern: str, path: str) -> str:
     glob's fixed directory, made id-safe: ``/dev/serial/by-id/*`` gives ``NAME-<by-id name>``,
     ``/tmp/a/*/tty`` gives ``NAME-1_tty`` and ``NAME-2_tty`` (not ``NAME-tty`` twice)."""
     below = os.path.relpath(path, glob_fixed_dir(pattern))
-    return f"{port_name}-{_ID_UNSAFE.sub('_', below)}"[:64]
+    return f"{port_name}-{ID_UNSAFE.sub('_', below)}"[:64]
 
 
 def unique_device_id(device_id: str, path: str) -> str:

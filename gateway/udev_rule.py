@@ -13,16 +13,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.config import ID_PATTERN, ID_UNSAFE
 from gateway.errors import GatewayError
 
 RULES_FILE = "/etc/udev/rules.d/99-mcp-gateway.rules"
 RELOAD_COMMAND = "udevadm control --reload && udevadm trigger --subsystem-match=tty --action=change"
 #: what every rule gives the device: the gateway's group, and a systemd device unit
 DEVICE_ACCESS = 'GROUP="dialout", MODE="0660", TAG+="systemd"'
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: udev match values are globs (``* ? [ ] |``) in double quotes: such characters match as ``?``
 _GLOB_OR_QUOTE = re.compile(r'[*?\[\]|"\\]')
-_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 class UdevRuleError(GatewayError):
@@ -57,7 +56,7 @@ class UsbSerialAdapter:
         """``/dev/mcp/<this>``: the serial number (``-ifNN`` for one port of several)."""
         if not self.serial:
             raise UdevRuleError(f"{self.tty} has no serial number: give --name")
-        name = _NAME_UNSAFE.sub("_", self.serial)[:58]
+        name = ID_UNSAFE.sub("_", self.serial)[:58]
         if self.shares_device and self.interface is not None:
             name += f"-if{self.interface}"
         return name
@@ -159,7 +158,7 @@ def find_adapter(device: str, sysfs: Path = Path("/sys"),
 
 def check_name(name: str) -> str:
     """A name for ``/dev/mcp/<name>``; ``UdevRuleError`` if it cannot be one."""
-    if not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
+    if not ID_PATTERN.fullmatch(name) or name in (".", ".."):
         raise UdevRuleError(f"--name {name!r} is not a device name; expected 1-64 of "
                             "A-Z a-z 0-9 _ . -")
     return name

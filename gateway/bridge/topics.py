@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+from gateway.config import ID_PATTERN
 
 
 @dataclass(frozen=True, slots=True)
