@@ -9,11 +9,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from gateway.config import GatewayConfig, PortConfig
-from gateway.drivers.serial import SerialSettings
 from gateway.errors import GatewayError
 from gateway.nodeids import NodeIdStore
 from gateway.ports import GlobWatcher, PortRunner, device_id_for_match, unique_device_id
 from gateway.session import DeviceEvent, DeviceSession, DeviceState, SessionSettings
+from gateway.settings import LinkSettings, SerialSettings
 
 log = logging.getLogger(__name__)
 
@@ -252,12 +252,14 @@ class Gateway:
             exclusive=port.exclusive,
             inter_frame_timeout=(port.inter_frame_timeout_ms / 1000.0
                                  if port.inter_frame_timeout_ms else None),
+        )
+        link_settings = LinkSettings(
             frames=port.frames,
             retransmit_s=port.link_retransmit_ms / 1000.0,
-            link_retries=port.link_retries,
-            link_window=port.link_window,
+            retries=port.link_retries,
+            window=port.link_window,
         )
-        runner = PortRunner(path, serial_settings, session)
+        runner = PortRunner(path, serial_settings, session, link_settings)
         self.devices[device_id] = session
         self._path_ids[device_id] = session
         self.runners[device_id] = runner

@@ -15,9 +15,10 @@ from collections.abc import Callable
 import serial
 
 from gateway.config import ID_UNSAFE
-from gateway.drivers.serial import SerialLink, SerialSettings, explain_open_error
+from gateway.drivers.serial import SerialLink, explain_open_error
 from gateway.logs import Recurring
 from gateway.session import DeviceSession
+from gateway.settings import LinkSettings, SerialSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,13 @@ class PortRunner:
         url: str,
         settings: SerialSettings,
         session: DeviceSession,
+        link_settings: LinkSettings | None = None,
         *,
         rng: random.Random | None = None,
     ) -> None:
         self.url = url
         self.settings = settings
+        self.link_settings = link_settings or LinkSettings()
         self.session = session
         self.opens = 0
         #: the device's offline reason when this runner is cancelled
@@ -68,7 +71,8 @@ class PortRunner:
         quiet = False  # this loss was counted, not logged: so are its reopen lines
         while True:
             try:
-                link = await SerialLink.open(self.url, self.settings, self.session.on_frames)
+                link = await SerialLink.open(self.url, self.settings, self.session.on_frames,
+                                            self.link_settings)
             except (OSError, serial.SerialException, ValueError) as exc:
                 message = explain_open_error(self.url, exc)
                 # One line per distinct problem, not one per retry.

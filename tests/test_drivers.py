@@ -13,8 +13,9 @@ import pytest
 
 from firmware_sim import Fleet, FleetSpec
 from gateway.app import Gateway
-from gateway.drivers.serial import SerialLink, SerialSettings, explain_open_error
+from gateway.drivers.serial import SerialLink, explain_open_error
 from gateway.frames import Deframer, Frame
+from gateway.settings import SerialSettings
 from tests.harness import gateway_config, is_state, next_event, wait_for
 
 

@@ -12,7 +12,6 @@ import errno
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import serial
 import serial_asyncio
@@ -21,6 +20,7 @@ from gateway.drivers.reliable import ReliableLink
 from gateway.errors import LinkClosed
 from gateway.frames import Deframer, Frame, encode_frame
 from gateway.frames.ms720 import Ms720Deframer
+from gateway.settings import LinkSettings, SerialSettings
 
 log = logging.getLogger(__name__)
 
@@ -30,38 +30,6 @@ MAX_BACKLOG = 256
 
 PARITIES = {"none": serial.PARITY_NONE, "even": serial.PARITY_EVEN, "odd": serial.PARITY_ODD,
             "mark": serial.PARITY_MARK, "space": serial.PARITY_SPACE}
-
-
-@dataclass(frozen=True, slots=True)
-class SerialSettings:
-    """How to open a port. Defaults: 115200 8N1, no flow control, exclusive open."""
-
-    baudrate: int = 115200
-    bytesize: int = 8
-    parity: str = "none"
-    stopbits: float = 1
-    rtscts: bool = False
-    exclusive: bool = True
-    #: bytes per read; pyserial-asyncio's 1 KiB default is too small at high frame rates
-    read_size: int = 65536
-    #: writes past this many buffered bytes wait (send) or are refused (send_nowait)
-    write_high_water: int = 16384
-    #: inter-frame timeout; None: the spec's 100 ms, or longer where the baud rate needs it
-    inter_frame_timeout: float | None = None
-    #: the frame profile: "mcp" or "ms720" (CRC-16, seq, ACK and retransmission)
-    frames: str = "mcp"
-    #: ms720: resend an unacknowledged frame after this long, up to this many times
-    retransmit_s: float = 0.2
-    link_retries: int = 3
-    #: ms720: the send window (seqs past the oldest unacknowledged frame); later sends wait
-    link_window: int = 128
-
-    def frame_timeout(self) -> float:
-        """The inter-frame timeout: 100 ms, or two maximum frames' airtime at slow bauds."""
-        if self.inter_frame_timeout is not None:
-            return self.inter_frame_timeout
-        bits_per_byte = 1 + self.bytesize + (self.parity != "none") + self.stopbits
-        return max(0.1, 2 * 261 * bits_per_byte / self.baudrate)
 
 
 def is_port_held(exc: BaseException) -> bool:
@@ -94,23 +62,26 @@ def explain_open_error(path: str, exc: BaseException) -> str:
 class SerialLink(asyncio.Protocol):
     """One open port. Create with ``await SerialLink.open(...)``; ``closed`` says why it ended."""
 
-    def __init__(self, url: str, settings: SerialSettings, on_frames: FramesHandler) -> None:
+    def __init__(self, url: str, settings: SerialSettings, on_frames: FramesHandler,
+                 link: LinkSettings | None = None) -> None:
         self.url = url
         self.settings = settings
+        link = link or LinkSettings()
+        self.link_settings = link
         self.on_frames = on_frames
         loop = asyncio.get_running_loop()
         # Expiry by our timer only: a read that comes late because the loop was busy is not
         # line silence, and the timer checks the OS's buffer before it drops anything.
         #: ms720's reliable link (None for mcp): it owns the deframer then
         self.reliable: ReliableLink | None = None
-        if settings.frames == "ms720":
+        if link.frames == "ms720":
             self.reliable = ReliableLink(self._write_raw, deliver_late=self._deliver,
-                                         retransmit_s=settings.retransmit_s,
-                                         retries=settings.link_retries,
+                                         retransmit_s=link.retransmit_s,
+                                         retries=link.retries,
                                          timeout=settings.frame_timeout(), clock=loop.time,
                                          expire_on_feed=False,
                                          first_seq=random.randrange(1 << 32),
-                                         window=settings.link_window)
+                                         window=link.window)
             self.deframer: Deframer | Ms720Deframer = self.reliable.deframer
         else:
             self.deframer = Deframer(timeout=settings.frame_timeout(), clock=loop.time,
@@ -127,9 +98,10 @@ class SerialLink(asyncio.Protocol):
         self._paused = False
 
     @classmethod
-    async def open(cls, url: str, settings: SerialSettings, on_frames: FramesHandler) -> SerialLink:
+    async def open(cls, url: str, settings: SerialSettings, on_frames: FramesHandler,
+                   link_settings: LinkSettings | None = None) -> SerialLink:
         """Open ``url`` (a device path or pyserial URL); raises OSError/SerialException."""
-        link = cls(url, settings, on_frames)
+        link = cls(url, settings, on_frames, link_settings)
         transport, _ = await serial_asyncio.create_serial_connection(
             asyncio.get_running_loop(),
             lambda: link,
