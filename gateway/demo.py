@@ -67,15 +67,16 @@ def free_port() -> int:
 
 def demo_config(directory: Path, url: str, count: int) -> dict[str, Any]:
     """The demo gateway's configuration file, as data: ``count`` simulated ports under
-    ``directory/dev``, its state in ``directory/state``, the broker at ``url`` (started
-    by the demo around the service, so the headless watcher subscribes before the gateway
-    connects)."""
+    ``directory/dev``, its state in ``directory/state``, the broker at ``url``: the
+    embedded one (MQTT 3.1.1 only), started by the demo around the service rather than by
+    the service (``embedded = true``), so that the headless watcher subscribes before the
+    gateway connects."""
     links = directory / "dev"
     return {
         "gateway_id": GATEWAY_ID,
         "state_dir": str(directory / "state"),
         "stats_interval_s": 2.0,
-        "broker": {"url": url},
+        "broker": {"url": url, "protocol": 3},
         "ports": [{"name": f"sim-{i}", "path": str(links / f"sim-{i}"), "heartbeat_s": 2,
                    "allow": ["read", "ping", "write"]} for i in range(count)],
     }
