@@ -213,13 +213,17 @@ class RequestClient:
                                      "answer came"))
 
     def _on_subscribed(self) -> None:
+        # A retained status comes right after the SUBACK, if there is one.
         if self._status_topic is None or self._status_seen or self._no_status is not None:
             return
-        topic, gateway = self._status_topic, self._gateway
-        self._no_status = self._loop.call_later(STATUS_GRACE_S, lambda: self._status_seen or (
+        self._no_status = self._loop.call_later(STATUS_GRACE_S, self._status_missing)
+
+    def _status_missing(self) -> None:
+        if not self._status_seen:
             self._fail(RequestFailed(
-                f"no gateway {gateway!r} on {self.broker.url}: no retained status on {topic} "
-                "(is it running, with this gateway id and topic prefix?)"), gateway)))
+                f"no gateway {self._gateway!r} on {self.broker.url}: no retained status on "
+                f"{self._status_topic} (is it running, with this gateway id and topic "
+                "prefix?)"), self._gateway)
 
     def _on_message(self, message: Message) -> None:
         if message.topic == self.reply_topic:
