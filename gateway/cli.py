@@ -9,35 +9,23 @@ import json
 import os
 import shlex
 import signal
-import socket
 import sys
-import tempfile
-import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import tomli_w
 
-from firmware_sim import cli as sim_cli
-from firmware_sim.device import Faults
-from firmware_sim.fleet import Fleet, FleetSpec
 from gateway import __version__, udev_rule
-from gateway.app import Gateway
-from gateway.bridge.bridge import Bridge
-from gateway.bridge.embedded import EmbeddedBroker
-from gateway.bridge.envelope import new_message_id, request_body
-from gateway.bridge.mqtt import BrokerSettings, Message, MqttConnection
-from gateway.bridge.topics import Topics
+from gateway.bridge.client import RequestClient, RequestFailed
+from gateway.bridge.mqtt import BrokerSettings
 from gateway.config import (
     LOG_FORMATS,
     LOG_LEVELS,
     effective,
     load_config,
-    parse_config,
     read_password_file,
     readable_file,
 )
+from gateway.demo import DemoOptions, headless_wanted, run_demo
 from gateway.errors import ConfigError, GatewayError
 from gateway.frames import ProfileRegistry
 from gateway.logs import setup_logging
@@ -139,15 +127,6 @@ def _check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class RequestFailed(GatewayError):
-    """The request cannot be answered: the broker refused us, or the gateway is not there
-    (exit 1). The message says which broker and why."""
-
-
-#: after the SUBACK, how long the gateway's retained status may take to arrive
-STATUS_GRACE_S = 1.0
-
-
 async def _request(args: argparse.Namespace) -> int:
     try:
         payload = json.loads(args.json) if args.json is not None else {}
@@ -156,87 +135,16 @@ async def _request(args: argparse.Namespace) -> int:
     if not isinstance(payload, dict):
         raise UsageError("JSON argument must be an object, e.g. '{\"key\": \"interval_ms\"}'")
     broker, prefix = _broker_client(args)
-    me = f"mcp-request-{os.getpid()}-{new_message_id()[-8:]}"
-    reply_topic = f"mcp-request/{me}"
-    topics = Topics(prefix, args.gateway)
-    topic = topics.requests_of(None if args.device == "-" else args.device)
-    correlation = new_message_id().encode()
-    v311 = broker.protocol == 3
-    body = request_body(args.action, payload, me, timeout=args.timeout_s,
-                        reply_to=reply_topic if v311 else None,
-                        correlation_id=correlation.decode() if v311 else None)
-    loop = asyncio.get_running_loop()
-    answer: asyncio.Future[dict[str, Any]] = loop.create_future()
-    status_seen = False
-    no_status: asyncio.TimerHandle | None = None
-
-    def fail(message: str) -> None:
-        if not answer.done():
-            answer.set_exception(RequestFailed(message))
-
-    def on_status(message: Message) -> None:
-        # The gateway's retained status says whether anyone will answer: without one, or
-        # with "offline", waiting the whole --wait would only hide that. Any other state
-        # ("online", "degraded": its queue cannot be written, it still serves) answers.
-        nonlocal status_seen
-        status_seen = True
+    # One-shot: it says at once when no answer can come (refused, lost, no such gateway).
+    async with RequestClient(broker, prefix, name="mcp-request", gateway=args.gateway,
+                             fail_fast=True) as client:
         try:
-            state = json.loads(message.payload).get("state") if message.payload else None
-        except (ValueError, AttributeError):
-            state = None
-        if state == "offline" or not isinstance(state, str):
-            said = message.payload.decode("utf-8", "replace") or "(cleared)"
-            what = f"is {state}" if isinstance(state, str) else "has no readable status"
-            fail(f"gateway {args.gateway!r} on {broker.url} {what}: {topics.status} says {said}")
-
-    def on_message(message: Message) -> None:
-        if message.topic == topics.status:
-            on_status(message)
-            return
-        with contextlib.suppress(ValueError):
-            response = json.loads(message.payload)
-            mine = (message.correlation_data == correlation if not v311
-                    else isinstance(response, dict)
-                    and response.get("correlation_id") == correlation.decode())
-            if mine and not answer.done():
-                answer.set_result(response)
-
-    def on_connect() -> None:
-        # One SUBSCRIBE for both: its SUBACK comes before the request's answer can.
-        conn.subscribe([reply_topic, topics.status])
-        conn.publish(topic, body, correlation_data=correlation, response_topic=reply_topic)
-
-    def on_subscribed() -> None:
-        nonlocal no_status
-        if not status_seen and no_status is None:
-            no_status = loop.call_later(STATUS_GRACE_S, lambda: status_seen or fail(
-                f"no gateway {args.gateway!r} on {broker.url}: no retained status on "
-                f"{topics.status} (is it running, with this gateway id and topic prefix?)"))
-
-    def on_disconnect() -> None:
-        fail(f"lost the connection to {broker.url} before an answer came")
-
-    conn = MqttConnection(replace(broker, client_id=me), on_connect=on_connect,
-                          on_message=on_message, on_disconnect=on_disconnect,
-                          on_error=fail, on_subscribed=on_subscribed)
-    running = asyncio.create_task(conn.run())
-    try:
-        async with asyncio.timeout(args.wait_s):
-            response = await answer
-    except TimeoutError:
-        why = f" ({conn.last_error})" if conn.last_error else ""
-        print(f"mcp-gateway: no response on {topic} within {args.wait_s:g} s{why}",
-              file=sys.stderr)
-        return EXIT_FAILURE
-    except RequestFailed as exc:
-        print(f"mcp-gateway: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    finally:
-        if no_status is not None:
-            no_status.cancel()
-        await conn.disconnect()
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
+            response = await client.request(
+                args.gateway, None if args.device == "-" else args.device, args.action,
+                payload, device_timeout_s=args.timeout_s, wait_s=args.wait_s)
+        except RequestFailed as exc:
+            print(f"mcp-gateway: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
     print(json.dumps(response, indent=2, ensure_ascii=False))
     return EXIT_OK if response.get("status") == "ok" else EXIT_FAILURE
 
@@ -294,87 +202,22 @@ def _udev_rule(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 async def _demo(args: argparse.Namespace) -> int:
-    # The dashboard needs a terminal; without one (CI, a pipe) the demo prints the fabric.
-    headless = args.headless or not (sys.stdout.isatty() and sys.stdin.isatty())
-    if headless and not args.headless:
-        print("mcp-gateway demo: no terminal for the dashboard; printing the fabric "
-              "(--headless)", file=sys.stderr)
-    noisy = Faults(garbage_rate=0.05, garbage_max=8, corrupt_rate=0.02)
-    url = f"mqtt://127.0.0.1:{args.port or _free_port()}"
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="mcp-demo-") as tmp:
-        links = Path(tmp) / "dev"
-        spec = FleetSpec(count=args.count, first_device_faults=noisy,
-                         interval_ms=args.interval_ms, link_dir=links)
-        config = parse_config({
-            "gateway_id": "demo",
-            "state_dir": str(Path(tmp) / "state"),
-            "stats_interval_s": 2.0,
-            "broker": {"url": url, "embedded": True},
-            "ports": [{"name": f"sim-{i}", "path": str(links / f"sim-{i}"), "heartbeat_s": 2,
-                       "allow": ["read", "ping", "write"]} for i in range(args.count)],
-        })
-        if headless:
-            print(json.dumps({"demo": {"broker": url,
-                                       "topics": f"{config.topic_prefix}/demo/#"}}), flush=True)
+    options = DemoOptions(headless=headless_wanted(args.headless), count=args.count,
+                          interval_ms=args.interval_ms, duration=args.duration, port=args.port)
+    return await run_demo(options)
 
-        def show(message: Message) -> None:
-            try:
-                body: Any = json.loads(message.payload)
-            except ValueError:
-                body = message.payload.decode("utf-8", "replace")
-            print(json.dumps({"topic": message.topic, "payload": body}, ensure_ascii=False),
-                  flush=True)
 
-        async with EmbeddedBroker(url), Fleet(spec) as fleet:
-            watching = None
-            if headless:  # the dashboard is its own MQTT client
-                subscribed = asyncio.Event()
-                watcher = MqttConnection(BrokerSettings(url=url, protocol=3,
-                                                        client_id="mcp-demo-watch"),
-                                         on_message=show, on_subscribed=subscribed.set)
-                watcher.on_connect = lambda: watcher.subscribe([f"{config.topic_prefix}/#"])
-                watching = asyncio.create_task(watcher.run())
-                # Subscribed before the gateway connects: amqtt hands a client that subscribes
-                # while a retained message is being stored both the stored and the live copy
-                # (the gateway's status would be printed twice).
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(5):
-                        await subscribed.wait()
-            gateway = Gateway(config)
-            async with Bridge(gateway, config), gateway:
-                if headless:
-                    await _until_stopped(args.duration)
-                else:
-                    from tui.app import DashboardApp  # noqa: PLC0415 - only when shown
-
-                    app = DashboardApp(url, gateway="demo", protocol=3)
-                    if args.duration:
-                        asyncio.get_running_loop().call_later(args.duration, app.exit)
-                    await app.run_async()
-            if watching is not None:
-                # The bridge has published every device and the gateway offline: show them.
-                await asyncio.sleep(0.3)
-                watching.cancel()
-                await asyncio.gather(watching, return_exceptions=True)
-            for device in fleet.devices:
-                stats = {
-                    "device": device.name,
-                    "seconds": round(time.monotonic() - started, 1),
-                    "frames_sent_by_device": device.counters.frames_sent,
-                    "garbage_bytes_sent": device.counters.garbage_bytes_sent,
-                    "corrupted_frames_sent": device.counters.corrupted_frames,
-                    **gateway.device(device.name).counters(),
-                }
-                print(json.dumps({"stats": stats}), flush=True)
-    return EXIT_OK
+def _sim(args: argparse.Namespace) -> int:
+    """``mcp-gateway sim ARGS``: ``mcp-sim ARGS``. The simulator is the project's test tool:
+    imported here, never when the gateway runs."""
+    try:
+        from firmware_sim import cli as sim_cli  # noqa: PLC0415
+    except ImportError:
+        raise UsageError("sim: the simulator (firmware_sim) is not installed") from None
+    parser = argparse.ArgumentParser(prog="mcp-gateway sim", description="Same as mcp-sim.")
+    sim_cli.add_arguments(parser)
+    return asyncio.run(sim_cli.run(parser.parse_args(args.sim_args)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -497,9 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     udev.add_argument("--udev-data", type=Path, default=Path("/run/udev/data"),
                       help=argparse.SUPPRESS)
 
-    sim = sub.add_parser("sim", help="simulated devices (same as mcp-sim)",
-                         description="Same as mcp-sim.")
-    sim_cli.add_arguments(sim)
+    # Its options are the simulator's, parsed when it runs (``_sim``): the product's
+    # command line does not import its test tool.
+    sub.add_parser("sim", help="simulated devices (same as mcp-sim; sim --help for its "
+                   "options)", description="Same as mcp-sim.", add_help=False)
     return parser
 
 
@@ -515,13 +359,18 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mcp-gateway``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "sim":
+        args.sim_args = rest  # the simulator's own options
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     # Printing to a closed pipe (``| head``) ends the program quietly, as Unix filters do.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     _setup_logging(args)
-    runners = {"run": _run, "demo": _demo, "monitor": _monitor, "sim": sim_cli.run,
-               "request": _request}
-    plain = {"check-config": _check_config, "dashboard": _dashboard, "udev-rule": _udev_rule}
+    runners = {"run": _run, "demo": _demo, "monitor": _monitor, "request": _request}
+    plain = {"check-config": _check_config, "dashboard": _dashboard, "udev-rule": _udev_rule,
+             "sim": _sim}
     try:
         if args.command in plain:
             return plain[args.command](args)

@@ -88,6 +88,11 @@ class Service:
         self._stop = asyncio.Event()
         self._reloads: set[asyncio.Task[None]] = set()
 
+    def stop(self) -> None:
+        """Stop ``run`` cleanly, as SIGTERM does (the demo's ``--duration``, its dashboard
+        quitting)."""
+        self._stop.set()
+
     def _ready(self) -> bool:
         ports_tried = all(s.state is not DeviceState.CONNECTING
                           for s in self.gateway.devices.values())

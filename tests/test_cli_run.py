@@ -96,3 +96,50 @@ def test_run_with_a_broken_config_exits_2_with_every_error(tmp_path):
     assert "ports[0].baudrate: 115201 is not a standard baud rate" in proc.stderr
     assert "ports[0].party: 'x' is an unknown key" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+#: ``mcp-gateway ARGS`` in a Python where the simulator cannot be imported at all
+WITHOUT_SIMULATOR = ("import sys; sys.modules['firmware_sim'] = None\n"
+                     "from gateway import cli\n"
+                     "sys.exit(cli.main(sys.argv[1:]))")
+
+
+def test_the_product_command_line_does_not_need_its_simulator():
+    """Issue 14 item 5: the product does not depend on its test tool. With firmware_sim
+    unimportable, ``gateway.cli`` imports and its help works; ``sim`` and ``demo``, which
+    do need it, say so (exit 2) instead of a traceback."""
+    for args in (["--help"], ["run", "--help"], ["request", "--help"], ["demo", "--help"]):
+        proc = subprocess.run(  # noqa: PLW1510 - the exit code is the assertion
+            [sys.executable, "-c", WITHOUT_SIMULATOR, *args],
+            capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("usage: mcp-gateway"), proc.stdout
+    for args, needs in ((["sim", "--count", "1"], "the simulator (firmware_sim) is not installed"),
+                        (["demo", "--headless", "--duration", "1"],
+                         "the demo needs the simulator (firmware_sim), which is not installed")):
+        proc = subprocess.run(  # noqa: PLW1510 - the exit code is the assertion
+            [sys.executable, "-c", WITHOUT_SIMULATOR, *args],
+            capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert needs in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_sim_takes_the_simulators_own_options():
+    """``mcp-gateway sim`` is ``mcp-sim``: its options (parsed by the simulator when the
+    command runs) are in its help, and a wrong one is a usage error naming it."""
+    proc = subprocess.run([os.path.join(BIN, "mcp-gateway"), "sim", "--help"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.startswith("usage: mcp-gateway sim")
+    for option in ("--count", "--garbage-rate", "--unplug-every", "--frames"):
+        assert option in proc.stdout
+    proc = subprocess.run(  # noqa: PLW1510 - the exit code is the assertion
+        [os.path.join(BIN, "mcp-gateway"), "sim", "--count", "x"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--count: invalid int value: 'x'" in proc.stderr
+    proc = subprocess.run(  # noqa: PLW1510 - the exit code is the assertion
+        [os.path.join(BIN, "mcp-gateway"), "request", "gw", "-", "ping", "--bogus"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "unrecognized arguments: --bogus" in proc.stderr
