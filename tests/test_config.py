@@ -42,13 +42,14 @@ path = "socket://10.0.0.5:4000"
 """)
     config = load_config(path)
     a, bus, remote = config.ports
-    assert (a.baudrate, a.parity, a.stopbits, a.rtscts, a.retries) == (9600, "even", 2, True, 1)
+    assert (a.serial.baudrate, a.serial.parity, a.serial.stopbits, a.serial.rtscts,
+            a.session.retries) == (9600, "even", 2, True, 1)
     assert a.allow == ("read", "ping", "write")
     assert bus.is_glob
     assert not bus.is_url
     assert remote.is_url
     assert not remote.is_glob
-    assert bus.baudrate == 115200
+    assert bus.serial.baudrate == 115200
     assert bus.allow == ("read", "ping")
     assert config.gateway_id == "edge-1"
 
@@ -116,8 +117,9 @@ def test_requests_in_flight_default_by_frame_profile():
          "link_window": 256},
     ]})
     a, b, c = config.ports
-    assert (a.max_in_flight, b.max_in_flight, c.max_in_flight) == (1, 16, 4)
-    assert (b.link_window, c.link_window) == (128, 256)
+    assert (a.transactions.max_in_flight, b.transactions.max_in_flight,
+            c.transactions.max_in_flight) == (1, 16, 4)
+    assert (b.link.window, c.link.window) == (128, 256)
 
 
 @pytest.mark.parametrize(("data", "message"), BROKEN)
