@@ -204,8 +204,10 @@ def _in_file_units(value: Any, scale: float) -> Any:
         return list(value)
     if scale == 1:
         return value
-    shown = round(value * scale, 6)  # 0.15 s is 150.0 ms, not 150.00000000000003
-    return shown if shown / scale == value else value * scale
+    shown = round(value * scale, 6)  # 0.15 s is 150 ms, not 150.00000000000003
+    if shown / scale != value:
+        return value * scale
+    return int(shown) if shown.is_integer() else shown
 
 
 def shown_default(cls: type, name: str) -> str:

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config, parse_config
+from gateway.config import PortConfig, load_config, parse_config
 from gateway.errors import ConfigError
+from gateway.settings import (
+    BrokerSettings,
+    LinkSettings,
+    QueueSettings,
+    SerialSettings,
+    SessionSettings,
+    TransactionSettings,
+    declared,
+    shown_default,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -228,3 +239,25 @@ def test_check_config_says_a_missing_port_name_is_missing(tmp_path):
     assert proc.returncode == 2
     assert "ports[0].name: missing; expected a device id" in proc.stderr
     assert "None" not in proc.stderr
+
+
+DOCS = Path(__file__).parent.parent / "docs" / "configuration.md"
+
+
+@pytest.mark.parametrize("group", [PortConfig, SerialSettings, LinkSettings, SessionSettings,
+                                   TransactionSettings, BrokerSettings, QueueSettings],
+                         ids=lambda group: group.__name__)
+def test_every_declared_key_is_documented_with_its_default(group):
+    """A setting is declared once (gateway/settings.py): the operators' page names each of
+    its keys with the declared default, so the docs cannot drift from the code."""
+    rows = {}
+    for line in DOCS.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) >= 2:
+            for key in re.findall(r"`([a-z_]+)`", cells[0]):
+                rows[key] = cells[1]
+    for name, declaration in declared(group):
+        assert declaration.key in rows, f"{declaration.key} is not in {DOCS.name}"
+        shown = shown_default(group, name)
+        as_written = shown if declaration.shown or shown == "none" else f"`{shown}`"
+        assert as_written in rows[declaration.key], declaration.key
