@@ -34,6 +34,7 @@ from gateway.settings import (
     SerialSettings,
     SessionSettings,
     TransactionSettings,
+    declared,
     keys_of,
     parse_group,
     parse_values,
@@ -112,8 +113,10 @@ class GatewayConfig:
     ports: tuple[PortConfig, ...] = ()
     broker: BrokerSettings | None = field(default=None, metadata=RESTART)
     queue: QueueSettings = field(default_factory=QueueSettings, metadata=RESTART)
-    stats_interval_s: float = field(default=5.0, metadata=LIVE)
-    max_request_bytes: int = field(default=65536, metadata=LIVE)
+    stats_interval_s: float = setting(5.0, "how often the stats are published", unit="s",
+                                      minimum=0.1, maximum=3600, reload="live")
+    max_request_bytes: int = setting(65536, "a larger request body is answered invalid",
+                                     unit="bytes", minimum=64, maximum=1 << 24, reload="live")
     #: host:port of the Prometheus endpoint; None: off
     metrics_address: str | None = field(default=None, metadata=RESTART)
     #: DEBUG, INFO, WARNING or ERROR (``--log-level`` overrides it)
@@ -131,6 +134,9 @@ class GatewayConfig:
         return ProfileRegistry([self.profiles_dir] if self.profiles_dir else [])
 
 
+#: every class that declares settings of the file (the docs name each of their keys)
+SETTING_GROUPS = (GatewayConfig, PortConfig, *_PORT_GROUPS.values(), BrokerSettings,
+                  QueueSettings)
 _TOP_KEYS = {"gateway_id", "state_dir", "topic_prefix", "profiles_dir", "broker", "queue", "ports",
              "max_request_bytes", "stats_interval_s", "metrics", "log_level", "log_format",
              "gateway_allow"}
@@ -160,18 +166,6 @@ class _Errors:
     def missing(self, path: str, expected: str) -> None:
         """A required key that is not there (not a bad value: there is none)."""
         self.items.append(f"{path}: missing; expected {expected}")
-
-
-def _number(errors: _Errors, table: dict, key: str, path: str, default: Any, *,
-            minimum: float, maximum: float, integer: bool = False) -> Any:
-    value = table.get(key, default)
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not minimum <= value <= maximum:
-        what = "a whole number" if integer else "a number"
-        errors.add(f"{path}.{key}" if path else key, value,
-                   f"is not valid; expected {what} from {minimum} to {maximum}")
-        return default
-    return value
 
 
 # ---------------------------------------------------------------------------- frame profiles
@@ -596,10 +590,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", *,
             errors.add(f"queue.{key}", raw_queue[key], "is an unknown key; expected "
                        f"{', '.join(queue_keys[:-1])} or {queue_keys[-1]}")
         queue = parse_group(QueueSettings, raw_queue, "queue", errors.add)
-    max_request_bytes = _number(errors, data, "max_request_bytes", "", 65536, minimum=64,
-                                maximum=1 << 24, integer=True)
-    stats_interval_s = _number(errors, data, "stats_interval_s", "", 5.0, minimum=0.1,
-                               maximum=3600)
+    numbers = parse_values(GatewayConfig, data, "", errors.add)  # the declared ones
     metrics = data.get("metrics")
     metrics_address = _metrics_address(errors, metrics) if metrics is not None else None
     log_level = data.get("log_level", "INFO")
@@ -622,8 +613,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", *,
         ports=tuple(ports),
         broker=broker,
         queue=queue,
-        max_request_bytes=max_request_bytes,
-        stats_interval_s=stats_interval_s,
+        **numbers,
         metrics_address=metrics_address,
         log_level=log_level.upper(),
         log_format=log_format,
@@ -707,9 +697,8 @@ def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerSettings | None
                    "the embedded broker speaks MQTT 3.1.1 only (protocol = 3)")
     flags = {"embedded": parsed.embedded, "tls_insecure": parsed.tls_insecure}
     strings: dict[str, str | None] = {
-        key: getattr(parsed, key) or None for key in (
-            "client_id", "username", "ca_file", "cert_file", "key_file", "password_file",
-            "password_env")}
+        name: getattr(parsed, name) or None for name, declaration in declared(BrokerSettings)
+        if declaration.kind == "text"}
     for key in ("client_id", "username"):
         wrong = _mqtt_string_error(strings[key]) if strings[key] else None
         if wrong:
