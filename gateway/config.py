@@ -16,7 +16,7 @@ import socket
 import ssl
 import stat
 import tomllib
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,9 +36,11 @@ from gateway.settings import (
     TransactionSettings,
     declared,
     keys_of,
+    nested_groups,
     parse_group,
     parse_values,
     setting,
+    table_keys,
     toml_table,
 )
 
@@ -73,15 +75,16 @@ class PortConfig:
     name: str
     path: str
     profile: str = "env-sensor"
+    # In the order of docs/configuration.md's tables (the order check-config prints).
+    serial: SerialSettings = field(default_factory=SerialSettings)
+    session: SessionSettings = field(default_factory=SessionSettings)
+    transactions: TransactionSettings = field(default_factory=TransactionSettings)
     allow: tuple[str, ...] = field(default=("read", "ping"), metadata=LIVE)
     #: requests per second the fabric may send this device (a token bucket, burst = 2 s)
     rate_limit: float = setting(20.0, "requests per second the fabric may send; more are "
                                 "answered busy", unit="1/s", minimum=0.1, maximum=100_000,
                                 reload="live")
-    serial: SerialSettings = field(default_factory=SerialSettings)
     link: LinkSettings = field(default_factory=LinkSettings)
-    session: SessionSettings = field(default_factory=SessionSettings)
-    transactions: TransactionSettings = field(default_factory=TransactionSettings)
 
     @property
     def is_glob(self) -> bool:
@@ -94,12 +97,8 @@ class PortConfig:
         return "://" in self.path
 
 
-#: the setting groups of a port (field name: group), each parsed from the flat entry
-_PORT_GROUPS = {f.name: f.default_factory for f in fields(PortConfig)
-                if is_dataclass(f.default_factory)}
-#: every key of a [[ports]] entry: the port's own, then its groups'
-PORT_KEYS = ("name", "path", "profile", "allow", *keys_of(PortConfig),
-             *(key for group in _PORT_GROUPS.values() for key in keys_of(group)))
+#: every key of a [[ports]] entry: the port's own, and its groups' (flat in the entry)
+PORT_KEYS = table_keys(PortConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +134,7 @@ class GatewayConfig:
 
 
 #: every class that declares settings of the file (the docs name each of their keys)
-SETTING_GROUPS = (GatewayConfig, PortConfig, *_PORT_GROUPS.values(), BrokerSettings,
+SETTING_GROUPS = (GatewayConfig, PortConfig, *nested_groups(PortConfig), BrokerSettings,
                   QueueSettings)
 _TOP_KEYS = {"gateway_id", "state_dir", "topic_prefix", "profiles_dir", "broker", "queue", "ports",
              "max_request_bytes", "stats_interval_s", "metrics", "log_level", "log_format",

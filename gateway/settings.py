@@ -181,6 +181,27 @@ def _problem(declaration: Setting, value: Any) -> str | None:
     return None  # raw: the caller checks it
 
 
+def nested_groups(cls: type) -> tuple[type, ...]:
+    """The groups a dataclass holds (fields whose default is a group)."""
+    return tuple(f.default_factory for f in dataclasses.fields(cls)  # type: ignore[misc]
+                 if dataclasses.is_dataclass(f.default_factory))
+
+
+def table_keys(cls: type) -> tuple[str, ...]:
+    """Every TOML key of a table that ``toml_table`` writes from ``cls``: its plain fields,
+    its settings, and its groups' keys flattened into it, in order."""
+    keys: list[str] = []
+    for f in dataclasses.fields(cls):
+        declaration = f.metadata.get(SETTING)
+        if dataclasses.is_dataclass(f.default_factory):
+            keys += table_keys(f.default_factory)  # type: ignore[arg-type]
+        elif declaration is None:
+            keys.append(f.name)
+        elif declaration.key is not None:
+            keys.append(declaration.key or f.name)
+    return tuple(keys)
+
+
 def toml_table(group: Any) -> dict[str, Any]:
     """A group (or a dataclass holding groups) as TOML: its keys with their values in the
     file's units, nested groups flattened into it, None left out. Parsing it gives the group
