@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from gateway.errors import GatewayError
@@ -38,6 +38,9 @@ RESTART = MappingProxyType({RELOAD: "restart"})
 Report = Callable[[str, Any, str], None]
 
 Group = TypeVar("Group")
+#: how a value is checked: a number in bounds, one of some choices, true or false, a
+#: non-empty string, or "raw": passed as it is (``gateway.config`` checks it)
+Kind = Literal["number", "choice", "bool", "text", "raw"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +51,10 @@ class Setting:
     doc: str
     #: the TOML key; None: not in the configuration file (a runtime knob with its default)
     key: str | None
-    #: how the value is checked: "number", "choice", "bool", "text" (a non-empty string) or
-    #: "raw" (passed as it is: ``gateway.config`` checks it)
-    kind: str
+    kind: Kind
+    #: the unit of the value in the file (the runtime's may differ: see ``scale``)
     unit: str = ""
+    #: numbers: the bounds, in the file's unit
     minimum: float | None = None
     maximum: float | None = None
     #: numbers: whole numbers only
@@ -67,7 +70,7 @@ class Setting:
     shown: str = ""
 
 
-def setting(default: Any, doc: str, *, key: str | None = "", kind: str = "",
+def setting(default: Any, doc: str, *, key: str | None = "", kind: Kind | None = None,
             unit: str = "", minimum: float | None = None, maximum: float | None = None,
             choices: tuple[Any, ...] | None = None, noun: str = "", expected: str = "",
             scale: float = 1, shown: str = "", reload: str = "", secret: bool = False) -> Any:
@@ -76,7 +79,7 @@ def setting(default: Any, doc: str, *, key: str | None = "", kind: str = "",
     choices the caller supplies at parse time), a bool default, bounds, else text.
     ``reload``: "live" or "restart", for the reload (see ``reload_fields``); ``secret``: left
     out of the repr, so out of logs."""
-    if not kind:
+    if kind is None:
         kind = ("choice" if choices is not None or noun else
                 "bool" if isinstance(default, bool) else
                 "number" if minimum is not None else "text")
