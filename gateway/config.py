@@ -27,7 +27,6 @@ from gateway.frames import DeviceProfile, ProfileRegistry
 from gateway.settings import (
     LIVE,
     RESTART,
-    STANDARD_BAUDRATES,
     BrokerSettings,
     LinkSettings,
     QueueSettings,
@@ -43,8 +42,6 @@ from gateway.settings import (
     table_keys,
     toml_table,
 )
-
-__all__ = ["STANDARD_BAUDRATES", "GatewayConfig", "PortConfig", "load_config", "parse_config"]
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: a character an id cannot hold (what is put in its place when one is made from a name)
