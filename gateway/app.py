@@ -12,8 +12,8 @@ from gateway.config import GatewayConfig, PortConfig
 from gateway.errors import GatewayError
 from gateway.nodeids import NodeIdStore
 from gateway.ports import GlobWatcher, PortRunner, device_id_for_match, unique_device_id
-from gateway.session import DeviceEvent, DeviceSession, DeviceState, SessionSettings
-from gateway.settings import LinkSettings, SerialSettings
+from gateway.session import DeviceEvent, DeviceSession, DeviceSettings, DeviceState
+from gateway.settings import reload_fields
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +21,10 @@ log = logging.getLogger(__name__)
 EVENT_HIGH_WATER = 10_000
 
 
-#: settings a reload cannot change (they are kept, and reported)
-RESTART_ONLY = ("gateway_id", "state_dir", "topic_prefix", "broker", "queue", "metrics_address")
-#: port settings a reload changes without restarting the port
-LIVE_PORT_FIELDS = ("allow", "rate_limit")
+#: settings a reload cannot change (they are kept, and reported), as declared
+RESTART_ONLY = reload_fields(GatewayConfig, "restart")
+#: port settings a reload changes without restarting the port, as declared
+LIVE_PORT_FIELDS = reload_fields(PortConfig, "live")
 
 
 class UnknownDevice(GatewayError):
@@ -228,38 +228,17 @@ class Gateway:
             self._waiting.setdefault(device_id, []).append((path, port))
             return
         assert self.node_ids is not None
-        settings = SessionSettings(
+        settings = DeviceSettings(
             profile=self._profiles.get(port.profile),
-            heartbeat_s=port.heartbeat_s,
-            request_timeout_s=port.request_timeout_s,
-            retries=port.retries,
-            max_queue=port.max_queue,
-            max_in_flight=port.in_flight_limit,
-            circuit_threshold=port.circuit_threshold,
-            circuit_reset_s=port.circuit_reset_s,
+            session=port.session,
+            transactions=port.transactions,
             port_name=port.name,
             id_from_uid=port.is_glob,
-            frames=port.frames,
+            frames=port.link.frames,
         )
         session = DeviceSession(device_id, path, settings, self.node_ids, self._emit,
                                 claim_id=self._claim_id)
-        serial_settings = SerialSettings(
-            baudrate=port.baudrate,
-            bytesize=port.bytesize,
-            parity=port.parity,
-            stopbits=port.stopbits,
-            rtscts=port.rtscts,
-            exclusive=port.exclusive,
-            inter_frame_timeout=(port.inter_frame_timeout_ms / 1000.0
-                                 if port.inter_frame_timeout_ms else None),
-        )
-        link_settings = LinkSettings(
-            frames=port.frames,
-            retransmit_s=port.link_retransmit_ms / 1000.0,
-            retries=port.link_retries,
-            window=port.link_window,
-        )
-        runner = PortRunner(path, serial_settings, session, link_settings)
+        runner = PortRunner(path, port.serial, session, port.link)
         self.devices[device_id] = session
         self._path_ids[device_id] = session
         self.runners[device_id] = runner

@@ -33,7 +33,7 @@ from gateway.monitor import PortHeld, PortMonitor, monitor_ports
 from gateway.service import Service
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+DEFAULT_BROKER = BrokerSettings().url  # the declared default (gateway.settings)
 DEFAULT_PREFIX = "mcp/v1"
 
 
@@ -78,7 +78,7 @@ def _broker_client(args: argparse.Namespace) -> tuple[BrokerSettings, str]:
         config = load_config(args.config)
         if config.broker is None:
             raise UsageError(f"{args.config} has no [broker] table: give --broker instead")
-        return BrokerSettings.from_config(config.broker), config.topic_prefix
+        return config.broker, config.topic_prefix
     password = None
     if args.password_env is not None:
         password = os.environ.get(args.password_env)
@@ -95,7 +95,9 @@ def _broker_client(args: argparse.Namespace) -> tuple[BrokerSettings, str]:
             raise UsageError(f"--{flag.replace('_', '-')} {path}: not a readable file")
     if (args.cert_file is None) != (args.key_file is None):
         raise UsageError("--cert-file and --key-file go together")
-    settings = BrokerSettings(url=args.broker or DEFAULT_BROKER, protocol=args.protocol or 5,
+    defaults = BrokerSettings()
+    settings = BrokerSettings(url=args.broker or defaults.url,
+                              protocol=args.protocol or defaults.protocol,
                               username=args.username, password=password, ca_file=args.ca_file,
                               cert_file=args.cert_file, key_file=args.key_file)
     settings.endpoint()  # a malformed URL is a usage error now, not a retry loop later

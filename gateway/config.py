@@ -16,7 +16,7 @@ import socket
 import ssl
 import stat
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,22 +24,34 @@ from urllib.parse import urlsplit
 from gateway.bridge.embedded import url_problem as embedded_url_problem
 from gateway.errors import ConfigError, UnknownProfile
 from gateway.frames import DeviceProfile, ProfileRegistry
+from gateway.settings import (
+    LIVE,
+    RESTART,
+    BrokerSettings,
+    LinkSettings,
+    QueueSettings,
+    SerialSettings,
+    SessionSettings,
+    TransactionSettings,
+    declared,
+    keys_of,
+    nested_groups,
+    parse_group,
+    parse_values,
+    setting,
+    table_keys,
+    toml_table,
+)
 
-STANDARD_BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800,
-                      500000, 576000, 921600, 1000000, 1500000, 2000000, 3000000)
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: a character an id cannot hold (what is put in its place when one is made from a name)
 ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 ACTIONS = ("read", "write", "raw", "ping")
 #: the actions whose requests name a key, so ``allow`` may grant them one key (``write:KEY``)
 KEYED_ACTIONS = ("read", "write")
-FRAME_PROFILES = ("mcp", "ms720")
 #: the actions of ``{p}/{gw}/requests``, and the ones ``gateway_allow`` allows by default
 GATEWAY_ACTIONS = ("list_devices", "reload", "trace")
 GATEWAY_ALLOW_DEFAULT = ("list_devices",)
-#: requests in flight per ms720 device: the default, and at most
-PIPELINE_DEFAULT = 16
-PIPELINE_MAX = 64
 #: what ``state_dir`` holds: each must be a file (or not there yet)
 STATE_FILES = {"spool.db": "the event queue", "node_ids.json": "the uid -> node_id map"}
 #: characters brokers refuse in MQTT strings (topics, client ids, user names): U+0000 is
@@ -54,44 +66,22 @@ _HOST_PORT_SCHEMES = ("socket", "rfc2217")
 
 @dataclass(frozen=True, slots=True)
 class PortConfig:
-    """One ``[[ports]]`` entry."""
+    """One ``[[ports]]`` entry: which port and device, who may ask what of it, and its groups
+    of settings (their keys are flat in the entry), each the object its layer runs with."""
 
     name: str
     path: str
-    baudrate: int = 115200
-    bytesize: int = 8
-    parity: str = "none"
-    stopbits: float = 1
-    rtscts: bool = False
-    exclusive: bool = True
-    frames: str = "mcp"
     profile: str = "env-sensor"
-    allow: tuple[str, ...] = ("read", "ping")
-    heartbeat_s: float = 5.0
-    request_timeout_s: float = 2.0
-    retries: int = 3
-    max_queue: int = 64
+    # In the order of docs/configuration.md's tables (the order check-config prints).
+    serial: SerialSettings = field(default_factory=SerialSettings)
+    session: SessionSettings = field(default_factory=SessionSettings)
+    transactions: TransactionSettings = field(default_factory=TransactionSettings)
+    allow: tuple[str, ...] = field(default=("read", "ping"), metadata=LIVE)
     #: requests per second the fabric may send this device (a token bucket, burst = 2 s)
-    rate_limit: float = 20.0
-    circuit_threshold: int = 5
-    circuit_reset_s: float = 30.0
-    inter_frame_timeout_ms: float | None = None
-    #: ms720 only: resend an unacknowledged frame after this long, up to link_retries times
-    link_retransmit_ms: float = 200.0
-    link_retries: int = 3
-    #: ms720 only: a frame goes out at most this many seqs past the oldest unacknowledged one
-    link_window: int = 128
-    #: requests in flight to the device at once: 1 on mcp (spec section 2), up to 64 on
-    #: ms720, where responses carry the request's seq; 0: the profile's default (mcp 1,
-    #: ms720 16), which parsing fills in
-    max_in_flight: int = 0
-
-    @property
-    def in_flight_limit(self) -> int:
-        """``max_in_flight`` with its default filled in."""
-        if self.max_in_flight:
-            return self.max_in_flight
-        return PIPELINE_DEFAULT if self.frames == "ms720" else 1
+    rate_limit: float = setting(20.0, "requests per second the fabric may send; more are "
+                                "answered busy", unit="1/s", minimum=0.1, maximum=100_000,
+                                reload="live")
+    link: LinkSettings = field(default_factory=LinkSettings)
 
     @property
     def is_glob(self) -> bool:
@@ -104,58 +94,33 @@ class PortConfig:
         return "://" in self.path
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerConfig:
-    """``[broker]``: where the fabric is."""
-
-    url: str = "mqtt://127.0.0.1:1883"
-    protocol: int = 5
-    embedded: bool = False
-    client_id: str = ""
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    #: where the password came from (what the effective config prints; never the password)
-    password_file: str | None = None
-    password_env: str | None = None
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    tls_insecure: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class QueueConfig:
-    """``[queue]``: the on-disk event queue's bounds."""
-
-    max_messages: int = 100_000
-    max_bytes: int = 64 * 1024 * 1024
-    #: 0: every batch is written in the loop turn that sends it. More: writes wait up to this
-    #: long, and events the broker acknowledges meanwhile are never written (less disk work
-    #: and CPU; a crash of the gateway can lose the events of the last ``commit_delay_ms``).
-    commit_delay_ms: float = 0.0
+#: every key of a [[ports]] entry: the port's own, and its groups' (flat in the entry)
+PORT_KEYS = table_keys(PortConfig)
 
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     """The whole configuration."""
 
-    gateway_id: str
-    state_dir: Path
-    topic_prefix: str = "mcp/v1"
+    gateway_id: str = field(metadata=RESTART)
+    state_dir: Path = field(metadata=RESTART)
+    topic_prefix: str = field(default="mcp/v1", metadata=RESTART)
     profiles_dir: Path | None = None
     ports: tuple[PortConfig, ...] = ()
-    broker: BrokerConfig | None = None
-    queue: QueueConfig = field(default_factory=QueueConfig)
-    max_request_bytes: int = 65536
-    stats_interval_s: float = 5.0
+    broker: BrokerSettings | None = field(default=None, metadata=RESTART)
+    queue: QueueSettings = field(default_factory=QueueSettings, metadata=RESTART)
+    stats_interval_s: float = setting(5.0, "how often the stats are published", unit="s",
+                                      minimum=0.1, maximum=3600, reload="live")
+    max_request_bytes: int = setting(65536, "a larger request body is answered invalid",
+                                     unit="bytes", minimum=64, maximum=1 << 24, reload="live")
     #: host:port of the Prometheus endpoint; None: off
-    metrics_address: str | None = None
+    metrics_address: str | None = field(default=None, metadata=RESTART)
     #: DEBUG, INFO, WARNING or ERROR (``--log-level`` overrides it)
     log_level: str = "INFO"
     #: "text" (journald-friendly lines) or "json" (one object per line)
     log_format: str = "text"
     #: the gateway-level actions (``GATEWAY_ACTIONS``) the fabric may ask
-    gateway_allow: tuple[str, ...] = GATEWAY_ALLOW_DEFAULT
+    gateway_allow: tuple[str, ...] = field(default=GATEWAY_ALLOW_DEFAULT, metadata=LIVE)
     #: settings that work but are probably not what was meant (check-config prints them,
     #: run logs them); not part of the configuration itself
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -165,13 +130,14 @@ class GatewayConfig:
         return ProfileRegistry([self.profiles_dir] if self.profiles_dir else [])
 
 
+#: every class that declares settings of the file (the docs name each of their keys)
+SETTING_GROUPS = (GatewayConfig, PortConfig, *nested_groups(PortConfig), BrokerSettings,
+                  QueueSettings)
 _TOP_KEYS = {"gateway_id", "state_dir", "topic_prefix", "profiles_dir", "broker", "queue", "ports",
              "max_request_bytes", "stats_interval_s", "metrics", "log_level", "log_format",
              "gateway_allow"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
-_BROKER_KEYS = {"url", "protocol", "embedded", "client_id", "username", "password_file",
-                "password_env", "ca_file", "cert_file", "key_file", "tls_insecure"}
 
 
 def _shown(value: Any) -> str:
@@ -198,16 +164,42 @@ class _Errors:
         self.items.append(f"{path}: missing; expected {expected}")
 
 
-def _number(errors: _Errors, table: dict, key: str, path: str, default: Any, *,
-            minimum: float, maximum: float, integer: bool = False) -> Any:
-    value = table.get(key, default)
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not minimum <= value <= maximum:
-        what = "a whole number" if integer else "a number"
-        errors.add(f"{path}.{key}" if path else key, value,
-                   f"is not valid; expected {what} from {minimum} to {maximum}")
-        return default
-    return value
+# ---------------------------------------------------------------------------- frame profiles
+# The rules that depend on the frame profile, in one place (to become the framing registry's).
+
+FRAME_PROFILES = ("mcp", "ms720")
+#: requests in flight per ms720 device: the default, and at most
+PIPELINE_DEFAULT = 16
+PIPELINE_MAX = 64
+
+
+def _frame_profile_rules(errors: _Errors, raw: dict[str, Any], path: str) -> tuple[
+        LinkSettings, TransactionSettings]:
+    """The groups whose rules depend on the frame profile: ``frames`` is one of the
+    profiles; ``max_in_flight`` defaults to 1 on mcp and ``PIPELINE_DEFAULT`` on ms720, is
+    at most ``PIPELINE_MAX``, and above 1 needs ms720 (responses carry the request's seq)."""
+    link = parse_group(LinkSettings, raw, path, errors.add,
+                       adjust={"frames": {"choices": FRAME_PROFILES}})
+    frames = raw.get("frames", link.frames)
+    transactions = parse_group(TransactionSettings, raw, path, errors.add, adjust={
+        "max_in_flight": {"maximum": PIPELINE_MAX,
+                          "default": PIPELINE_DEFAULT if frames == "ms720" else 1}})
+    if frames == "mcp" and transactions.max_in_flight > 1:
+        errors.add(f"{path}.max_in_flight", transactions.max_in_flight,
+                   "needs frames = \"ms720\": mcp frames carry no sequence number, so at "
+                   "most one request may be in flight (spec section 2)")
+    return link, transactions
+
+
+# ---------------------------------------------------------------------------- ports
+
+def _serial_rules(errors: _Errors, raw: dict[str, Any], path: str, serial: SerialSettings) -> None:
+    """What the serial line's keys say together."""
+    if serial.stopbits == 1.5 and serial.bytesize != 5:
+        # POSIX has one "more stop bits" flag: a UART sends 1.5 with 5 data bits, else 2.
+        bytesize = raw.get("bytesize", serial.bytesize)
+        errors.add(f"{path}.stopbits", serial.stopbits, f"needs bytesize = 5: with {bytesize} "
+                   "data bits a UART sends 2 stop bits instead; expected 1 or 2")
 
 
 def _port(errors: _Errors, raw: Any, index: int, registry: ProfileRegistry) -> PortConfig | None:
@@ -216,9 +208,9 @@ def _port(errors: _Errors, raw: Any, index: int, registry: ProfileRegistry) -> P
         errors.add(path, raw, "is not a table; expected [[ports]] entries")
         return None
     defaults = PortConfig(name="", path="")
-    for key in sorted(set(raw) - set(PortConfig.__slots__)):
+    for key in sorted(set(raw) - set(PORT_KEYS)):
         errors.add(f"{path}.{key}", raw[key],
-                   f"is an unknown key; expected one of {', '.join(PortConfig.__slots__)}")
+                   f"is an unknown key; expected one of {', '.join(PORT_KEYS)}")
     name = raw.get("name")
     id_rule = "a device id (1-64 of A-Z a-z 0-9 _ . -)"
     if "name" not in raw:
@@ -235,33 +227,9 @@ def _port(errors: _Errors, raw: Any, index: int, registry: ProfileRegistry) -> P
         wrong = _port_path_error(device_path)
         if wrong:
             errors.add(f"{path}.path", device_path, wrong)
-    baudrate = raw.get("baudrate", defaults.baudrate)
-    if baudrate not in STANDARD_BAUDRATES or isinstance(baudrate, bool):
-        errors.add(f"{path}.baudrate", baudrate, "is not a standard baud rate; expected one of "
-                   + ", ".join(map(str, STANDARD_BAUDRATES)))
-    bytesize = raw.get("bytesize", defaults.bytesize)
-    if bytesize not in (5, 6, 7, 8) or isinstance(bytesize, bool):
-        errors.add(f"{path}.bytesize", bytesize, "is not a byte size; expected 5, 6, 7 or 8")
-    parity = raw.get("parity", defaults.parity)
-    if parity not in ("none", "even", "odd", "mark", "space"):
-        errors.add(f"{path}.parity", parity, "is not a parity; expected none, even, odd, mark "
-                   "or space")
-    stopbits = raw.get("stopbits", defaults.stopbits)
-    if stopbits not in (1, 1.5, 2) or isinstance(stopbits, bool):
-        errors.add(f"{path}.stopbits", stopbits, "is not a stop bit count; expected 1, 1.5 or 2")
-    elif stopbits == 1.5 and bytesize != 5:
-        # POSIX has one "more stop bits" flag: a UART sends 1.5 with 5 data bits, else 2.
-        errors.add(f"{path}.stopbits", stopbits, f"needs bytesize = 5: with {bytesize} data "
-                   "bits a UART sends 2 stop bits instead; expected 1 or 2")
-    flags = {}
-    for key in ("rtscts", "exclusive"):
-        flags[key] = raw.get(key, getattr(defaults, key))
-        if not isinstance(flags[key], bool):
-            errors.add(f"{path}.{key}", flags[key], "is not true or false")
-    frames = raw.get("frames", defaults.frames)
-    if frames not in FRAME_PROFILES:
-        errors.add(f"{path}.frames", frames,
-                   f"is not a supported frame profile; expected one of {', '.join(FRAME_PROFILES)}")
+    serial = parse_group(SerialSettings, raw, path, errors.add)
+    _serial_rules(errors, raw, path, serial)
+    link, transactions = _frame_profile_rules(errors, raw, path)
     profile = raw.get("profile", defaults.profile)
     device_profile: DeviceProfile | None = None
     try:
@@ -280,53 +248,16 @@ def _port(errors: _Errors, raw: Any, index: int, registry: ProfileRegistry) -> P
             wrong = _allow_entry_error(entry, device_profile)
             if wrong:
                 errors.add(f"{path}.allow[{number}]", entry, wrong)
-    max_in_flight = PIPELINE_DEFAULT if frames == "ms720" else 1
-    if "max_in_flight" in raw:
-        max_in_flight = _number(errors, raw, "max_in_flight", path, max_in_flight, minimum=1,
-                                maximum=PIPELINE_MAX, integer=True)
-        if frames == "mcp" and max_in_flight > 1:
-            errors.add(f"{path}.max_in_flight", max_in_flight,
-                       "needs frames = \"ms720\": mcp frames carry no sequence number, so at "
-                       "most one request may be in flight (spec section 2)")
-    timeout_ms = raw.get("inter_frame_timeout_ms")
-    if timeout_ms is not None:
-        timeout_ms = _number(errors, raw, "inter_frame_timeout_ms", path, None,
-                             minimum=1, maximum=60_000)
     return PortConfig(
         name=name if isinstance(name, str) else "",
         path=device_path if isinstance(device_path, str) else "",
-        baudrate=baudrate,
-        bytesize=bytesize,
-        parity=parity,
-        stopbits=stopbits,
-        rtscts=flags["rtscts"],
-        exclusive=flags["exclusive"],
-        frames=frames,
         profile=profile,
         allow=tuple(allow),
-        heartbeat_s=_number(errors, raw, "heartbeat_s", path, defaults.heartbeat_s,
-                            minimum=0.1, maximum=3600),
-        request_timeout_s=_number(errors, raw, "request_timeout_s", path,
-                                  defaults.request_timeout_s, minimum=0.01, maximum=600),
-        retries=_number(errors, raw, "retries", path, defaults.retries, minimum=0, maximum=10,
-                        integer=True),
-        max_queue=_number(errors, raw, "max_queue", path, defaults.max_queue, minimum=1,
-                          maximum=100_000, integer=True),
-        rate_limit=_number(errors, raw, "rate_limit", path, defaults.rate_limit, minimum=0.1,
-                           maximum=100_000),
-        circuit_threshold=_number(errors, raw, "circuit_threshold", path,
-                                  defaults.circuit_threshold, minimum=1, maximum=1000,
-                                  integer=True),
-        circuit_reset_s=_number(errors, raw, "circuit_reset_s", path, defaults.circuit_reset_s,
-                                minimum=0.01, maximum=86400),
-        inter_frame_timeout_ms=timeout_ms,
-        link_retransmit_ms=_number(errors, raw, "link_retransmit_ms", path,
-                                   defaults.link_retransmit_ms, minimum=1, maximum=60_000),
-        link_retries=_number(errors, raw, "link_retries", path, defaults.link_retries,
-                             minimum=0, maximum=20, integer=True),
-        link_window=_number(errors, raw, "link_window", path, defaults.link_window,
-                            minimum=1, maximum=512, integer=True),
-        max_in_flight=max_in_flight,
+        **parse_values(PortConfig, raw, path, errors.add),  # the port's own: rate_limit
+        serial=serial,
+        link=link,
+        session=parse_group(SessionSettings, raw, path, errors.add),
+        transactions=transactions,
     )
 
 
@@ -645,26 +576,17 @@ def parse_config(data: dict[str, Any], source: str = "<config>", *,
         indexed.append((index, port))
     _same_device_errors(errors, indexed)
     broker = _broker(errors, data.get("broker"), gateway_id)
-    queue = QueueConfig()
+    queue = QueueSettings()
     raw_queue = data.get("queue", {})
     if not isinstance(raw_queue, dict):
         errors.add("queue", raw_queue, "is not a table")
     else:
-        for key in sorted(set(raw_queue) - {"max_messages", "max_bytes", "commit_delay_ms"}):
+        queue_keys = keys_of(QueueSettings)
+        for key in sorted(set(raw_queue) - set(queue_keys)):
             errors.add(f"queue.{key}", raw_queue[key], "is an unknown key; expected "
-                       "max_messages, max_bytes or commit_delay_ms")
-        queue = QueueConfig(
-            _number(errors, raw_queue, "max_messages", "queue", queue.max_messages, minimum=1,
-                    maximum=100_000_000, integer=True),
-            _number(errors, raw_queue, "max_bytes", "queue", queue.max_bytes, minimum=1024,
-                    maximum=1 << 40, integer=True),
-            _number(errors, raw_queue, "commit_delay_ms", "queue", queue.commit_delay_ms,
-                    minimum=0, maximum=1000),
-        )
-    max_request_bytes = _number(errors, data, "max_request_bytes", "", 65536, minimum=64,
-                                maximum=1 << 24, integer=True)
-    stats_interval_s = _number(errors, data, "stats_interval_s", "", 5.0, minimum=0.1,
-                               maximum=3600)
+                       f"{', '.join(queue_keys[:-1])} or {queue_keys[-1]}")
+        queue = parse_group(QueueSettings, raw_queue, "queue", errors.add)
+    numbers = parse_values(GatewayConfig, data, "", errors.add)  # the declared ones
     metrics = data.get("metrics")
     metrics_address = _metrics_address(errors, metrics) if metrics is not None else None
     log_level = data.get("log_level", "INFO")
@@ -687,8 +609,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", *,
         ports=tuple(ports),
         broker=broker,
         queue=queue,
-        max_request_bytes=max_request_bytes,
-        stats_interval_s=stats_interval_s,
+        **numbers,
         metrics_address=metrics_address,
         log_level=log_level.upper(),
         log_format=log_format,
@@ -730,13 +651,9 @@ def effective(config: GatewayConfig) -> dict[str, Any]:
     if config.metrics_address is not None:
         doc["metrics"] = {"address": config.metrics_address}
     if config.broker is not None:
-        broker = {k: v for k, v in asdict(config.broker).items()
-                  if v is not None and k != "password"}
-        doc["broker"] = broker
-    doc["queue"] = asdict(config.queue)
-    doc["ports"] = [{k: (list(v) if isinstance(v, tuple) else v)
-                     for k, v in asdict(port).items() if v is not None}
-                    for port in config.ports]
+        doc["broker"] = toml_table(config.broker)  # not the password: it has no key
+    doc["queue"] = toml_table(config.queue)
+    doc["ports"] = [toml_table(port) for port in config.ports]
     return doc
 
 
@@ -751,50 +668,39 @@ def read_password_file(path: str) -> str:
     return Path(path).read_text(encoding="utf-8").strip()
 
 
-def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerConfig | None:
+def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerSettings | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
         errors.add("broker", raw, "is not a table")
         return None
-    for key in sorted(set(raw) - _BROKER_KEYS):
+    broker_keys = sorted(keys_of(BrokerSettings))
+    for key in sorted(set(raw) - set(broker_keys)):
         hint = ("; a password is never written in the config: use password_file or "
                 "password_env" if key == "password" else "")
         errors.add(f"broker.{key}", "***" if key == "password" else raw[key],
-                   f"is an unknown key; expected one of {', '.join(sorted(_BROKER_KEYS))}{hint}")
-    defaults = BrokerConfig()
-    url = raw.get("url", defaults.url)
+                   f"is an unknown key; expected one of {', '.join(broker_keys)}{hint}")
+    # The embedded broker (amqtt) speaks MQTT 3.1.1 only.
+    embedded = raw.get("embedded") is True
+    url = raw.get("url", BrokerSettings().url)
     wrong_url = _broker_url_error(url)
     if wrong_url:
         errors.add("broker.url", url, wrong_url)
-    embedded = raw.get("embedded", False)
-    # The embedded broker (amqtt) speaks MQTT 3.1.1 only.
-    protocol = raw.get("protocol", 3 if embedded is True else defaults.protocol)
-    if protocol not in (3, 5) or isinstance(protocol, bool):
-        errors.add("broker.protocol", protocol, "is not an MQTT version; expected 5 or 3 "
-                   "(MQTT 3.1.1)")
-    elif protocol == 5 and embedded is True:
-        errors.add("broker.protocol", protocol, "cannot be used with embedded = true: the "
-                   "embedded broker speaks MQTT 3.1.1 only (protocol = 3)")
-    flags = {}
-    for key in ("embedded", "tls_insecure"):
-        flags[key] = raw.get(key, False)
-        if not isinstance(flags[key], bool):
-            errors.add(f"broker.{key}", flags[key], "is not true or false")
-    strings: dict[str, str | None] = {}
-    for key in ("client_id", "username", "ca_file", "cert_file", "key_file", "password_file",
-                "password_env"):
-        value = raw.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            errors.add(f"broker.{key}", value, "is not a non-empty string")
-            value = None
-        strings[key] = value
+    parsed = parse_group(BrokerSettings, raw, "broker", errors.add,
+                         adjust={"protocol": {"default": 3}} if embedded else None)
+    if parsed.protocol == 5 and embedded:
+        errors.add("broker.protocol", parsed.protocol, "cannot be used with embedded = true: "
+                   "the embedded broker speaks MQTT 3.1.1 only (protocol = 3)")
+    flags = {"embedded": parsed.embedded, "tls_insecure": parsed.tls_insecure}
+    strings: dict[str, str | None] = {
+        name: getattr(parsed, name) or None for name, declaration in declared(BrokerSettings)
+        if declaration.kind == "text"}
     for key in ("client_id", "username"):
         wrong = _mqtt_string_error(strings[key]) if strings[key] else None
         if wrong:
             errors.add(f"broker.{key}", strings[key], wrong)
             strings[key] = None
-    if embedded is True and not wrong_url:
+    if embedded and not wrong_url:
         wrong = embedded_url_problem(url)
         if wrong:
             errors.add("broker.url", url, f"{wrong} (broker.embedded = true)")
@@ -833,12 +739,10 @@ def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerConfig | None:
                    "a password only with a user name, so it would be ignored")
     elif password == "":
         errors.warn(f"broker.{source}", strings[source], "gives an empty password")
-    client_id = strings["client_id"] or f"mcp-gateway-{gateway_id}"
-    return BrokerConfig(
-        url=url if isinstance(url, str) else defaults.url,
-        protocol=protocol if protocol in (3, 5) else 5,
-        embedded=flags["embedded"],
-        client_id=client_id,
+    return replace(
+        parsed,
+        url=url if isinstance(url, str) else BrokerSettings().url,
+        client_id=strings["client_id"] or f"mcp-gateway-{gateway_id}",
         username=strings["username"],
         password=password,
         password_file=strings["password_file"],
@@ -846,7 +750,6 @@ def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerConfig | None:
         ca_file=strings["ca_file"],
         cert_file=strings["cert_file"],
         key_file=strings["key_file"],
-        tls_insecure=flags["tls_insecure"],
     )
 
 

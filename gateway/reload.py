@@ -11,12 +11,14 @@ from pathlib import Path
 
 from gateway.app import Gateway, ReloadReport
 from gateway.bridge.bridge import Bridge
-from gateway.config import load_config
+from gateway.config import GatewayConfig, load_config
 from gateway.errors import ReloadBusy
+from gateway.settings import reload_fields
 
 #: gateway-wide settings the bridge takes at once (``Bridge.apply``): a reload that changes
-#: them lists them under ``updated``, beside the ports whose access rules changed
-LIVE_SETTINGS = ("stats_interval_s", "max_request_bytes", "gateway_allow")
+#: them lists them under ``updated``, beside the ports whose access rules changed (declared
+#: ``live`` on ``GatewayConfig``)
+LIVE_SETTINGS = reload_fields(GatewayConfig, "live")
 
 
 class Reloader:

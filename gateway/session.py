@@ -41,8 +41,8 @@ from gateway.frames.commands import DEVICE_REQUESTS, RESPONSE_BIT, Direction
 from gateway.frames.deframer import DeframerStats
 from gateway.logs import Recurring
 from gateway.nodeids import NodeIdStore
+from gateway.settings import SessionSettings, TransactionSettings
 from gateway.transactions import (
-    CircuitBreaker,
     Priority,
     RequestOutcome,
     Status,
@@ -118,29 +118,18 @@ IdClaim = Callable[["DeviceSession", str], None]
 
 
 @dataclass(frozen=True, slots=True)
-class SessionSettings:
-    """Per-port behaviour of a session."""
+class DeviceSettings:
+    """What a session runs with: its port's parsed groups, its profile, and which port."""
 
     profile: DeviceProfile
-    heartbeat_s: float = 5.0
-    request_timeout_s: float = 2.0
-    retries: int = 3
-    max_queue: int = 64
-    #: requests in flight at once (more than 1 only where responses carry a request seq)
-    max_in_flight: int = 1
-    circuit_threshold: int = 5
-    circuit_reset_s: float = 30.0
+    session: SessionSettings = field(default_factory=SessionSettings)
+    transactions: TransactionSettings = field(default_factory=TransactionSettings)
     #: the configured port this device is on (for access control)
     port_name: str = ""
     #: a device of a glob port: named ``uid-<hex>`` once it says HELLO
     id_from_uid: bool = False
     #: the port's frame profile ("mcp" or "ms720"), shown in the device's facts
     frames: str = "mcp"
-    #: HELLOs a port may send at once, and how many a second after that (a token bucket):
-    #: a device (or noise) sending HELLOs in a loop costs at most this many node id
-    #: look-ups, status changes and table writes; the rest are answered NACK 3 (busy)
-    hello_burst: int = 10
-    hello_per_s: float = 2.0
 
 
 @dataclass
@@ -160,7 +149,7 @@ class DeviceSession:
         self,
         device_id: str,
         port: str,
-        settings: SessionSettings,
+        settings: DeviceSettings,
         node_ids: NodeIdStore,
         emit: EventSink,
         *,
@@ -190,7 +179,7 @@ class DeviceSession:
         self._last_ping = 0.0
         self._liveness_pings = 0
         self._loop = asyncio.get_running_loop()
-        self._hello_tokens = float(settings.hello_burst)
+        self._hello_tokens = float(settings.session.hello_burst)
         self._hello_refilled = self._loop.time()
         #: conditions a device can repeat many times a second: logged once, then counted;
         #: they have no natural end (they begin again after a quiet summary interval)
@@ -198,12 +187,7 @@ class DeviceSession:
         self._hello_refused = Recurring(log, "")
         self._frame_failed = Recurring(log, "", level=logging.ERROR)
         self._name_recurring()
-        self.transactions = Transactions(
-            self._send_request,
-            max_queue=settings.max_queue,
-            max_in_flight=settings.max_in_flight,
-            breaker=CircuitBreaker(settings.circuit_threshold, settings.circuit_reset_s),
-        )
+        self.transactions = Transactions(self._send_request, settings.transactions)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -345,8 +329,8 @@ class DeviceSession:
             return
         if not self._take_hello_token():
             self._hello_refused.occurred(
-                f"more than {self.settings.hello_burst} at once or "
-                f"{self.settings.hello_per_s:g}/s (uid {hello['uid']})")
+                f"more than {self.settings.session.hello_burst} at once or "
+                f"{self.settings.session.hello_per_s:g}/s (uid {hello['uid']})")
             self._nack(frame, NackCode.BUSY)
             return
         try:
@@ -359,7 +343,8 @@ class DeviceSession:
         if self.settings.id_from_uid and self._claim_id is not None:
             self._claim_id(self, f"uid-{hello['uid']}")
         # HELLO_ACK carries whole seconds; sub-second heartbeats (tests) round up to 1.
-        ack = {"node_id": self.node_id, "heartbeat_s": max(1, round(self.settings.heartbeat_s))}
+        ack = {"node_id": self.node_id,
+               "heartbeat_s": max(1, round(self.settings.session.heartbeat_s))}
         self._reply(Frame(Command.HELLO_ACK, encode_payload(Command.HELLO_ACK, ack),
                           frame.request_seq))
         self._set_state(DeviceState.ONLINE, "registered")
@@ -367,7 +352,7 @@ class DeviceSession:
     def _take_hello_token(self) -> bool:
         """The HELLO rate limit (a token bucket, O(1)): True if this HELLO may go on."""
         now = self._loop.time()
-        settings = self.settings
+        settings = self.settings.session
         self._hello_tokens = min(float(settings.hello_burst), self._hello_tokens
                                  + (now - self._hello_refilled) * settings.hello_per_s)
         self._hello_refilled = now
@@ -417,7 +402,7 @@ class DeviceSession:
         return seq
 
     async def _liveness(self) -> None:
-        heartbeat = self.settings.heartbeat_s
+        heartbeat = self.settings.session.heartbeat_s
         while True:
             await asyncio.sleep(heartbeat / 4)
             if self.link is None or self.state is DeviceState.OFFLINE:
@@ -476,8 +461,8 @@ class DeviceSession:
             frame,
             priority=priority,
             ttl=ttl,
-            timeout=self.settings.request_timeout_s if timeout is None else timeout,
-            retries=self.settings.retries if retries is None else retries,
+            timeout=self.settings.session.request_timeout_s if timeout is None else timeout,
+            retries=self.settings.session.retries if retries is None else retries,
         )
         latency = self._loop.time() - started
         if outcome.status is Status.OK and outcome.response is not None:

@@ -28,8 +28,11 @@ from typing import Any
 from gateway.errors import LinkClosed
 from gateway.frames import Command, Frame
 from gateway.frames.commands import RESPONSE_BIT
+from gateway.settings import TransactionSettings
 
 log = logging.getLogger(__name__)
+#: the declared defaults (``gateway.settings``), for a ``Transactions`` built without a port
+_DEFAULTS = TransactionSettings()
 
 
 class Priority(enum.IntEnum):
@@ -143,7 +146,7 @@ class TransactionCounters:
 class CircuitBreaker:
     """Opens after ``threshold`` consecutive timeouts; after ``reset_s``, one probe may try."""
 
-    def __init__(self, threshold: int = 5, reset_s: float = 30.0) -> None:
+    def __init__(self, threshold: int, reset_s: float) -> None:
         self.threshold = threshold
         self.reset_s = reset_s
         self.consecutive_timeouts = 0
@@ -173,19 +176,19 @@ class Transactions:
     def __init__(
         self,
         send: Callable[[Frame], Awaitable[int | None]],
+        settings: TransactionSettings = _DEFAULTS,
         *,
-        max_queue: int = 64,
-        max_in_flight: int = 1,
         breaker: CircuitBreaker | None = None,
         late_window_factor: float = 2.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        if settings.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {settings.max_in_flight}")
         self._send = send
-        self.max_queue = max_queue
-        self.max_in_flight = max_in_flight
-        self.breaker = breaker or CircuitBreaker()
+        self.max_queue = settings.max_queue
+        self.max_in_flight = settings.max_in_flight
+        self.breaker = breaker or CircuitBreaker(settings.circuit_threshold,
+                                                 settings.circuit_reset_s)
         self.late_window_factor = late_window_factor
         self.counters = TransactionCounters()
         self._clock = clock or asyncio.get_running_loop().time

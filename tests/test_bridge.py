@@ -275,8 +275,8 @@ async def test_client_certificates(tmp_path):
         config = parse_config({"state_dir": str(tmp_path / "s"), "broker": {
             "url": f"mqtts://localhost:{port}", "ca_file": str(certs["ca"]),
             "cert_file": str(cert), "key_file": str(key), "client_id": "with-cert"}})
-        assert await _connects(BrokerSettings.from_config(config.broker)) == (True, "")
-        without = replace(BrokerSettings.from_config(config.broker), cert_file=None,
+        assert await _connects(config.broker) == (True, "")
+        without = replace(config.broker, cert_file=None,
                           key_file=None, client_id="without-cert")
         accepted, error = await _connects(without)
         assert not accepted
@@ -303,7 +303,7 @@ async def test_username_and_password_from_a_file_or_the_environment(tmp_path, mo
                        {"password_env": "GW_BROKER_PASSWORD"}):
             config = parse_config({"state_dir": str(tmp_path / "s"), "broker": {
                 "url": url, "username": "gw", **source}})
-            settings = BrokerSettings.from_config(config.broker)
+            settings = config.broker
             assert await _connects(settings) == (True, ""), source
             assert secret not in repr(config) + repr(settings)
         wrong = replace(settings, password="wrong")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config, parse_config
+from gateway.config import SETTING_GROUPS, load_config, parse_config
 from gateway.errors import ConfigError
+from gateway.settings import declared, shown_default
 
 BIN = Path(sys.executable).parent
 
@@ -42,13 +44,14 @@ path = "socket://10.0.0.5:4000"
 """)
     config = load_config(path)
     a, bus, remote = config.ports
-    assert (a.baudrate, a.parity, a.stopbits, a.rtscts, a.retries) == (9600, "even", 2, True, 1)
+    assert (a.serial.baudrate, a.serial.parity, a.serial.stopbits, a.serial.rtscts,
+            a.session.retries) == (9600, "even", 2, True, 1)
     assert a.allow == ("read", "ping", "write")
     assert bus.is_glob
     assert not bus.is_url
     assert remote.is_url
     assert not remote.is_glob
-    assert bus.baudrate == 115200
+    assert bus.serial.baudrate == 115200
     assert bus.allow == ("read", "ping")
     assert config.gateway_id == "edge-1"
 
@@ -116,8 +119,9 @@ def test_requests_in_flight_default_by_frame_profile():
          "link_window": 256},
     ]})
     a, b, c = config.ports
-    assert (a.max_in_flight, b.max_in_flight, c.max_in_flight) == (1, 16, 4)
-    assert (b.link_window, c.link_window) == (128, 256)
+    assert (a.transactions.max_in_flight, b.transactions.max_in_flight,
+            c.transactions.max_in_flight) == (1, 16, 4)
+    assert (b.link.window, c.link.window) == (128, 256)
 
 
 @pytest.mark.parametrize(("data", "message"), BROKEN)
@@ -226,3 +230,28 @@ def test_check_config_says_a_missing_port_name_is_missing(tmp_path):
     assert proc.returncode == 2
     assert "ports[0].name: missing; expected a device id" in proc.stderr
     assert "None" not in proc.stderr
+
+
+DOCS = Path(__file__).parent.parent / "docs" / "configuration.md"
+
+
+@pytest.mark.parametrize("group", SETTING_GROUPS, ids=lambda group: group.__name__)
+def test_every_declared_key_is_documented_with_its_default(group):
+    """A setting is declared once (gateway/settings.py): the operators' page names each of
+    its keys with the declared default, so the docs cannot drift from the code."""
+    rows = {}
+    in_key_table = False  # a table of keys: | key | default | valid | meaning |
+    for line in DOCS.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not line.startswith("|"):
+            in_key_table = False
+        elif cells[:2] == ["key", "default"]:
+            in_key_table = True
+        elif in_key_table and line.startswith("| `"):
+            for key in re.findall(r"`([a-z_]+)`", cells[0]):
+                rows[key] = cells[1]
+    for name, declaration in declared(group):
+        assert declaration.key in rows, f"{declaration.key} is not in {DOCS.name}"
+        shown = shown_default(group, name)
+        as_written = shown if declaration.shown or shown == "none" else f"`{shown}`"
+        assert as_written in rows[declaration.key], declaration.key

@@ -74,7 +74,7 @@ async def test_a_hello_flood_with_new_uids_costs_a_bounded_number_of_ids_writes_
             elapsed = loop.time() - started
             acks = port.replies(Command.HELLO_ACK)
             assert len(acks) < 40, f"{len(acks)} of 300 HELLOs got a node id"
-            settings = gw.device("raw").settings
+            settings = gw.device("raw").settings.session
             assert settings.hello_burst <= len(acks) <= \
                 settings.hello_burst + settings.hello_per_s * elapsed + 1  # fmt: skip
             assert len(port.replies(Command.NACK, NackCode.BUSY)) == 300 - len(acks)

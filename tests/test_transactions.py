@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 from gateway.frames import Command, Frame
+from gateway.settings import TransactionSettings
 from gateway.transactions import CircuitBreaker, Priority, Signature, Status, Transactions
 from tests.harness import wait_for
 
@@ -27,8 +28,8 @@ class Peer:
 
 
 @contextlib.asynccontextmanager
-async def running(peer: Peer, **kwargs):
-    tx = Transactions(peer.send, **kwargs)
+async def running(peer: Peer, breaker: CircuitBreaker | None = None, **settings):
+    tx = Transactions(peer.send, TransactionSettings(**settings), breaker=breaker)
     peer.tx = tx
     worker = asyncio.create_task(tx.run())
     try:

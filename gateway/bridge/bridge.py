@@ -60,11 +60,11 @@ class Bridge:
 
     def __init__(self, gateway: Gateway, config: GatewayConfig,
                  settings: BrokerSettings | None = None) -> None:
-        assert config.broker is not None or settings is not None
-        broker = config.broker
+        broker = settings or config.broker
+        assert broker is not None
         self.gateway = gateway
         self.config = config
-        self.settings = settings or BrokerSettings.from_config(broker)
+        self.settings = broker
         self.topics = Topics(config.topic_prefix, config.gateway_id)
         self.subscription = gateway.subscribe()  # before the gateway starts: nothing missed
         self.spool = Spool(config.state_dir / "spool.db", max_messages=config.queue.max_messages,
@@ -301,7 +301,7 @@ class Bridge:
             # Whether an event is replayed is decided when it is sent (``_replay_upto``).
             self.spool.append(rows, replayed=False, commit=False)
             self._publish_some()
-            delay = self.config.queue.commit_delay_ms / 1000.0
+            delay = self.config.queue.commit_delay_s
             if self._retry_s is not None:
                 pass  # the disk refuses writes: the retry timer writes them when it can
             elif delay > 0:

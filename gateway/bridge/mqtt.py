@@ -17,9 +17,8 @@ import ssl
 import struct
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -27,8 +26,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.config import BrokerConfig
-from gateway.errors import GatewayError
+from gateway.settings import BrokerSettings, BrokerUrlError
+
+__all__ = ["BrokerSettings", "BrokerUrlError", "Message", "MqttConnection"]
 
 log = logging.getLogger(__name__)
 
@@ -190,45 +190,6 @@ class _Client(paho.Client):
             if mid in self._out_messages:
                 return self._do_on_publish(mid, _PUBACK_OK, _NO_PROPERTIES)
         return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
-
-
-class BrokerUrlError(GatewayError):
-    """A broker URL that is not mqtt://host[:port] or mqtts://host[:port]."""
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerSettings:
-    """Where and how to connect."""
-
-    url: str = "mqtt://127.0.0.1:1883"
-    protocol: int = 5
-    client_id: str = ""
-    keepalive: int = 30
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    tls_insecure: bool = False
-    #: unacknowledged QoS 1 publishes in flight
-    window: int = 1000
-
-    @classmethod
-    def from_config(cls, broker: BrokerConfig) -> BrokerSettings:
-        """The connection settings of a validated ``[broker]`` table."""
-        return cls(url=broker.url, protocol=broker.protocol, client_id=broker.client_id,
-                   username=broker.username, password=broker.password,
-                   ca_file=broker.ca_file, cert_file=broker.cert_file,
-                   key_file=broker.key_file, tls_insecure=broker.tls_insecure)
-
-    def endpoint(self) -> tuple[str, int, bool]:
-        """(host, port, tls) of the URL."""
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise BrokerUrlError(f"broker url {self.url!r}: expected mqtt://host[:port] or "
-                                 "mqtts://host[:port]")
-        tls = parts.scheme == "mqtts"
-        return parts.hostname, parts.port or (8883 if tls else 1883), tls
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from pathlib import Path
 from gateway.bridge.seqmarks import RESERVE, SeqMarks
 from gateway.errors import SpoolUnavailable, SpoolWriteFailed
 from gateway.logs import Recurring
+from gateway.settings import QueueSettings
 from gateway.statefiles import aside_path
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 #: unsent events also held in memory (the oldest leave it first; they stay on disk); while
 #: the disk refuses writes, also the most events held that are nowhere else
 MEMORY_ROWS = 20_000
+#: the declared bounds of ``[queue]`` (``gateway.settings``): a spool built without a config
+_QUEUE = QueueSettings()
 #: how often the checkpoint thread folds the WAL into the database
 CHECKPOINT_INTERVAL_S = 1.0
 #: a full queue is "full" until it is back under this share of its bounds (log hysteresis)
@@ -127,8 +130,8 @@ def _sqlite_code(exc: sqlite3.Error) -> int | None:
 class Spool:
     """A bounded, ordered, durable queue of (topic, body) messages."""
 
-    def __init__(self, path: Path, *, max_messages: int = 100_000,
-                 max_bytes: int = 64 * 1024 * 1024, memory_rows: int = MEMORY_ROWS,
+    def __init__(self, path: Path, *, max_messages: int = _QUEUE.max_messages,
+                 max_bytes: int = _QUEUE.max_bytes, memory_rows: int = MEMORY_ROWS,
                  checkpoint_interval: float = CHECKPOINT_INTERVAL_S,
                  marks_path: Path | None = None) -> None:
         try:
