@@ -431,6 +431,7 @@ class DeviceSession:
         cannot be encoded or an unknown priority; every other result is a typed
         ``RequestOutcome``.
         """
+        priority = Priority.parse(priority)
         return await self.send(self.profile.request_for(action, args or {}),
                                priority=priority, ttl=ttl, timeout=timeout, retries=retries)
 
@@ -438,15 +439,13 @@ class DeviceSession:
         self,
         prepared: PreparedRequest,
         *,
-        priority: Priority | str = Priority.MEDIUM,
+        priority: Priority = Priority.MEDIUM,
         ttl: float = 30.0,
         timeout: float | None = None,  # noqa: ASYNC109 - the fabric's per-try timeout
         retries: int | None = None,
     ) -> RequestOutcome:
         """Carry out a request the profile built (``profile.request_for``): a typed
-        ``RequestOutcome`` carrying the answer's key, value and unit. Raises only
-        ``InvalidRequest`` for an unknown priority word, before anything is queued."""
-        priority = Priority.parse(priority)
+        ``RequestOutcome`` carrying the answer's key, value and unit; never raises."""
         about = {"key": prepared.key, "unit": prepared.unit}
         if self.state in (DeviceState.OFFLINE, DeviceState.CONNECTING) or self.link is None:
             return RequestOutcome(Status.OFFLINE, **about)
