@@ -3,7 +3,8 @@
 A profile is a TOML file (see ``builtin_profiles/env-sensor.toml``); loading it builds
 Construct declarations for each layout, so a user adds a device without writing a parser.
 Fixed-size numeric layouts also get a ``struct`` fast path, proven equal to the Construct
-declaration in ``tests/test_profiles.py``.
+declaration in ``tests/test_profiles.py``. ``DeviceProfile.request_for`` turns an action and
+its arguments into a request (``gateway/frames/requests.py``).
 """
 
 from __future__ import annotations
