@@ -261,6 +261,22 @@ def test_an_answer_that_does_not_decode_keeps_its_bytes_and_says_why():
     assert answer.value == {"raw_hex": "010007", "error": answer.error}
 
 
+def test_a_value_longer_than_a_frame_holds_is_refused_before_it_is_queued():
+    """A utf8 or bytes key without max_len: 254 bytes fit beside the key id, 255 do not (the
+    write would fail in the driver, after it was queued, and take the device's requests
+    with it)."""
+    profile, _ = _profile_of(FieldSpec("note", "utf8"))
+    assert len(profile.request_for("write", {"key": 7, "value": "x" * 254}).frame.payload) \
+        == 256
+    with pytest.raises(InvalidRequest) as caught:
+        profile.request_for("write", {"key": 7, "value": "x" * 255})
+    assert str(caught.value) == "write of note is 257 bytes; a payload holds at most 256"
+    command = parse_profile({"name": "printer", "commands": [{
+        "id": 0x40, "name": "print", "request": [{"name": "text", "type": "utf8"}]}]})
+    with pytest.raises(InvalidRequest, match=r"^print is 300 bytes; a payload holds at most"):
+        command.request_for("print", {"text": "y" * 300})
+
+
 @pytest.mark.parametrize(("kind", "value"), [("f32", 1e39), ("f32", 2**200), ("f64", 10**400),
                                              ("i16", 10**400)])
 def test_numbers_beyond_a_float_are_out_of_range_not_an_overflow(kind, value):

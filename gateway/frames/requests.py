@@ -85,6 +85,7 @@ def request_for(profile: DeviceProfile, action: str, args: Mapping[str, Any]) ->
         payload = spec.request.encode(dict(args), what=action)
     except GatewayError as exc:
         raise InvalidRequest(str(exc)) from None
+    _check_size(action, payload)
     return PreparedRequest(action, Frame(spec.cmd_id, payload), spec.cmd_id | RESPONSE_BIT,
                            lambda frame: _command_answer(spec, frame))
 
@@ -108,6 +109,7 @@ def _key_request(profile: DeviceProfile, action: str, args: Mapping[str, Any]) -
         value = key.encode(args["value"])
     except (ValueEncodingError, GatewayError) as exc:
         raise InvalidRequest(str(exc)) from None
+    _check_size(f"write of {key.name}", head + value)
     written = key.decode(value)  # what a read would answer now (scaled, rounded)
     return PreparedRequest(action, Frame(Command.WRITE, head + value), Command.WRITE_ACK,
                            lambda frame: _write_answer(frame, written), key.name, unit)
@@ -130,6 +132,14 @@ def _raw_request(args: Mapping[str, Any]) -> PreparedRequest:
         raise InvalidRequest(f"data_hex is {len(data)} bytes; a payload holds at most "
                              f"{MAX_PAYLOAD}")
     return PreparedRequest("raw", Frame(cmd_id, data), cmd_id | RESPONSE_BIT, _raw_answer)
+
+
+def _check_size(what: str, payload: bytes) -> None:
+    """A payload longer than a frame holds (a utf8 or bytes value without ``max_len``)
+    would fail when written, after it was queued: refuse it here, as ``raw`` does."""
+    if len(payload) > MAX_PAYLOAD:
+        raise InvalidRequest(f"{what} is {len(payload)} bytes; a payload holds at most "
+                             f"{MAX_PAYLOAD}")
 
 
 def _key_value(key: KeySpec, frame: Frame) -> Any:
