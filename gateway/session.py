@@ -14,31 +14,25 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.drivers.reliable import LinkCounters
 from gateway.drivers.serial import SerialLink
-from gateway.errors import (
-    GatewayError,
-    InvalidRequest,
-    LinkClosed,
-    NodeIdsExhausted,
-    ValueEncodingError,
-)
+from gateway.errors import GatewayError, LinkClosed, NodeIdsExhausted
 from gateway.frames import (
     COMMANDS,
     Command,
     DeviceProfile,
     Frame,
-    KeySpec,
     NackCode,
     command_name,
     decode_payload,
     encode_payload,
 )
-from gateway.frames.commands import DEVICE_REQUESTS, RESPONSE_BIT, Direction
+from gateway.frames.commands import DEVICE_REQUESTS, RESPONSE_BIT
 from gateway.frames.deframer import DeframerStats
+from gateway.frames.requests import PreparedRequest
 from gateway.logs import Recurring
 from gateway.nodeids import NodeIdStore
 from gateway.settings import SessionSettings, TransactionSettings
@@ -56,7 +50,6 @@ TRACE_FRAMES = 64
 #: the ms720 link counters a device's stats carry (as link_<name>)
 LINK_COUNTERS = ("retransmits", "fast_retransmits", "lost", "duplicates", "gaps_skipped",
                  "nacks_in", "nacks_out", "restarts")
-BUILTIN_ACTIONS = ("read", "write", "raw", "ping")
 
 
 class DeviceState(enum.StrEnum):
@@ -97,18 +90,6 @@ class DeviceRenamed:
 
     device_id: str
     old_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedRequest:
-    """A checked request (``DeviceSession.prepare``): the frame to send and how to read
-    its answer."""
-
-    action: str
-    frame: Frame
-    decode: Callable[[Frame], Any]
-    #: the profile key of a read or write (None for other actions)
-    key: KeySpec | None = None
 
 
 DeviceEvent = StateChange | TelemetryEvent | DeviceRenamed
@@ -431,17 +412,13 @@ class DeviceSession:
     ) -> RequestOutcome:
         """Carry out ``action`` (read/write/raw/ping or a profile command) on the device.
 
-        Raises ``InvalidRequest`` for an unknown action, key or command or a value that
-        cannot be encoded; every other result is a typed ``RequestOutcome``.
+        Raises ``InvalidRequest`` for an unknown action, key or command, a value that
+        cannot be encoded or an unknown priority; every other result is a typed
+        ``RequestOutcome``.
         """
-        if isinstance(priority, str):
-            try:
-                priority = Priority[priority.upper()]
-            except KeyError:
-                raise InvalidRequest(
-                    f"priority {priority!r} is not one of high, medium, low") from None
-        return await self.send(self.prepare(action, args or {}), priority=priority, ttl=ttl,
-                               timeout=timeout, retries=retries)
+        priority = Priority.parse(priority)
+        return await self.send(self.profile.request_for(action, args or {}),
+                               priority=priority, ttl=ttl, timeout=timeout, retries=retries)
 
     async def send(
         self,
@@ -452,95 +429,26 @@ class DeviceSession:
         timeout: float | None = None,  # noqa: ASYNC109 - the fabric's per-try timeout
         retries: int | None = None,
     ) -> RequestOutcome:
-        """Carry out a request ``prepare`` checked; a typed ``RequestOutcome``, never raises."""
-        frame, decode, action = prepared.frame, prepared.decode, prepared.action
-        started = self._loop.time()
+        """Carry out a request the profile built (``profile.request_for``): a typed
+        ``RequestOutcome`` carrying the answer's key, value and unit; never raises."""
+        about = {"key": prepared.key, "unit": prepared.unit}
         if self.state in (DeviceState.OFFLINE, DeviceState.CONNECTING) or self.link is None:
-            return RequestOutcome(Status.OFFLINE)
+            return RequestOutcome(Status.OFFLINE, **about)
         outcome = await self.transactions.request(
-            frame,
+            prepared.frame,
             priority=priority,
             ttl=ttl,
             timeout=self.settings.session.request_timeout_s if timeout is None else timeout,
             retries=self.settings.session.retries if retries is None else retries,
         )
-        latency = self._loop.time() - started
-        if outcome.status is Status.OK and outcome.response is not None:
-            if outcome.response.cmd_id == Command.WRITE_ACK and action == "write":
-                code = outcome.response.payload[2] if len(outcome.response.payload) > 2 else 0
-                if code:
-                    return _replace(outcome, Status.NACK, latency, nack_code=code)
-            try:
-                value = decode(outcome.response)
-            except GatewayError as exc:
-                self.decode_errors += 1
-                value = {"raw_hex": outcome.response.payload.hex(), "error": str(exc)}
-            return _replace(outcome, Status.OK, latency, value=value)
-        return _replace(outcome, outcome.status, latency)
-
-    def prepare(self, action: str, args: dict[str, Any]) -> PreparedRequest:
-        """Check a request against the profile and build its frame: ``InvalidRequest`` for
-        an unknown action, key or command, or a value that cannot be encoded."""
-        if action in ("read", "write"):
-            return self._prepare_key(action, args)
-        if action == "ping":
-            return PreparedRequest(action, Frame(Command.PING), lambda frame: {})
-        if action == "raw":
-            frame, decode = self._build_raw(args)
-            return PreparedRequest(action, frame, decode)
-        try:
-            spec = self.profile.command(action)
-        except KeyError:
-            known = [*BUILTIN_ACTIONS, *(c.name for c in self.profile.commands.values())]
-            raise InvalidRequest(
-                f"unknown action {action!r}; known actions: {', '.join(known)}") from None
-        try:
-            payload = spec.request.encode(args, what=action)
-        except GatewayError as exc:
-            raise InvalidRequest(str(exc)) from None
-        return PreparedRequest(action, Frame(spec.cmd_id, payload), lambda frame: spec.response
-                               .decode(frame.payload, what=action))
-
-    def _prepare_key(self, action: str, args: dict[str, Any]) -> PreparedRequest:
-        """A read or write: both answer the key's value (a write's, as the device holds it)."""
-        if "key" not in args:
-            raise InvalidRequest(f"{action} needs a key")
-        try:
-            key = self.profile.key(args["key"])
-        except KeyError as exc:
-            raise InvalidRequest(exc.args[0]) from None
-        head = key.id.to_bytes(2, "little")
-        if action == "read":
-            return PreparedRequest(action, Frame(Command.READ, head),
-                                   lambda frame: key.decode(frame.payload[2:]), key)
-        if "value" not in args:
-            raise InvalidRequest(f"write of {key.name} needs a value")
-        try:
-            value = key.encode(args["value"])
-        except (ValueEncodingError, GatewayError) as exc:
-            raise InvalidRequest(str(exc)) from None
-        written = key.decode(value)  # what a read would answer now (scaled, rounded)
-        return PreparedRequest(action, Frame(Command.WRITE, head + value),
-                               lambda frame: written, key)
-
-    @staticmethod
-    def _build_raw(args: dict[str, Any]) -> tuple[Frame, Callable[[Frame], Any]]:
-        cmd_id = args.get("cmd_id")
-        if isinstance(cmd_id, bool) or not isinstance(cmd_id, int) or not 0 <= cmd_id < 0x7F \
-                or cmd_id & RESPONSE_BIT:  # fmt: skip
-            raise InvalidRequest(f"raw cmd_id {cmd_id!r} is not a request command (0..126)")
-        spec = COMMANDS.get(cmd_id)
-        if spec is not None and spec.direction is Direction.DEVICE_TO_GATEWAY:
-            raise InvalidRequest(f"raw cmd_id {cmd_id} ({command_name(cmd_id)}) is not a request "
-                                 "a gateway sends")
-        try:
-            data = bytes.fromhex(str(args.get("data_hex", "")))
-        except ValueError:
-            raise InvalidRequest(f"data_hex {args.get('data_hex')!r} is not hex") from None
-        if len(data) > 256:
-            raise InvalidRequest(f"data_hex is {len(data)} bytes; a payload holds at most 256")
-        return Frame(cmd_id, data), lambda frame: {
-            "cmd_id": frame.cmd_id, "data_hex": frame.payload.hex()}
+        if outcome.status is not Status.OK or outcome.response is None:
+            return replace(outcome, **about)
+        answer = prepared.answer(outcome.response)
+        if answer.refused:
+            return replace(outcome, status=Status.NACK, nack_code=answer.refused, **about)
+        if answer.error is not None:
+            self.decode_errors += 1
+        return replace(outcome, value=answer.value, **about)
 
     # ------------------------------------------------------------------ counters
 
@@ -585,20 +493,3 @@ def _add_into(total: Any, part: Any, names: tuple[str, ...]) -> None:
     for name in names:
         setattr(total, name, getattr(total, name) + getattr(part, name))
 
-
-def _replace(
-    outcome: RequestOutcome,
-    status: Status,
-    latency: float,
-    *,
-    nack_code: int | None = None,
-    value: Any = None,
-) -> RequestOutcome:
-    return RequestOutcome(
-        status,
-        outcome.response,
-        nack_code if nack_code is not None else outcome.nack_code,
-        outcome.tries,
-        latency,
-        value,
-    )

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.errors import LinkClosed
+from gateway.errors import InvalidRequest, LinkClosed
 from gateway.frames import Command, Frame
 from gateway.frames.commands import RESPONSE_BIT
 from gateway.settings import TransactionSettings
@@ -35,12 +35,33 @@ log = logging.getLogger(__name__)
 _DEFAULTS = TransactionSettings()
 
 
-class Priority(enum.IntEnum):
-    """Order in a device's queue: high before medium before low, FIFO within a level."""
+class Priority(enum.StrEnum):
+    """Order in a device's queue: high before medium before low, FIFO within a level.
 
-    HIGH = 0
-    MEDIUM = 1
-    LOW = 2
+    The members are the fabric's words, so a parsed envelope holds the ``Priority`` itself.
+    """
+
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """Its place in the queue's order (0 first)."""
+        return _RANKS[self]
+
+    @classmethod
+    def parse(cls, word: Priority | str) -> Priority:
+        """The priority a word names: the one place a priority is checked.
+        ``InvalidRequest`` for anything but high, medium or low."""
+        try:
+            return cls(word)
+        except ValueError:
+            raise InvalidRequest(
+                f"priority {word!r} is not one of high, medium, low") from None
+
+
+_RANKS = {Priority.HIGH: 0, Priority.MEDIUM: 1, Priority.LOW: 2}
 
 
 class Status(enum.StrEnum):
@@ -63,9 +84,13 @@ class RequestOutcome:
     response: Frame | None = None
     nack_code: int | None = None
     tries: int = 0
+    #: from queued to ended (measured here only)
     latency_s: float = 0.0
-    #: the decoded answer (filled in by the device session)
+    #: the decoded answer (filled in by the device session, from the prepared request)
     value: Any = None
+    #: the profile key the answer is about (a read or write), by name, and its unit
+    key: str | None = None
+    unit: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -235,7 +260,7 @@ class Transactions:
             return self._count(RequestOutcome(Status.BUSY))
         future: asyncio.Future[RequestOutcome] = asyncio.get_running_loop().create_future()
         request = _Request(frame, Signature.of(frame), priority, ttl, timeout, retries, now, future)
-        heapq.heappush(self._heap, (priority, next(self._order), request))
+        heapq.heappush(self._heap, (priority.rank, next(self._order), request))
         self._wake.set()
         try:
             outcome = await future

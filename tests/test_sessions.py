@@ -91,6 +91,22 @@ async def test_read_write_and_their_outcomes(one):
     assert counters["queue_depth"] == 0
 
 
+async def test_an_outcome_says_which_key_its_value_is_and_in_what_unit(one):
+    """What the answer is about comes from the prepared request: nothing downstream
+    resolves the key again."""
+    _, session, _ = one
+    read = await session.request("read", {"key": 1})
+    assert (read.status, read.key, read.value, read.unit) == (Status.OK, "interval_ms", 200,
+                                                               "ms")
+    write = await session.request("write", {"key": "name", "value": "lab-8"})
+    assert (write.status, write.key, write.value, write.unit) == (Status.OK, "name", "lab-8",
+                                                                   None)
+    ping = await session.request("ping", priority="high")
+    assert (ping.status, ping.key, ping.value, ping.unit) == (Status.OK, None, {}, None)
+    with pytest.raises(InvalidRequest, match="priority 'urgent' is not one of high, medium"):
+        await session.request("ping", priority="urgent")
+
+
 @pytest.mark.parametrize(
     ("action", "args", "message"),
     [

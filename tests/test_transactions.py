@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
+
+from gateway.errors import InvalidRequest
 from gateway.frames import Command, Frame
 from gateway.settings import TransactionSettings
 from gateway.transactions import CircuitBreaker, Priority, Signature, Status, Transactions
@@ -109,6 +112,25 @@ def test_signatures_match_by_command_key_and_nack():
     assert not sig.answered_by(Frame(0x7F, bytes([0x11, 2])))
     assert sig.overlaps(Signature(0x10))
     assert not sig.overlaps(Signature(0x10, 8))
+
+
+@pytest.mark.parametrize("word", ["high", "medium", "low"])
+def test_a_priority_is_its_fabric_word(word):
+    assert Priority.parse(word) == word
+    assert Priority.parse(Priority.parse(word)) is Priority(word)
+
+
+@pytest.mark.parametrize("word", ["urgent", "HIGH", "", None, 0, ["high"]])
+def test_any_other_priority_is_an_invalid_request_with_one_message(word):
+    """The one place a priority is checked (the envelope and ``session.request`` use it)."""
+    with pytest.raises(InvalidRequest) as caught:
+        Priority.parse(word)
+    assert str(caught.value) == f"priority {word!r} is not one of high, medium, low"
+
+
+def test_priorities_rank_high_before_medium_before_low():
+    assert sorted(Priority, key=lambda p: p.rank) == [Priority.HIGH, Priority.MEDIUM,
+                                                      Priority.LOW]
 
 
 class SeqPeer:

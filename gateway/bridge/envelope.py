@@ -14,14 +14,14 @@ from typing import Any
 import msgspec
 
 from gateway.bridge.topics import valid_reply_topic
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.transactions import Priority
 
 MCP_VERSION = "1.0"
 DEFAULT_MAX_BODY = 65536
 DEFAULT_MAX_DEPTH = 8
 MAX_TTL_S = 3600.0
 MAX_TIMEOUT_S = 60.0
-PRIORITIES = ("high", "medium", "low")
 #: a request the parser refuses whole (too big, not UTF-8, too deep, not JSON) is still
 #: answered if its ``reply_to`` is found among the first this many bytes
 SALVAGE_BYTES = 65536
@@ -47,7 +47,7 @@ class RequestEnvelope:
     payload: dict[str, Any] = field(default_factory=dict)
     message_id: str = ""
     source: str = ""
-    priority: str = "medium"
+    priority: Priority = Priority.MEDIUM
     ttl: float = 30.0
     timeout: float | None = None
     reply_to: str | None = None
@@ -198,10 +198,10 @@ def parse_request(
     if not isinstance(payload, dict):
         raise bad(f"payload must be an object, got {type(payload).__name__}")
     request.payload = payload
-    priority = data.get("priority", "medium")
-    if priority not in PRIORITIES:
-        raise bad(f"priority {priority!r} is not one of high, medium, low")
-    request.priority = priority
+    try:
+        request.priority = Priority.parse(data.get("priority", Priority.MEDIUM))
+    except InvalidRequest as exc:
+        raise bad(str(exc)) from None
     request.ttl = _seconds(data, "ttl", 30.0, MAX_TTL_S, bad)
     if "timeout" in data:
         request.timeout = _seconds(data, "timeout", 2.0, MAX_TIMEOUT_S, bad)

@@ -29,10 +29,11 @@ from gateway.bridge.mqtt import Message, MqttConnection
 from gateway.bridge.topics import Topics, valid_reply_topic
 from gateway.config import GATEWAY_ACTIONS, GatewayConfig, PortConfig
 from gateway.errors import GatewayError, InvalidRequest, ReloadBusy
+from gateway.frames.requests import PreparedRequest
 from gateway.logs import Recurring
 from gateway.monitor import describe
-from gateway.session import DeviceSession, PreparedRequest
-from gateway.transactions import Priority, Status
+from gateway.session import DeviceSession
+from gateway.transactions import Status
 
 log = logging.getLogger(__name__)
 
@@ -225,14 +226,14 @@ class RequestServer:
             return
         try:
             # Unknown actions, keys and bad values are invalid whatever the allow list says.
-            prepared = session.prepare(request.action, request.payload)
+            prepared = session.profile.request_for(request.action, request.payload)
         except InvalidRequest as exc:
             self.invalid += 1
             self._answer(address, request, "invalid", started,
                          error=("invalid", str(exc)))
             return
         port = self._ports.get(session.settings.port_name)
-        key = prepared.key.name if prepared.key is not None else None
+        key = prepared.key
         if port is None or not allowed(port, request.action, key):
             on_key = f" on key {key!r}" if key is not None else ""
             allow = ", ".join(port.allow) if port else "-"
@@ -253,18 +254,17 @@ class RequestServer:
 
     async def _send(self, session: DeviceSession, prepared: PreparedRequest,
                     request: RequestEnvelope, address: Address, started: float) -> None:
-        outcome = await session.send(prepared, priority=Priority[request.priority.upper()],
-                                     ttl=request.ttl, timeout=request.timeout)
+        outcome = await session.send(prepared, priority=request.priority, ttl=request.ttl,
+                                     timeout=request.timeout)
         device_id = session.device_id
         if outcome.status is Status.OK:
             # A read and a write answer alike: the key, its value (a write's, as written)
             # and its unit; every other action's value is already a dict.
             payload = outcome.value
-            spec = prepared.key
-            if spec is not None:
-                payload = {"key": spec.name, "value": outcome.value}
-                if spec.field.unit:
-                    payload["unit"] = spec.field.unit
+            if outcome.key is not None:
+                payload = {"key": outcome.key, "value": outcome.value}
+                if outcome.unit:
+                    payload["unit"] = outcome.unit
             self._answer(address, request, "ok", started, payload=payload)
             return
         code: Any = outcome.nack_code if outcome.status is Status.NACK else str(outcome.status)

@@ -3,7 +3,8 @@
 A profile is a TOML file (see ``builtin_profiles/env-sensor.toml``); loading it builds
 Construct declarations for each layout, so a user adds a device without writing a parser.
 Fixed-size numeric layouts also get a ``struct`` fast path, proven equal to the Construct
-declaration in ``tests/test_profiles.py``.
+declaration in ``tests/test_profiles.py``. ``DeviceProfile.request_for`` turns an action and
+its arguments into a request (``gateway/frames/requests.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import functools
 import math
 import struct
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -40,6 +42,7 @@ from construct import (
 
 from gateway.errors import PayloadError, ProfileError, UnknownProfile, ValueEncodingError
 from gateway.frames.commands import COMMANDS, DEVICE_REQUESTS, Command, command_name
+from gateway.frames.requests import BUILTIN_ACTIONS, PreparedRequest, request_for
 
 #: type name -> (Construct, struct format char or None, integer range or None)
 _TYPES: dict[str, tuple[Construct, str | None, tuple[int, int] | None]] = {
@@ -58,6 +61,7 @@ _TYPES: dict[str, tuple[Construct, str | None, tuple[int, int] | None]] = {
     "bytes": (GreedyBytes, None, None),
 }
 FIELD_TYPES = tuple(_TYPES)
+_F32 = struct.Struct("<f")
 _VARIABLE = ("utf8", "bytes")
 _FIELD_KEYS = {"name", "type", "scale", "unit", "min", "max", "max_len", "description", "sim"}
 _KEY_KEYS = _FIELD_KEYS | {"id", "access", "default"}
@@ -113,15 +117,26 @@ class FieldSpec:
             raise ValueEncodingError(self.name, value, f"is above the maximum {self.max}")
         bounds = _TYPES[kind][2]
         if bounds is None:
-            return float(value)
+            try:
+                real = float(value)
+                if kind == "f32":
+                    _F32.pack(real)  # beyond f32's range: OverflowError, as for a huge int
+            except OverflowError:
+                raise ValueEncodingError(self.name, value, f"is out of range for {kind}") \
+                    from None
+            return real
+        raw: int | None
         if self.scale is not None:
-            raw = round(value / self.scale)
+            try:
+                raw = round(value / self.scale)
+            except OverflowError:  # an int too big to divide as a float: out of range
+                raw = None
         elif isinstance(value, float) and not value.is_integer():
             raise ValueEncodingError(self.name, value, f"is not a whole number (type {kind})")
         else:
             raw = int(value)
         low, high = bounds
-        if not low <= raw <= high:
+        if raw is None or not low <= raw <= high:
             if self.scale is None:
                 limits = f"{low}..{high}"
             else:
@@ -133,7 +148,11 @@ class FieldSpec:
         if self.type == "utf8":
             if not isinstance(value, str):
                 raise ValueEncodingError(self.name, value, "is not a string")
-            size = len(value.encode("utf-8"))
+            try:
+                size = len(value.encode("utf-8"))
+            except UnicodeEncodeError:  # a lone surrogate (JSON's "\ud800" escape)
+                raise ValueEncodingError(self.name, value, "is not UTF-8 text (it holds a "
+                                         "lone surrogate)") from None
         else:
             if isinstance(value, str):
                 try:
@@ -275,6 +294,13 @@ class DeviceProfile:
                     return spec
         known = ", ".join(f"{k.name} ({k.id})" for k in self.keys.values())
         raise KeyError(f"profile {self.name} has no key {key!r}; known keys: {known}")
+
+    def request_for(self, action: str, args: Mapping[str, Any]) -> PreparedRequest:
+        """The request ``action`` with ``args`` on this kind of device: its frame, what
+        answers it, how to read the answer, and the key and unit the answer is about.
+        ``InvalidRequest`` for an unknown action, key or command, or a value that cannot be
+        encoded."""
+        return request_for(self, action, args)
 
     def command(self, name: str) -> CommandDef:
         """A device-specific command by name; ``KeyError`` otherwise."""
@@ -440,7 +466,7 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>") -> DeviceProf
             raise check.fail(f"{path}.id", f"0x{cmd_id:02x}: device commands use 0x30-0x6F, "
                              "each once")
         cmd_name = check.identifier(table["name"], f"{path}.name")
-        if cmd_name in ("read", "write", "raw", "ping"):
+        if cmd_name in BUILTIN_ACTIONS:
             raise check.fail(f"{path}.name", f"{cmd_name!r} is a built-in action")
         commands[cmd_id] = CommandDef(
             cmd_id,
