@@ -234,25 +234,12 @@ class Bridge:
     # ------------------------------------------------------------------ events in
 
     async def _collect(self) -> None:
-        queue = self.subscription.queue
+        subscription = self.subscription
         while True:
-            batch = [await queue.get()]
-            while len(batch) < _BATCH:
-                try:
-                    batch.append(queue.get_nowait())
-                except asyncio.QueueEmpty:
-                    break
-            self._take(batch)
-            self.gateway._consumed()
+            self._take(await subscription.batch(_BATCH))
 
     def _drain_subscription(self) -> list[int | None]:
-        batch: list[DeviceEvent] = []
-        while True:
-            try:
-                batch.append(self.subscription.queue.get_nowait())
-            except asyncio.QueueEmpty:
-                break
-        return self._take(batch)
+        return self._take(self.subscription.take_nowait())
 
     def _take(self, batch: list[DeviceEvent]) -> list[int | None]:
         """Spool the events, publish the state changes; returns the status publishes' mids."""
