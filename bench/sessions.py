@@ -125,7 +125,7 @@ async def run_one(count: int, seconds: float, pings: int, frames: str = "mcp",
                 await asyncio.sleep(0.05)
             idle = _percentiles(await _pings(gateway, pings))
             # Let the queue of idle STATUS drain, then count only the flood.
-            while not subscription.queue.empty():
+            while subscription.waiting:
                 await asyncio.sleep(0.01)
             counting = True
             cpu0, wall0 = os.times(), time.perf_counter()

@@ -48,25 +48,55 @@ class ReloadReport:
 
 
 class EventSubscription:
-    """An async iterator of device events, in arrival order per device."""
+    """A stream of device events, in arrival order per device: iterate over it, or take
+    them in batches (``batch``, ``take_nowait``). Taking is what frees the gateway's serial
+    reads when this subscriber was far behind (the backpressure is accounted here, never by
+    the consumer)."""
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
-        self.queue: asyncio.Queue[DeviceEvent] = asyncio.Queue()
+        self._queue: asyncio.Queue[DeviceEvent] = asyncio.Queue()
 
     def __aiter__(self) -> EventSubscription:
         return self
 
     async def __anext__(self) -> DeviceEvent:
-        event = await self.queue.get()
+        event = await self._queue.get()
         self._gateway._consumed()
         return event
 
+    @property
+    def waiting(self) -> int:
+        """Events delivered to this subscription and not taken yet."""
+        return self._queue.qsize()
+
     def get_nowait(self) -> DeviceEvent:
         """The next waiting event; ``asyncio.QueueEmpty`` if none."""
-        event = self.queue.get_nowait()
+        event = self._queue.get_nowait()
         self._gateway._consumed()
         return event
+
+    async def batch(self, limit: int) -> list[DeviceEvent]:
+        """The waiting events, at least one (waits for it) and at most ``limit``: a consumer
+        handles a burst in one go, not one loop turn per event."""
+        events = [await self._queue.get()]
+        self._fill(events, limit)
+        return events
+
+    def take_nowait(self, limit: int | None = None) -> list[DeviceEvent]:
+        """The waiting events, at most ``limit`` (all if None); empty if none wait."""
+        events: list[DeviceEvent] = []
+        self._fill(events, limit)
+        return events
+
+    def _fill(self, events: list[DeviceEvent], limit: int | None) -> None:
+        queue = self._queue
+        while limit is None or len(events) < limit:
+            try:
+                events.append(queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        self._gateway._consumed()  # once per batch: the check walks every subscriber
 
     def close(self) -> None:
         """Stop receiving events."""
@@ -320,16 +350,17 @@ class Gateway:
             if link is not None:
                 link.pause_reading()
         for subscription in self._subscribers:
-            subscription.queue.put_nowait(event)
-            if not self._backlogged and subscription.queue.qsize() >= self.event_high_water:
+            queue = subscription._queue
+            queue.put_nowait(event)
+            if not self._backlogged and queue.qsize() >= self.event_high_water:
                 # Backpressure, not buffering: stop reading ports until the consumer catches up.
                 log.warning("event consumer is %d events behind; pausing serial reads",
-                            subscription.queue.qsize())
+                            queue.qsize())
                 self._backlogged = True
                 self._apply_reading()
 
     def _consumed(self) -> None:
-        if self._backlogged and all(s.queue.qsize() < self.event_high_water // 2
+        if self._backlogged and all(s.waiting < self.event_high_water // 2
                                     for s in self._subscribers):
             self._backlogged = False
             self._apply_reading()

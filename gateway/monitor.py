@@ -26,44 +26,21 @@ from gateway.drivers.reliable import ReliableLink
 from gateway.drivers.serial import is_port_held
 from gateway.errors import GatewayError
 from gateway.frames import (
-    COMMANDS,
     Command,
     Deframer,
     DeviceProfile,
     Frame,
-    command_name,
     decode_payload,
     encode_frame,
     encode_payload,
 )
+from gateway.frames.describe import describe
 from gateway.frames.ms720 import Ms720Deframer, MsgType
 
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 65536
 _RETRY_S = 1.0
-
-
-def describe(frame: Frame, profile: DeviceProfile | None) -> dict[str, Any]:
-    """A frame as a JSON-ready dict: command name and decoded fields (or raw hex)."""
-    out: dict[str, Any] = {"cmd": command_name(frame.cmd_id), "cmd_id": frame.cmd_id}
-    try:
-        if profile is not None and frame.cmd_id in profile.events:
-            event = profile.events[frame.cmd_id]
-            out["cmd"] = event.name.upper()
-            out["fields"] = event.layout.decode(frame.payload, what=event.name)
-        elif frame.cmd_id in COMMANDS and COMMANDS[frame.cmd_id].payload is not None:
-            fields = decode_payload(frame.cmd_id, frame.payload)
-            if profile is not None and frame.cmd_id == Command.READ_RESP:
-                key = profile.keys.get(fields["key"])
-                fields["value"] = key.decode(fields["value"]) if key else fields["value"].hex()
-            out["fields"] = {k: v.hex() if isinstance(v, bytes) else v for k, v in fields.items()}
-        else:
-            out["raw_hex"] = frame.payload.hex()
-    except (GatewayError, KeyError) as exc:
-        out["raw_hex"] = frame.payload.hex()
-        out["error"] = str(exc)
-    return out
 
 
 class PortHeld(GatewayError):

@@ -183,8 +183,8 @@ class Service:
             if logger is not None and subscription is not None:
                 logger.cancel()
                 await asyncio.gather(logger, return_exceptions=True)
-                while not subscription.queue.empty():  # the last events, at shutdown
-                    _log_event(subscription.get_nowait())
+                for event in subscription.take_nowait():  # the last events, at shutdown
+                    _log_event(event)
             self.notifier.close()
         return 1 if failed else 0
 

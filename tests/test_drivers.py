@@ -65,13 +65,13 @@ async def test_reading_pauses_when_the_event_consumer_falls_behind(tmp_path):
         subscription = gateway.subscribe()
         async with gateway:
             await wait_for(lambda: gateway.reading_paused, what="reads to pause")
-            backlog = subscription.queue.qsize()
+            backlog = subscription.waiting
             await asyncio.sleep(0.3)  # a window in which nothing more may be read
-            assert subscription.queue.qsize() == backlog
-            while subscription.queue.qsize() >= 50:
+            assert subscription.waiting == backlog
+            while subscription.waiting >= 50:
                 subscription.get_nowait()
             assert not gateway.reading_paused
-            await wait_for(lambda: subscription.queue.qsize() > 50, what="reads to resume")
+            await wait_for(lambda: subscription.waiting > 50, what="reads to resume")
 
 
 async def _half_a_frame_read(master: int, path: str,

@@ -242,7 +242,7 @@ async def test_a_device_removed_during_an_outage_is_cleared_when_the_broker_retu
             deadline = loop.time() + 10
             while not await loop.run_in_executor(None, sim_1_cleared):
                 assert loop.time() < deadline, "sim-1's retained status was never cleared"
-            assert not bridge._retiring
+            assert not bridge.statuses.retiring
 
 
 async def test_unknown_actions_keys_and_values_are_invalid_whatever_allow_says(tmp_path,

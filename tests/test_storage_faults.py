@@ -357,7 +357,7 @@ async def test_a_bridge_task_that_dies_stops_the_service_with_an_error_and_exit_
         def broken(batch):  # a fault injected into the real collector: a bug in _take
             raise RuntimeError("injected fault in the event collector")
 
-        bridge._take = broken
+        bridge.publisher._take = broken
         code = await asyncio.wait_for(running, 20)
     assert code == 1
     assert any("bridge-collect failed" in line for line in error_lines(caplog, "injected"))

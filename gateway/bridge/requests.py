@@ -1,6 +1,6 @@
 """Serves the fabric's requests: a bounded intake, the checks (envelope, device, allow lists,
-rate limits), the device sends and gateway actions, and exactly one answer on a reply topic
-the gateway may publish to.
+rate limits), then the device send or the gateway action (``gateway.bridge.actions``), and
+exactly one answer on a reply topic the gateway may publish to.
 
 The MQTT callback only appends to the intake (or, when it is full, answers ``busy`` at
 once: no task, nothing kept). One serving loop empties the intake in slices, so a flood
@@ -14,10 +14,10 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import asdict
 from typing import Any
 
-from gateway.app import Gateway, ReloadReport, UnknownDevice
+from gateway.app import Gateway, UnknownDevice
+from gateway.bridge.actions import ActionResult, GatewayActions
 from gateway.bridge.envelope import (
     InvalidEnvelope,
     RequestEnvelope,
@@ -28,10 +28,9 @@ from gateway.bridge.envelope import (
 from gateway.bridge.mqtt import Message, MqttConnection
 from gateway.bridge.topics import Topics, valid_reply_topic
 from gateway.config import GATEWAY_ACTIONS, GatewayConfig, PortConfig
-from gateway.errors import GatewayError, InvalidRequest, ReloadBusy
+from gateway.errors import InvalidRequest
 from gateway.frames.requests import PreparedRequest
 from gateway.logs import Recurring
-from gateway.monitor import describe
 from gateway.session import DeviceSession
 from gateway.transactions import Status
 
@@ -86,13 +85,13 @@ class RequestServer:
     """``take`` is the MQTT message hook; ``run`` the serving loop (a bridge task)."""
 
     def __init__(self, gateway: Gateway, config: GatewayConfig, topics: Topics,
-                 mqtt: MqttConnection) -> None:
+                 mqtt: MqttConnection, actions: GatewayActions) -> None:
         self.gateway = gateway
         self.config = config
         self.topics = topics
         self.mqtt = mqtt
-        #: set by ``gateway.reload.Reloader`` (through the bridge)
-        self.reloader: Callable[[], Awaitable[ReloadReport]] | None = None
+        #: the gateway-level actions' bodies (``{p}/{gw}/requests``)
+        self.actions = actions
         #: requests received, invalid ones, ones answered busy because the intake was
         #: full, and ones neither carried out nor answered for their reply topic
         self.received = 0
@@ -294,43 +293,16 @@ class RequestServer:
                 "forbidden", f"gateway action {action!r} is not allowed on "
                 f"{self.config.gateway_id} (gateway_allow: {allow})"))
             return
-        if action == "list_devices":
-            devices = {name: {"state": str(s.state), **s.facts}
-                       for name, s in self.gateway.devices.items()}
-            self._answer(address, request, "ok", started, payload={"devices": devices})
-        elif action == "trace":
-            device_id = request.payload.get("device")
-            try:
-                session = self.gateway.device(str(device_id))
-            except UnknownDevice as exc:
-                self._answer(address, request, "unknown_device", started,
-                             error=("unknown_device", str(exc)))
-                return
-            frames = [{"t": t, "dir": direction, "hex": frame.encode().hex(" "),
-                       **describe(frame, session.profile)}
-                      for direction, t, frame in session.trace]
-            self._answer(address, request, "ok", started,
-                         payload={"device": session.device_id, "frames": frames})
-        else:
-            self._spawn(self._serve_reload(request, address, started))
+        actions = self.actions
+        if action == "reload":  # it waits for the reload: a task, counted in ``waiting``
+            self._spawn(self._answer_later(actions.reload, request, address, started))
+            return
+        serve = actions.list_devices if action == "list_devices" else actions.trace
+        self._answer_result(address, request, started, serve(request.payload))
 
-    async def _serve_reload(self, request: RequestEnvelope, address: Address,
-                            started: float) -> None:
-        if self.reloader is None:
-            self._answer(address, request, "invalid", started, error=(
-                "invalid", "this gateway was not started from a configuration file: "
-                "there is nothing to reload"))
-            return
-        try:
-            report = await self.reloader()
-        except ReloadBusy as exc:
-            self._answer(address, request, "busy", started, error=("busy", str(exc)))
-            return
-        except GatewayError as exc:  # the file does not load or validate: nothing changed
-            self._answer(address, request, "invalid", started,
-                         error=("invalid", str(exc)))
-            return
-        self._answer(address, request, "ok", started, payload=asdict(report))
+    async def _answer_later(self, action: Callable[[dict[str, Any]], Awaitable[ActionResult]],
+                            request: RequestEnvelope, address: Address, started: float) -> None:
+        self._answer_result(address, request, started, await action(request.payload))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """A request that must wait: a task, counted in ``waiting`` until it has answered."""
@@ -364,6 +336,11 @@ class RequestServer:
         self._refused.occurred(f"a request on {request_topic} asked for its answer on "
                                f"{reply_to!r}: {why}")
         return True
+
+    def _answer_result(self, address: Address, request: RequestEnvelope, started: float,
+                       result: ActionResult) -> None:
+        self._answer(address, request, result.status, started, payload=result.payload,
+                     error=result.error)
 
     def _answer(self, address: Address, request: RequestEnvelope,
                 status: str, started: float, *, payload: dict[str, Any] | None = None,

@@ -1,0 +1,331 @@
+"""Device events onto the fabric: the subscription's events -> spool (SQLite, batched) ->
+QoS 1 publishes within a window of unacknowledged ones -> broker; an event leaves the spool
+only on its PUBACK. Nothing here blocks on a single message.
+
+While connected, serial reads pause when the broker falls behind (backpressure, not
+buffering). When the queue cannot be written (a full disk), events keep flowing to a
+connected broker (counted as not durable) or wait in the spool's bounded memory; the
+gateway's status says ``degraded`` and writes are retried with a bounded backoff until the
+disk takes them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from gateway.app import Gateway
+from gateway.bridge.envelope import event_body, mark_replayed
+from gateway.bridge.mqtt import MqttConnection
+from gateway.bridge.spool import Spool, SpooledEvent
+from gateway.bridge.statuses import RetainedStatuses
+from gateway.bridge.topics import Topics
+from gateway.errors import SpoolWriteFailed
+from gateway.frames import Command
+from gateway.logs import Recurring
+from gateway.session import DeviceEvent, TelemetryEvent
+
+log = logging.getLogger(__name__)
+
+WINDOW = 1000
+#: While connected, serial reads pause when this many events wait to be published (the
+#: broker is slower than the devices): backpressure instead of a growing queue.
+SPOOL_HOLD = 4 * WINDOW
+_BATCH = 1000
+#: acknowledged events are deleted from the queue at most this late
+COMMIT_DELAY_S = 0.05
+#: while the queue cannot be written, writes are retried after this long, doubling up to
+#: the maximum: the queue resumes by itself within RETRY_MAX_S of the disk having room
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 5.0
+#: the gateway says degraded until its queue has been written without a failure this long: a
+#: nearly full disk takes some writes and refuses others, and must not flap the status
+RECOVERED_AFTER_S = 5.0
+
+
+class EventPublisher:
+    """``collect`` and ``send`` are its loops (bridge tasks); ``connected``, ``disconnected``
+    and ``on_ack`` are the connection's hooks."""
+
+    def __init__(self, gateway: Gateway, spool: Spool, mqtt: MqttConnection, topics: Topics,
+                 statuses: RetainedStatuses, *, gateway_id: str, commit_delay_s: float,
+                 on_states_changed: Callable[[], None],
+                 on_other_ack: Callable[[int], None],
+                 on_failure: Callable[[str, BaseException], None]) -> None:
+        self.gateway = gateway
+        self.subscription = gateway.subscribe()  # before the gateway starts: nothing missed
+        self.spool = spool
+        self.mqtt = mqtt
+        self.topics = topics
+        self.statuses = statuses
+        self._gateway_id = gateway_id
+        #: a batch of events is written at most this late (0: at once)
+        self._commit_delay_s = commit_delay_s
+        #: a batch held a device's state change (the device views are taken afresh)
+        self._on_states_changed = on_states_changed
+        #: the PUBACK of a publish that is not an event (a status, a response)
+        self._on_other_ack = on_other_ack
+        #: a scheduled callback failed: the bridge stops (as when a loop fails)
+        self._on_failure = on_failure
+        self.published = 0
+        #: events the broker refused (MQTT 5 PUBACK reason code >= 0x80)
+        self.rejected = 0
+        #: events sent to the broker while they were not on disk (the queue's writes failed)
+        self.not_durable = 0
+        #: events in flight at most (set per connection from the broker's Receive Maximum)
+        self.window = WINDOW
+        self.peak_in_flight = 0
+        #: the fields of each device's latest STATUS event (one dict store per event)
+        self.latest_status: dict[str, dict[str, Any]] = {}
+        #: events with ids up to this waited in the queue through a broker outage
+        self._replay_upto = 0
+        self._connected_before = False
+        self._in_flight: dict[int, SpooledEvent] = {}
+        self._acked: list[SpooledEvent] = []
+        self._last_sent = 0
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._commit_handle: asyncio.TimerHandle | None = None
+        #: the retry delay while the queue cannot be written (None while it can)
+        self._retry_s: float | None = None
+        self._recovery_handle: asyncio.TimerHandle | None = None
+        self._spool_failing = Recurring(log, "the event queue cannot be written (events go on "
+                                        "from memory, not durable)", level=logging.ERROR)
+        self._holding = False
+        self._stopping = False
+
+    def _guarded(self, callback: Callable[[], None]) -> None:
+        """Run a callback the loop calls (``call_soon``/``call_at``): its failure stops the
+        gateway, as a loop's does, instead of a traceback from the loop and a stall."""
+        try:
+            callback()
+        except Exception as exc:
+            self._on_failure(getattr(callback, "__name__", repr(callback)), exc)
+
+    def forget(self, device_id: str) -> None:
+        """A device id left the gateway: its telemetry is not scraped any more."""
+        self.latest_status.pop(device_id, None)
+
+    # ------------------------------------------------------------------ events in
+
+    async def collect(self) -> None:
+        """Take the gateway's events in batches until cancelled."""
+        subscription = self.subscription
+        while True:
+            self._take(await subscription.batch(_BATCH))
+
+    def drain(self) -> list[int]:
+        """The gateway has stopped: queue its last events (its devices' last state changes);
+        returns the mids of the status publishes to wait for."""
+        return self._take(self.subscription.take_nowait())
+
+    def _take(self, batch: list[DeviceEvent]) -> list[int]:
+        """Spool the events, publish the state changes; returns the status publishes' mids."""
+        rows = []
+        status_mids: list[int] = []
+        gw = self._gateway_id
+        latest = self.latest_status
+        topics = self.topics
+        spool = self.spool
+        states_changed = False
+        for event in batch:
+            if isinstance(event, TelemetryEvent):
+                seq = spool.next_seq(event.device_id)
+                body = event_body(f"{gw}/{event.device_id}", event.name, event.fields,
+                                  event.received_at, seq)
+                rows.append((topics.device_event(event.device_id, event.name), body,
+                             event.device_id, seq))
+                if event.cmd_id == Command.STATUS:
+                    latest[event.device_id] = event.fields
+            else:
+                states_changed = True
+                mid = self.statuses.take(event)
+                if mid is not None:
+                    status_mids.append(mid)
+        if states_changed:
+            self._on_states_changed()
+        if rows:
+            # Staged, sent, then written, all in this loop turn: the disk is off the
+            # latency path, and no PUBACK can be handled before the rows are on disk.
+            # Whether an event is replayed is decided when it is sent (``_replay_upto``).
+            spool.append(rows, replayed=False, commit=False)
+            self._publish_some()
+            delay = self._commit_delay_s
+            if self._retry_s is not None:
+                pass  # the disk refuses writes: the retry timer writes them when it can
+            elif delay > 0:
+                self._schedule_commit(delay)  # acked by then: never written at all
+            else:
+                self._commit()
+            self._backpressure()
+        return status_mids
+
+    def _backpressure(self) -> None:
+        # During an outage the queue is what absorbs events: hold reads only while connected.
+        count = self.spool.count
+        if self.mqtt.connected and count > SPOOL_HOLD:
+            if not self._holding:
+                self._holding = True
+                self.gateway.hold_reading("bridge", hold=True)
+        elif self._holding and (count < SPOOL_HOLD // 2 or not self.mqtt.connected):
+            self._holding = False
+            self.gateway.hold_reading("bridge", hold=False)
+
+    # ------------------------------------------------------------------ events out
+
+    async def send(self) -> None:
+        """Publish what the spool holds, within the window, whenever woken; until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._publish_some()
+
+    def _publish_some(self) -> None:
+        mqtt = self.mqtt
+        in_flight = self._in_flight
+        spool = self.spool
+        try:
+            window = self.window
+            while mqtt.connected and len(in_flight) < window:
+                rows = spool.peek(self._last_sent, window - len(in_flight))
+                if not rows:
+                    return
+                replay_upto = self._replay_upto
+                # While the queue's writes fail, events from this id on are only in memory.
+                unwritten = spool.first_unwritten if spool.error is not None else None
+                for row in rows:
+                    body = mark_replayed(row.body) if row.replayed or row.id <= replay_upto \
+                        else row.body  # fmt: skip
+                    mid = mqtt.publish_event(row.topic.encode(), body)
+                    if mid is None:
+                        return
+                    in_flight[mid] = row
+                    self._last_sent = row.id
+                    if unwritten is not None and row.id >= unwritten:
+                        self.not_durable += 1
+        finally:
+            self.peak_in_flight = max(self.peak_in_flight, len(in_flight))
+            mqtt.flush()
+
+    def on_ack(self, mid: int, reason: int) -> None:
+        """A PUBACK (the connection's hook): an event leaves the queue; any other mid goes
+        to ``on_other_ack``."""
+        row = self._in_flight.pop(mid, None)
+        if row is None:
+            self._on_other_ack(mid)
+            return
+        if reason >= 0x80:
+            # The broker refused it (MQTT 5 reason code, e.g. not authorized): sending it
+            # again would be refused again. Counted and logged; it leaves the queue.
+            self.rejected += 1
+            log.warning("the broker refused an event on %s: reason code 0x%02x", row.topic,
+                        reason)
+        if not self._acked:
+            self._loop.call_soon(self._guarded, self._flush_acks)
+        self._acked.append(row)
+
+    def _flush_acks(self) -> None:
+        acked, self._acked = self._acked, []
+        if acked:
+            self.spool.remove(acked)
+            self.published += len(acked)
+            # Deletes ride along with the next batch's commit, or go within COMMIT_DELAY_S:
+            # a crash before that only sends them again (at least once).
+            self._schedule_commit(COMMIT_DELAY_S)
+            self._wake.set()
+            self._backpressure()
+
+    def _schedule_commit(self, delay: float) -> None:
+        if self._retry_s is not None:
+            return  # the disk refuses writes: the retry timer is set, with its backoff
+        when = self._loop.time() + delay
+        handle = self._commit_handle
+        if handle is not None:
+            if handle.when() <= when:
+                return
+            handle.cancel()
+        self._commit_handle = self._loop.call_at(when, self._guarded, self._commit)
+
+    def _commit(self) -> None:
+        if self._commit_handle is not None:
+            self._commit_handle.cancel()
+            self._commit_handle = None
+        try:
+            self.spool.commit()
+        except SpoolWriteFailed as exc:
+            self._spool_failed(exc.reason)
+            return
+        if self._retry_s is not None:
+            self._spool_written()
+
+    # ------------------------------------------------------------------ connections
+
+    def connected(self) -> None:
+        """A new connection: the window from the broker's Receive Maximum, and whatever was
+        in flight on the old connection is sent again (QoS 1: at least once)."""
+        # Events in flight stay within the broker's Receive Maximum, leaving room for the
+        # statuses and responses that paho sends beside them.
+        limit = self.mqtt.receive_maximum
+        self.window = WINDOW if limit is None else max(1, min(WINDOW, limit - min(10, limit // 2)))
+        self._flush_acks()
+        self._in_flight.clear()
+        self._last_sent = 0
+        if self._connected_before:
+            # Everything queued now waited out an outage; before the first connection of
+            # this run events merely waited for it (a previous run's are marked by the spool).
+            self._replay_upto = self.spool.last_id
+        self._connected_before = True
+        self._wake.set()
+
+    def disconnected(self) -> None:
+        """The connection is lost: the queue absorbs events now, reads go on."""
+        self._backpressure()
+
+    # ------------------------------------------------------------------ storage faults
+
+    def _spool_failed(self, reason: str) -> None:
+        """A write of the queue failed: degraded (loudly, once), retried with backoff."""
+        if self._recovery_handle is not None:
+            self._recovery_handle.cancel()  # it failed again before it counted as recovered
+            self._recovery_handle = None
+        retry = self._retry_s
+        self._retry_s = RETRY_MIN_S if retry is None else min(RETRY_MAX_S, retry * 2)
+        self._spool_failing.occurred(
+            f"{reason}; {self.spool.unwritten} events only in memory (at most "
+            f"{self.spool.memory_rows}); retrying in {self._retry_s:g} s")
+        self.statuses.degraded(reason)
+        if not self._stopping:
+            self._commit_handle = self._loop.call_later(self._retry_s, self._guarded,
+                                                        self._commit)
+
+    def _spool_written(self) -> None:
+        """A write succeeded after failures: commits go as usual again (the retry timer is
+        done); degraded ends once writes have kept succeeding for RECOVERED_AFTER_S."""
+        self._retry_s = None
+        if self._recovery_handle is None and not self._stopping:
+            self._recovery_handle = self._loop.call_later(RECOVERED_AFTER_S, self._guarded,
+                                                          self._spool_recovered)
+        self._backpressure()
+
+    def _spool_recovered(self) -> None:
+        self._recovery_handle = None
+        self._spool_failing.ended(f"the queue is written again; {self.not_durable} events "
+                                  "were published not durable, "
+                                  f"{self.spool.dropped} dropped in all")
+        self.statuses.recovered()
+
+    # ------------------------------------------------------------------ stop
+
+    def stopping(self) -> None:
+        """The bridge is stopping: no new retry or recovery timers (``close`` commits)."""
+        self._stopping = True
+
+    def close(self) -> None:
+        """The last acknowledged events out of the queue, the last commit, the file closed."""
+        if self._recovery_handle is not None:
+            self._recovery_handle.cancel()
+        self._flush_acks()
+        self._commit()
+        self.spool.close()
