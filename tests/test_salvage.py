@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gateway.bridge.envelope import (
@@ -81,6 +81,8 @@ TAILS = st.one_of(
 
 @given(topics.filter(valid_reply_topic), st.text(max_size=10) | st.integers(), TAILS)
 def test_the_reply_to_is_found_whatever_follows_it(topic, correlation, tail):
+    # A tail that goes on with the number (``0`` then ``.5``) is another correlation id.
+    assume(not (isinstance(correlation, int) and tail[:1] and tail[:1] in b"0123456789.eE"))
     head = json.dumps({"reply_to": topic, "correlation_id": correlation}).encode()[:-1]
     body = head + tail
     try:
