@@ -47,12 +47,12 @@ def _fleet_process(count: int, link_dir: str, frames: str, noise: float, conn) -
             assert await loop.run_in_executor(None, conn.recv) == "stop"
             stop.set()
             sent = await asyncio.gather(*floods)
-            links = [d.reliable.counters for d in fleet.devices if d.reliable is not None]
+            links = [d.line.framing.counters() for d in fleet.devices if d.line is not None]
             conn.send({
                 "sent": {d.name: n for d, n in zip(fleet.devices, sent, strict=True)},
-                "retransmits": sum(c.retransmits for c in links),
-                "fast_retransmits": sum(c.fast_retransmits for c in links),
-                "given_up": sum(c.lost for c in links),
+                "retransmits": sum(c.get("link_retransmits", 0) for c in links),
+                "fast_retransmits": sum(c.get("link_fast_retransmits", 0) for c in links),
+                "given_up": sum(c.get("link_lost", 0) for c in links),
             })
             assert await loop.run_in_executor(None, conn.recv) == "exit"
 
