@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from firmware_sim import Faults, Fleet, FleetSpec
 from gateway.app import Gateway
 from gateway.config import parse_config
+from gateway.frames.framing import FRAMINGS
 from gateway.session import DeviceState, TelemetryEvent
 
 
@@ -182,7 +183,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--pings", type=int, default=200)
-    parser.add_argument("--frames", nargs="+", choices=["mcp", "ms720"], default=["mcp", "ms720"])
+    parser.add_argument("--frames", nargs="+", choices=list(FRAMINGS), default=list(FRAMINGS))
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.05],
                         help="share of frames with one byte changed, both ways")
     parser.add_argument("--smoke", action="store_true",
