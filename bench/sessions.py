@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from firmware_sim import Faults, Fleet, FleetSpec
 from gateway.app import Gateway
 from gateway.config import parse_config
+from gateway.frames.framing import FRAMINGS
 from gateway.session import DeviceState, TelemetryEvent
 
 
@@ -47,12 +48,12 @@ def _fleet_process(count: int, link_dir: str, frames: str, noise: float, conn) -
             assert await loop.run_in_executor(None, conn.recv) == "stop"
             stop.set()
             sent = await asyncio.gather(*floods)
-            links = [d.reliable.counters for d in fleet.devices if d.reliable is not None]
+            links = [d.line.framing.counters() for d in fleet.devices if d.line is not None]
             conn.send({
                 "sent": {d.name: n for d, n in zip(fleet.devices, sent, strict=True)},
-                "retransmits": sum(c.retransmits for c in links),
-                "fast_retransmits": sum(c.fast_retransmits for c in links),
-                "given_up": sum(c.lost for c in links),
+                "retransmits": sum(c.get("link_retransmits", 0) for c in links),
+                "fast_retransmits": sum(c.get("link_fast_retransmits", 0) for c in links),
+                "given_up": sum(c.get("link_lost", 0) for c in links),
             })
             assert await loop.run_in_executor(None, conn.recv) == "exit"
 
@@ -182,7 +183,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--pings", type=int, default=200)
-    parser.add_argument("--frames", nargs="+", choices=["mcp", "ms720"], default=["mcp", "ms720"])
+    parser.add_argument("--frames", nargs="+", choices=list(FRAMINGS), default=list(FRAMINGS))
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.05],
                         help="share of frames with one byte changed, both ways")
     parser.add_argument("--smoke", action="store_true",

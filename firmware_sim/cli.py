@@ -13,6 +13,7 @@ from pathlib import Path
 from firmware_sim.device import Faults
 from firmware_sim.fleet import Fleet, FleetSpec
 from gateway.errors import GatewayError
+from gateway.frames.framing import DEFAULT_FRAMES, FRAMINGS
 
 log = logging.getLogger("mcp-sim")
 
@@ -44,11 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="env-sensor", help="device profile name")
     parser.add_argument("--profiles-dir", type=Path, action="append", default=[],
                         help="extra directory of profile TOML files (repeatable)")
-    parser.add_argument("--frames", choices=["mcp", "ms720"], default="mcp",
+    parser.add_argument("--frames", choices=list(FRAMINGS), default=DEFAULT_FRAMES,
                         help="frame profile (default %(default)s); ms720: CRC-16, seq, ACKs "
                         "and retransmission")
     parser.add_argument("--link-retries", type=int, default=3,
-                        help="ms720: retransmissions before a frame is given up (default 3)")
+                        help="retransmissions before a frame is given up, on a framing "
+                        "with a link layer (ms720; default 3)")
     parser.add_argument("--name-prefix", default="sim", help="devices are PREFIX-0, PREFIX-1, ...")
     parser.add_argument("--link-dir", type=Path,
                         help="keep a stable symlink DIR/NAME to each device's current pty")
@@ -69,9 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--rx-corrupt-rate", type=_rate, default=0.0,
                         help="chance a received chunk has a byte changed (noise to the device)")
     faults.add_argument("--frame-drop-rate", type=_rate, default=0.0,
-                        help="ms720: chance a frame on the wire is lost whole")
+                        help="chance a frame on the wire is lost whole (ms720 resends it)")
     faults.add_argument("--duplicate-rate", type=_rate, default=0.0,
-                        help="ms720: chance a frame on the wire is sent twice")
+                        help="chance a frame on the wire is sent twice (ms720 drops the copy)")
     faults.add_argument("--unplug-every", type=_positive, metavar="S",
                         help="unplug each device about every S seconds")
     faults.add_argument("--unplug-for", type=_positive, metavar="S", default=2.0,

@@ -17,20 +17,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firmware_sim.links import Link
-from gateway.drivers.reliable import ReliableLink
+from gateway.drivers.framed import FramedLine
 from gateway.errors import GatewayError
 from gateway.frames import (
     Command,
-    Deframer,
     DeviceProfile,
     Frame,
     NackCode,
     decode_payload,
-    encode_frame,
     encode_payload,
 )
 from gateway.frames.commands import RESPONSE_BIT, LogLevel
+from gateway.frames.framing import DEFAULT_FRAMES, framing_class, framing_for
 from gateway.frames.profiles import FieldSpec
+from gateway.settings import LinkSettings
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +143,16 @@ class SimulatedDevice:
         faults: Faults | None = None,
         interval_ms: int | None = None,
         seed: int | None = None,
-        frames: str = "mcp",
+        frames: str = DEFAULT_FRAMES,
         link_retries: int = 3,
     ) -> None:
-        if frames not in ("mcp", "ms720"):
-            raise ValueError(f"frames must be 'mcp' or 'ms720', got {frames!r}")
+        self._framing_class = framing_class(frames)  # ValueError for an unknown profile
         self.frames = frames
-        #: ms720: retransmissions of an unacknowledged frame before it is given up
+        #: retransmissions of an unacknowledged frame before it is given up (where the
+        #: framing has a link layer)
         self.link_retries = link_retries
-        #: the ms720 reliable link (made at power-on), None for mcp
-        self.reliable: ReliableLink | None = None
+        #: the line's framing and its driver, new at every power-on
+        self.line: FramedLine | None = None
         self.name = name
         self.profile = profile
         self.link = link
@@ -182,7 +182,8 @@ class SimulatedDevice:
             (e for e in profile.events.values() if e.cmd_id == Command.STATUS), None
         )
         self._drifts: dict[str, _Drift] = {}
-        self._deframer = Deframer()
+        #: set by the fault that makes a frame sent without a link layer lost (see _corrupt)
+        self._lost_frame = False
         self._booted_at = time.monotonic()
         self._last_heard = time.monotonic()
         self._wake = asyncio.Event()
@@ -233,15 +234,14 @@ class SimulatedDevice:
         self.node_id = None
         self._booted_at = time.monotonic()
         self._last_heard = time.monotonic()
-        self._deframer = Deframer()
-        if self.frames == "ms720":
-            if self.reliable is not None:
-                self.reliable.close()
-            # A random first seq after every boot: the other end's duplicate filter never
-            # mistakes a rebooted device's new frames for old ones.
-            self.reliable = ReliableLink(self._write_wire, deliver_late=self._take_frames,
-                                         first_seq=self.rng.randrange(2**32),
-                                         retries=self.link_retries)
+        if self.line is not None:
+            self.line.close()
+        # A random first seq after every boot: the other end's duplicate filter never
+        # mistakes a rebooted device's new frames for old ones.
+        framing = framing_for(LinkSettings(frames=self.frames, retries=self.link_retries),
+                              clock=asyncio.get_running_loop().time,
+                              first_seq=self.rng.randrange(2**32))
+        self.line = FramedLine(framing, self._write_wire, self._take_frames, name=self.name)
         await self.link.plug()
         self.counters.plugs += 1
         self._plugged.set()
@@ -346,7 +346,7 @@ class SimulatedDevice:
         picked = self._from_ring(count)
         self.counters.frames_sent += count
         rate, rng = self.faults.corrupt_rate, self.rng
-        if rate:  # line noise: any one byte of a frame changed (as _write_wire does for ms720)
+        if rate:  # line noise: any one byte of a frame changed (as _corrupt does on a link)
             out = [f for _, f in picked]
             for i, frame in enumerate(out):
                 if rng.random() < rate:
@@ -356,11 +356,16 @@ class SimulatedDevice:
         return b"".join(f for _, f in picked)
 
     def _from_ring(self, count: int) -> list[tuple[bytes, bytes]]:
-        """The next ``count`` (payload, mcp frame) pairs of the ring, counted as sent."""
+        """The next ``count`` (payload, wire frame) pairs of the ring, counted as sent.
+
+        The wire frames are encoded once by a framing of their own: bytes to stream as they
+        are, on a line without a link layer (where every frame is encoded the same way)."""
         ring = self._ring
         if not ring:
-            ring.extend((p, encode_frame(Command.STATUS, p))
-                        for p in (self.status_payload() for _ in range(1024)))
+            encoder = self._framing_class()
+            for payload in (self.status_payload() for _ in range(1024)):
+                encoder.send(Frame(Command.STATUS, payload))
+                ring.append((payload, b"".join(encoder.data_to_send())))
         start = self._ring_pos
         picked = [ring[(start + i) % len(ring)] for i in range(count)]
         self._ring_pos = (start + count) % len(ring)
@@ -377,10 +382,12 @@ class SimulatedDevice:
         assert self._status_event is not None
         sent = 0
         while not stop.is_set():
-            if self.reliable is not None:
-                # ms720: as fast as the send window lets frames out, never past it.
-                if not self.reliable.room.is_set():
-                    await _wait_event(self.reliable.room, 0.1)  # and look at stop again
+            line = self.line
+            if line is not None and line.framing.retransmits:
+                # A link keeps every frame until it is acknowledged: each goes through it,
+                # as fast as the send window lets frames out, never past it.
+                if not line.room.is_set():
+                    await _wait_event(line.room, 0.1)  # and look at stop again
                     continue
                 for payload, _ in self._from_ring(batch):
                     self.send(Command.STATUS, payload)
@@ -427,26 +434,12 @@ class SimulatedDevice:
     def send(self, cmd_id: int, payload: bytes = b"", request_seq: int | None = None) -> None:
         """Encode and write one frame, applying the garbage and corruption knobs
         (``request_seq``: on ms720, the seq of the request a response answers)."""
-        if not self._plugged.is_set() or self.muted:
+        line = self.line
+        if not self._plugged.is_set() or self.muted or line is None:
             return
-        if self.reliable is not None:  # ms720: faults apply to every wire frame
-            self.sent.append((cmd_id, payload, False))
-            self.reliable.send(Frame(cmd_id, payload, request_seq))
-            self.counters.frames_sent += 1
-            self.counters.sent_by_cmd[cmd_id] = self.counters.sent_by_cmd.get(cmd_id, 0) + 1
-            return
-        frame = encode_frame(cmd_id, payload)
-        faults, rng = self.faults, self.rng
-        out = b""
-        if faults.garbage_rate and rng.random() < faults.garbage_rate:
-            out = self._garbage(rng.randint(1, faults.garbage_max))
-            self.counters.garbage_bytes_sent += len(out)
-        corrupted = bool(faults.corrupt_rate) and rng.random() < faults.corrupt_rate
-        if corrupted:
-            frame = frame[:-1] + bytes([frame[-1] ^ rng.randint(1, 255)])
-            self.counters.corrupted_frames += 1
-        self.sent.append((cmd_id, payload, corrupted))
-        self.link.write(out + frame)
+        self._lost_frame = False
+        line.send(Frame(cmd_id, payload, request_seq))  # its bytes through _write_wire
+        self.sent.append((cmd_id, payload, self._lost_frame))
         self.counters.frames_sent += 1
         self.counters.sent_by_cmd[cmd_id] = self.counters.sent_by_cmd.get(cmd_id, 0) + 1
 
@@ -479,7 +472,8 @@ class SimulatedDevice:
         self._answer(Command.NACK, bytes([rejected, code]))
 
     def _write_wire(self, data: bytes) -> None:
-        """An ms720 frame (data, ACK, NACK or a retransmission) onto the noisy line."""
+        """What the framing writes (a frame, a link's ACKs or a retransmission) onto the
+        noisy line."""
         if not self._plugged.is_set() or self.muted:
             return
         faults, rng = self.faults, self.rng
@@ -490,11 +484,20 @@ class SimulatedDevice:
             out = self._garbage(rng.randint(1, faults.garbage_max))
             self.counters.garbage_bytes_sent += len(out)
         if faults.corrupt_rate and rng.random() < faults.corrupt_rate:
-            data = self._flip_byte(data)
+            data = self._corrupt(data)
             self.counters.corrupted_frames += 1
         if faults.duplicate_rate and rng.random() < faults.duplicate_rate:
             data += data
         self.link.write(out + data)
+
+    def _corrupt(self, data: bytes) -> bytes:
+        """A write with a wrong byte. Over a link that retransmits, noise hits any byte (it
+        notices: CRC, NACK, timeout); without one, the frame's check byte, so exactly that
+        frame is lost and ``sent`` can say so (tests count the frames that must arrive)."""
+        if self._framing_class.retransmits:
+            return self._flip_byte(data)
+        self._lost_frame = True
+        return data[:-1] + bytes([data[-1] ^ self.rng.randint(1, 255)])
 
     # ------------------------------------------------------------------ frames in
 
@@ -502,9 +505,8 @@ class SimulatedDevice:
         faults, rng = self.faults, self.rng
         if faults.rx_corrupt_rate and data and rng.random() < faults.rx_corrupt_rate:
             data = self._flip_byte(data)
-        frames = self.reliable.feed(data) if self.reliable is not None else \
-            self._deframer.feed(data)  # fmt: skip
-        self._take_frames(frames)
+        if self.line is not None:
+            self.line.feed(data)  # frames to _take_frames
 
     def _take_frames(self, frames: list[Frame]) -> None:
         for frame in frames:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from firmware_sim.device import Faults, SimulatedDevice
 from firmware_sim.links import Link, PtyLink, TcpLink
 from gateway.frames import ProfileRegistry
+from gateway.frames.framing import DEFAULT_FRAMES
 
 T = TypeVar("T")
 
@@ -34,9 +35,10 @@ class FleetSpec:
     send_hello: bool = True
     interval_ms: int | None = None
     faults: Faults = field(default_factory=Faults)
-    #: the frame profile: "mcp" or "ms720"
-    frames: str = "mcp"
-    #: ms720: retransmissions of an unacknowledged frame before the device gives it up
+    #: the frame profile (a name in gateway.frames.framing.FRAMINGS)
+    frames: str = DEFAULT_FRAMES
+    #: retransmissions of an unacknowledged frame before the device gives it up (where the
+    #: framing has a link layer)
     link_retries: int = 3
     #: faults for device 0 only (the demo's one noisy device); None: the same as the rest
     first_device_faults: Faults | None = None

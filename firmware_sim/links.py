@@ -1,4 +1,5 @@
-"""The simulator's physical links: a pseudo-terminal pair or a TCP listener, both unpluggable.
+"""The simulator's physical links: a pseudo-terminal pair, a TCP listener, or an in-memory
+line to a gateway's end, all unpluggable.
 
 A link carries bytes only; it hands received bytes to ``on_data`` and never blocks the loop
 on a write (like a UART with nobody listening, bytes that do not fit are lost and counted).
@@ -13,6 +14,8 @@ import os
 import tty
 from collections.abc import Callable
 from pathlib import Path
+
+from gateway.drivers.memory import LineFaults, MemoryLink, Wire
 
 log = logging.getLogger(__name__)
 
@@ -287,3 +290,53 @@ class _TcpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is not None:
             self._link._detach(self._transport)
+
+
+class MemoryDeviceLink(Link):
+    """A simulated device's end of an in-memory line whose other end is a gateway's
+    ``gateway.drivers.memory.MemoryLink``: no pty, for tests where one adds nothing.
+
+    Unplugging closes the gateway's end (its ``closed`` resolves, as a lost port's does);
+    plugging back needs a new ``MemoryLink``: pass it to ``plug_into``.
+    """
+
+    def __init__(self, gateway_end: MemoryLink, faults: LineFaults | None = None) -> None:
+        super().__init__()
+        self.faults = faults
+        self._plugged = False
+        self._attach(gateway_end)
+
+    def _attach(self, gateway_end: MemoryLink) -> None:
+        self.gateway_end = gateway_end
+        gateway_end.connect(Wire(self._receive, self.faults))
+        self._to_gateway = Wire(gateway_end.receive, self.faults)
+
+    @property
+    def path(self) -> str:
+        return self.gateway_end.url
+
+    @property
+    def plugged(self) -> bool:
+        return self._plugged
+
+    async def plug(self) -> None:
+        self._plugged = True
+
+    async def unplug(self) -> None:
+        self._plugged = False
+        self.gateway_end.close()
+
+    async def plug_into(self, gateway_end: MemoryLink) -> None:
+        """Join a new gateway end (the port opened again) and plug in."""
+        self._attach(gateway_end)
+        await self.plug()
+
+    def _receive(self, data: bytes) -> None:
+        if self._plugged:
+            self.on_data(data)
+
+    def write(self, data: bytes) -> None:
+        if self._plugged:
+            self._to_gateway(data)
+        else:
+            self.dropped_tx_bytes += len(data)

@@ -28,6 +28,7 @@ from gateway.config import (
 from gateway.demo import DemoOptions, headless_wanted, run_demo
 from gateway.errors import ConfigError, GatewayError
 from gateway.frames import ProfileRegistry
+from gateway.frames.framing import DEFAULT_FRAMES, FRAMINGS
 from gateway.logs import setup_logging
 from gateway.monitor import PortHeld, PortMonitor, monitor_ports
 from gateway.service import Service
@@ -316,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("ports", nargs="+", metavar="PORT")
     monitor.add_argument("--profile", default="env-sensor", help="decode with this device profile")
     monitor.add_argument("--baudrate", type=int, default=115200)
-    monitor.add_argument("--frames", choices=["mcp", "ms720"], default="mcp",
+    monitor.add_argument("--frames", choices=list(FRAMINGS), default=DEFAULT_FRAMES,
                          help="frame profile (default %(default)s); ms720 lines carry the seq")
     monitor.add_argument("--passive", action="store_true", help="never write to the ports")
     monitor.add_argument("--duration", type=float, help="stop after this many seconds")

@@ -4,9 +4,11 @@ A field tool and the first end-to-end path (port -> Deframer -> decode). By defa
 answers what firmware waits for (HELLO_ACK to HELLO, PONG to PING) so devices register;
 ``--passive`` only listens. The full gateway (sessions, bridge) builds on the same frames.
 
-On `ms720` (``--frames ms720``) each line also has the frame's seq, and link-level ACK and
-NACK frames are printed too; unless passive it acknowledges what it reads (the reliable
-link), as a device expects.
+The port's frame profile (``--frames``) is a ``Framing`` from the registry: unless passive
+the monitor speaks it as the gateway would (on `ms720` it acknowledges what it reads, as a
+device expects, and each line has the frame's ``request_seq``); passive, it prints what
+the framing's ``watch`` sees on the wire (on `ms720`: each frame's seq, ACKs, NACKs and
+duplicates too).
 """
 
 from __future__ import annotations
@@ -22,25 +24,28 @@ from typing import Any, TextIO
 import serial
 import serial_asyncio
 
-from gateway.drivers.reliable import ReliableLink
+from gateway.drivers.framed import FramedLine
 from gateway.drivers.serial import is_port_held
 from gateway.errors import GatewayError
 from gateway.frames import (
     Command,
-    Deframer,
     DeviceProfile,
     Frame,
     decode_payload,
-    encode_frame,
     encode_payload,
 )
 from gateway.frames.describe import describe
-from gateway.frames.ms720 import Ms720Deframer, MsgType
+from gateway.frames.framing import DEFAULT_FRAMES, framing_class, framing_for
+from gateway.settings import LinkSettings
 
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 65536
 _RETRY_S = 1.0
+
+
+def _discard(data: bytes) -> None:
+    """A passive monitor's writes: none."""
 
 
 class PortHeld(GatewayError):
@@ -92,10 +97,9 @@ class PortMonitor:
         passive: bool = False,
         baudrate: int = 115200,
         node_ids: dict[str, int] | None = None,
-        frames: str = "mcp",
+        frames: str = DEFAULT_FRAMES,
     ) -> None:
-        if frames not in ("mcp", "ms720"):
-            raise ValueError(f"frames must be 'mcp' or 'ms720', got {frames!r}")
+        framing_class(frames)  # ValueError for a profile that is not registered
         self.name = name
         self.url = url
         self.profile = profile
@@ -104,42 +108,49 @@ class PortMonitor:
         self.baudrate = baudrate
         self.node_ids = node_ids if node_ids is not None else {}
         self.frames = frames
-        self.deframer = Deframer()
-        #: ms720: the passive reader's deframer, or the active one's reliable link
-        self.link_deframer = Ms720Deframer()
-        self.reliable: ReliableLink | None = None
+        #: the port's framing and its driver, new for every open (made in ``run``)
+        self.line: FramedLine | None = None
         self.frames_seen = 0
         self._transport: asyncio.Transport | None = None
 
     async def run(self) -> None:
         """Open the port, follow it, and open it again whenever it goes away."""
-        loop = asyncio.get_running_loop()
-        while True:
-            if self.frames == "ms720" and not self.passive:
-                if self.reliable is not None:
-                    self.reliable.close()
-                self.reliable = ReliableLink(self._write, deliver_late=self._on_frames)
-            try:
-                # Exclusive, as the gateway opens its ports (gateway/drivers/serial.py): a
-                # port it holds is refused, and the gateway cannot take one watched here.
-                transport, protocol = await serial_asyncio.create_serial_connection(
-                    loop, lambda: _PortProtocol(self._on_data), self.url, baudrate=self.baudrate,
-                    exclusive=True)
-            except (serial.SerialException, OSError) as exc:
-                if is_port_held(exc):
-                    raise PortHeld(self.url) from None
-                log.warning("%s: cannot open %s: %s; retrying", self.name, self.url, exc)
+        try:
+            while True:
+                await self._watch_once()
                 await asyncio.sleep(_RETRY_S)
-                continue
-            self._transport = transport
-            self._print({"event": "port_open", "path": self.url})
-            try:
-                exc = await protocol.closed
-            finally:
-                transport.close()
-                self._transport = None
-            self._print({"event": "port_lost", "reason": str(exc) if exc else "closed"})
-            await asyncio.sleep(_RETRY_S)
+        finally:
+            if self.line is not None:
+                self.line.close()
+
+    async def _watch_once(self) -> None:
+        """One open of the port, with a new framing, until the port goes away."""
+        loop = asyncio.get_running_loop()
+        if self.line is not None:
+            self.line.close()
+        framing = framing_for(LinkSettings(frames=self.frames), clock=loop.time)
+        # Passive: nothing is ever written, not even the link's answers.
+        self.line = FramedLine(framing, _discard if self.passive else self._write,
+                               self._on_frames, name=self.name)
+        try:
+            # Exclusive, as the gateway opens its ports (gateway/drivers/serial.py): a
+            # port it holds is refused, and the gateway cannot take one watched here.
+            transport, protocol = await serial_asyncio.create_serial_connection(
+                loop, lambda: _PortProtocol(self._on_data), self.url, baudrate=self.baudrate,
+                exclusive=True)
+        except (serial.SerialException, OSError) as exc:
+            if is_port_held(exc):
+                raise PortHeld(self.url) from None
+            log.warning("%s: cannot open %s: %s; retrying", self.name, self.url, exc)
+            return
+        self._transport = transport
+        self._print({"event": "port_open", "path": self.url})
+        try:
+            exc = await protocol.closed
+        finally:
+            transport.close()
+            self._transport = None
+        self._print({"event": "port_lost", "reason": str(exc) if exc else "closed"})
 
     def _print(self, record: dict[str, Any]) -> None:
         record = {"t": round(time.time(), 3), "port": self.name, **record}
@@ -151,28 +162,27 @@ class PortMonitor:
             self._transport.write(data)
 
     def _send(self, cmd_id: int, payload: bytes, request_seq: int | None) -> None:
-        if self.reliable is not None:
-            self.reliable.send(Frame(cmd_id, payload, request_seq))
-        else:
-            self._write(encode_frame(cmd_id, payload))
+        if self.line is not None:
+            self.line.send(Frame(cmd_id, payload, request_seq))
 
     def _on_data(self, data: bytes) -> None:
-        if self.reliable is not None:
-            self._on_frames(self.reliable.feed(data))
-        elif self.frames == "ms720":
-            self._on_links(data)
+        line = self.line
+        if line is None:
+            return
+        if self.passive:
+            self._on_wire(line.watch(data))
         else:
-            self._on_frames(self.deframer.feed(data))
+            line.feed(data)
 
-    def _on_links(self, data: bytes) -> None:
-        """Passive ms720: every link frame as it comes, duplicates and ACKs included."""
-        for link in self.link_deframer.feed(data):
-            if link.msg_type in (MsgType.ACK, MsgType.NACK):
-                kind = "ack" if link.msg_type == MsgType.ACK else "nack"
-                self._print({"link": kind, "seq": link.seq})
-            elif link.payload:
+    def _on_wire(self, seen: list[dict[str, Any]]) -> None:
+        """Passive: what is on the wire as it comes (link frames and duplicates included)."""
+        for record in seen:
+            frame = record.pop("frame", None)
+            if frame is not None:
                 self.frames_seen += 1
-                self._print({**describe(link.frame, self.profile), "seq": link.seq})
+                self._print({**describe(frame, self.profile), **record})
+            else:
+                self._print(record)
 
     def _on_frames(self, frames: list[Frame]) -> None:
         for frame in frames:

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gateway.drivers.reliable import LinkCounters
 from gateway.drivers.serial import SerialLink
 from gateway.errors import GatewayError, LinkClosed, NodeIdsExhausted
 from gateway.frames import (
@@ -31,7 +30,7 @@ from gateway.frames import (
     encode_payload,
 )
 from gateway.frames.commands import DEVICE_REQUESTS, RESPONSE_BIT
-from gateway.frames.deframer import DeframerStats
+from gateway.frames.framing import framing_class
 from gateway.frames.requests import PreparedRequest
 from gateway.logs import Recurring
 from gateway.nodeids import NodeIdStore
@@ -47,9 +46,9 @@ log = logging.getLogger(__name__)
 
 SILENT_HEARTBEATS = 3
 TRACE_FRAMES = 64
-#: the ms720 link counters a device's stats carry (as link_<name>)
-LINK_COUNTERS = ("retransmits", "fast_retransmits", "lost", "duplicates", "gaps_skipped",
-                 "nacks_in", "nacks_out", "restarts")
+#: the link-layer counters a device's stats carry, where its framing has a link layer
+LINK_COUNTERS = ("link_retransmits", "link_fast_retransmits", "link_lost", "link_duplicates",
+                 "link_gaps_skipped", "link_nacks_in", "link_nacks_out", "link_restarts")
 
 
 class DeviceState(enum.StrEnum):
@@ -117,10 +116,10 @@ class DeviceSettings:
 class _Totals:
     """Counters of links that are gone, so totals survive reconnects."""
 
-    rx: DeframerStats = field(default_factory=DeframerStats)
+    #: the framing's counters (``Framing.counters()``), summed over the links gone
+    line: dict[str, int]
     tx_frames: int = 0
     tx_bytes: int = 0
-    link: LinkCounters = field(default_factory=LinkCounters)
 
 
 class DeviceSession:
@@ -153,7 +152,8 @@ class DeviceSession:
         self.last_seen: float | None = None
         self.decode_errors = 0
         self.link: SerialLink | None = None
-        self._totals = _Totals()
+        # Zero for every counter a line of this profile has, before one has opened.
+        self._totals = _Totals(dict.fromkeys(framing_class(settings.frames)().counters(), 0))
         #: the last frames both ways, for the fabric's ``trace`` request
         self.trace: deque[tuple[str, float, Frame]] = deque(maxlen=TRACE_FRAMES)
         self._last_heard = 0.0
@@ -191,11 +191,11 @@ class DeviceSession:
         link, self.link = self.link, None
         if link is not None:
             totals = self._totals
-            _add_into(totals.rx, link.deframer.stats, DeframerStats.__slots__)
+            line = totals.line
+            for name, value in link.framing.counters().items():
+                line[name] = line.get(name, 0) + value
             totals.tx_frames += link.tx_frames
             totals.tx_bytes += link.tx_bytes
-            if link.reliable is not None:
-                _add_into(totals.link, link.reliable.counters, LINK_COUNTERS)
         self.transactions.fail_all(Status.OFFLINE)
         if self.state is not DeviceState.OFFLINE:
             self._set_state(DeviceState.OFFLINE, reason)
@@ -454,20 +454,23 @@ class DeviceSession:
 
     def counters(self) -> dict[str, Any]:
         """rx/tx frames and bytes, errors, timeouts, retries, late responses, queue depth."""
-        rx, totals = self._totals.rx, self._totals
+        totals = self._totals
         link = self.link
-        live = link.deframer.stats if link is not None else DeframerStats()
+        line = dict(totals.line)
+        if link is not None:
+            for name, value in link.framing.counters().items():
+                line[name] = line.get(name, 0) + value
         tx = self.transactions.counters
         return {
             "state": str(self.state),
-            "rx_frames": rx.frames + live.frames,
-            "rx_bytes": rx.bytes_in + live.bytes_in,
+            "rx_frames": line.get("frames", 0),
+            "rx_bytes": line.get("bytes_in", 0),
             "tx_frames": totals.tx_frames + (link.tx_frames if link else 0),
             "tx_bytes": totals.tx_bytes + (link.tx_bytes if link else 0),
-            "checksum_errors": rx.checksum_errors + live.checksum_errors,
-            "discarded_bytes": rx.discarded_bytes + live.discarded_bytes,
-            "oversize_lengths": rx.oversize_lengths + live.oversize_lengths,
-            "stale_frames": rx.stale_frames + live.stale_frames,
+            "checksum_errors": line.get("checksum_errors", 0),
+            "discarded_bytes": line.get("discarded_bytes", 0),
+            "oversize_lengths": line.get("oversize_lengths", 0),
+            "stale_frames": line.get("stale_frames", 0),
             "decode_errors": self.decode_errors,
             "timeouts": tx.timeouts,
             "retries": tx.retries,
@@ -475,21 +478,8 @@ class DeviceSession:
             "unmatched_responses": tx.unmatched_responses,
             "queue_depth": self.transactions.queue_depth,
             "last_seen": self.last_seen,
-            **self._link_counters(link),
+            # The link layer's (retransmissions, frames given up, duplicates, gaps), where
+            # the framing has one.
+            **{name: line[name] for name in LINK_COUNTERS if name in line},
         }
-
-    def _link_counters(self, link: SerialLink | None) -> dict[str, int]:
-        """ms720's link layer: retransmissions, frames given up, duplicates, gaps."""
-        if self.settings.frames != "ms720":
-            return {}
-        live = link.reliable.counters if link is not None and link.reliable else None
-        totals = self._totals.link
-        return {f"link_{name}": getattr(totals, name) + (getattr(live, name) if live else 0)
-                for name in LINK_COUNTERS}
-
-
-def _add_into(total: Any, part: Any, names: tuple[str, ...]) -> None:
-    """Add counters ``names`` of ``part`` (a link that is gone) to ``total``."""
-    for name in names:
-        setattr(total, name, getattr(total, name) + getattr(part, name))
 

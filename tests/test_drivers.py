@@ -81,7 +81,7 @@ async def _half_a_frame_read(master: int, path: str,
     link = await SerialLink.open(path, SerialSettings(inter_frame_timeout=timeout), got.extend)
     data = Frame(0x20, bytes(range(10))).encode()
     os.write(master, data[:6])
-    await wait_for(lambda: link.deframer.buffered == 6, what="half a frame to be read")
+    await wait_for(lambda: link.framing.deframer.buffered == 6, what="half a frame to be read")
     return link, got, data
 
 
@@ -99,10 +99,11 @@ async def test_a_pause_in_reading_does_not_make_a_half_read_frame_stale(pty_pair
     link.resume_reading()
     await wait_for(lambda: got, what="the frame after resuming")
     assert got == [Frame(0x20, bytes(range(10)))]
-    assert link.deframer.stats.stale_frames == 0
+    assert link.framing.deframer.stats.stale_frames == 0
     # A real silence still drops a partial frame.
     os.write(master, data[:6])
-    await wait_for(lambda: link.deframer.stats.stale_frames == 1, what="the partial to expire")
+    await wait_for(lambda: link.framing.deframer.stats.stale_frames == 1,
+                   what="the partial to expire")
     link.close()
 
 
@@ -118,16 +119,16 @@ async def test_a_busy_loop_does_not_make_a_half_read_frame_stale(pty_pair):
     assert got == [Frame(0x20, bytes(range(10)))]
     # The timer, too, leaves a partial alone while its rest waits in the OS's buffer.
     os.write(master, data[:6])
-    await wait_for(lambda: link.deframer.buffered == 6, what="half a frame again")
+    await wait_for(lambda: link.framing.deframer.buffered == 6, what="half a frame again")
     link._transport.pause_reading()  # the reader does not get to run (the link is not told)
     os.write(master, data[6:])
     await wait_for(link._bytes_waiting, what="the rest in the OS's buffer")
-    link.deframer._since -= 10 * timeout  # as if the timer were long overdue
-    link._expire()
-    assert link.deframer.buffered == 6  # kept: its rest is waiting
+    link.framing.deframer._since -= 10 * timeout  # as if the timer were long overdue
+    link.line.expire()
+    assert link.framing.deframer.buffered == 6  # kept: its rest is waiting
     link._transport.resume_reading()
     await wait_for(lambda: len(got) == 2, what="the second frame")
-    assert link.deframer.stats.stale_frames == 0
+    assert link.framing.deframer.stats.stale_frames == 0
     link.close()
 
 

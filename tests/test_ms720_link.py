@@ -24,9 +24,9 @@ async def test_ms720_devices_register_stream_and_answer(tmp_path):
         outcome = await gw.device("sim-0").request("read", {"key": "interval_ms"})
         assert outcome.status is Status.OK
         assert outcome.value == 50
-        link = gw.device("sim-0").link.reliable
-        assert link.counters.acks_in > 0
-        assert fleet.devices[0].reliable.counters.acks_in > 0
+        link = gw.device("sim-0").link.framing
+        assert link.link_counters.acks_in > 0
+        assert fleet.devices[0].line.framing.link_counters.acks_in > 0
         # The frame profile is in the device's facts (its retained status) and stats.
         assert gw.device("sim-0").facts["frames"] == "ms720"
         counters = gw.device("sim-0").counters()

@@ -1,7 +1,9 @@
-"""An open serial port (path or pyserial URL): bytes in -> Deframer -> frames; frames -> bytes out.
+"""An open serial port (path or pyserial URL): bytes in -> Framing -> frames; frames -> bytes out.
 
 Built on pyserial-asyncio's transport, so one event loop serves many ports. The driver
-knows nothing of devices: it hands frames to a callback and reports when the port is gone.
+knows nothing of devices nor of frame profiles: the port's ``framing`` (chosen by name where
+the port is opened) does the bytes, a ``FramedLine`` its timer; frames go to a callback, and
+``closed`` reports when the port is gone.
 """
 
 from __future__ import annotations
@@ -10,22 +12,21 @@ import asyncio
 import contextlib
 import errno
 import logging
-import random
-from collections.abc import Callable
 
 import serial
 import serial_asyncio
 
-from gateway.drivers.reliable import ReliableLink
+from gateway.drivers.framed import FramedLine, FramesHandler
 from gateway.errors import LinkClosed
-from gateway.frames import Deframer, Frame, encode_frame
-from gateway.frames.ms720 import Ms720Deframer
+from gateway.frames import Frame
+from gateway.frames.framing import Framing, framing_for
 from gateway.settings import LinkSettings, SerialSettings
 
 log = logging.getLogger(__name__)
 
-FramesHandler = Callable[[list[Frame]], None]
-#: ms720: frames that may wait for the send window before send_nowait refuses more
+__all__ = ["MAX_BACKLOG", "FramesHandler", "SerialLink", "explain_open_error", "is_port_held"]
+
+#: frames that may wait for a framing's send window before send_nowait refuses more
 MAX_BACKLOG = 256
 
 PARITIES = {"none": serial.PARITY_NONE, "even": serial.PARITY_EVEN, "odd": serial.PARITY_ODD,
@@ -68,24 +69,12 @@ class SerialLink(asyncio.Protocol):
         self.settings = settings
         link = link or LinkSettings()
         self.link_settings = link
-        self.on_frames = on_frames
         loop = asyncio.get_running_loop()
-        # Expiry by our timer only: a read that comes late because the loop was busy is not
-        # line silence, and the timer checks the OS's buffer before it drops anything.
-        #: ms720's reliable link (None for mcp): it owns the deframer then
-        self.reliable: ReliableLink | None = None
-        if link.frames == "ms720":
-            self.reliable = ReliableLink(self._write_raw, deliver_late=self._deliver,
-                                         retransmit_s=link.retransmit_s,
-                                         retries=link.retries,
-                                         timeout=settings.frame_timeout(), clock=loop.time,
-                                         expire_on_feed=False,
-                                         first_seq=random.randrange(1 << 32),
-                                         window=link.window)
-            self.deframer: Deframer | Ms720Deframer = self.reliable.deframer
-        else:
-            self.deframer = Deframer(timeout=settings.frame_timeout(), clock=loop.time,
-                                     expire_on_feed=False)
+        #: the port's frame profile: bytes <-> frames, and its link layer's own frames
+        self.framing: Framing = framing_for(link, timeout=settings.frame_timeout(),
+                                            clock=loop.time)
+        self.line = FramedLine(self.framing, self._write_raw, on_frames, name=url,
+                               bytes_waiting=self._bytes_waiting)
         self.closed: asyncio.Future[BaseException | None] = loop.create_future()
         self.tx_frames = 0
         self.tx_bytes = 0
@@ -94,7 +83,6 @@ class SerialLink(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._can_write = asyncio.Event()
         self._can_write.set()
-        self._expiry: asyncio.TimerHandle | None = None
         self._paused = False
 
     @classmethod
@@ -130,24 +118,12 @@ class SerialLink(asyncio.Protocol):
         transport.set_write_buffer_limits(high=self.settings.write_high_water)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        frames = self.reliable.feed(data) if self.reliable else self.deframer.feed(data)
-        self._schedule_expiry()
-        self._deliver(frames)
-
-    def _deliver(self, frames: list[Frame]) -> None:
-        if frames:
-            try:
-                self.on_frames(frames)
-            except Exception:  # a handler bug must not kill the port
-                log.exception("%s: frame handler failed", self.url)
+        self.line.feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        if self.reliable is not None:
-            self.reliable.close()
+        self.line.close()
         self._can_write.set()  # wake writers so they see the link is gone
-        if self._expiry is not None:
-            self._expiry.cancel()
         if not self.closed.done():
             self.closed.set_result(exc)
 
@@ -156,28 +132,6 @@ class SerialLink(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._can_write.set()
-
-    def _schedule_expiry(self) -> None:
-        deadline = self.deframer.deadline
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        if deadline is not None and not self._paused:
-            self._expiry = self._loop.call_at(deadline + 0.001, self._expire)
-
-    def _expire(self) -> None:
-        self._expiry = None
-        if self._bytes_waiting():
-            # The rest may be right there (we were preempted or busy): the reader goes first.
-            self._expiry = self._loop.call_later(0.001, self._expire)
-            return
-        frames = self.reliable.expire() if self.reliable else self.deframer.expire()
-        self._schedule_expiry()
-        if frames:
-            try:
-                self.on_frames(frames)
-            except Exception:
-                log.exception("%s: frame handler failed", self.url)
 
     def _bytes_waiting(self) -> bool:
         transport = self._transport
@@ -199,42 +153,31 @@ class SerialLink(asyncio.Protocol):
     def send_nowait(self, frame: Frame) -> bool:
         """Write a frame unless the port is backed up; False (and counted) if dropped.
 
-        On ms720 a full window does not drop it: it waits in the link's backlog (up to
+        A full send window does not drop it: it waits in the framing's backlog (up to
         ``MAX_BACKLOG`` frames), so answers to the device are not lost to a busy line.
         """
-        transport = self._transport
-        reliable = self.reliable
-        if transport is None or not self._can_write.is_set() or (
-                reliable is not None and reliable.backlog >= MAX_BACKLOG):
+        if self._transport is None or not self._can_write.is_set() \
+                or self.framing.backlog >= MAX_BACKLOG:  # fmt: skip
             self.tx_dropped += 1
             return False
-        self._write(transport, frame)
+        self.tx_frames += 1
+        self.line.send(frame)
         return True
 
     async def send(self, frame: Frame) -> int | None:
-        """Write a frame, waiting while the port (or ms720's send window) is full; returns
-        its ms720 seq (None on mcp); ``LinkClosed`` if the port is gone."""
-        reliable = self.reliable
+        """Write a frame, waiting while the port (or the framing's send window) is full;
+        returns its seq (None where frames carry none); ``LinkClosed`` if the port is gone."""
+        room = self.line.room
         while True:
-            transport = self._transport
-            if transport is None:
+            if self._transport is None:
                 raise LinkClosed(f"{self.url} is closed")
             if not self._can_write.is_set():
                 await self._can_write.wait()
-            elif reliable is not None and not reliable.room.is_set():
-                await reliable.room.wait()
+            elif not room.is_set():
+                await room.wait()
             else:
-                return self._write(transport, frame)
-
-    def _write(self, transport: asyncio.Transport, frame: Frame) -> int | None:
-        self.tx_frames += 1
-        if self.reliable is not None:
-            # Through _write_raw, and again until acknowledged.
-            return self.reliable.send(frame)
-        data = encode_frame(frame.cmd_id, frame.payload)
-        transport.write(data)
-        self.tx_bytes += len(data)
-        return None
+                self.tx_frames += 1
+                return self.line.send(frame)
 
     def _write_raw(self, data: bytes) -> None:
         transport = self._transport
@@ -248,9 +191,7 @@ class SerialLink(asyncio.Protocol):
             with contextlib.suppress(Exception):
                 self._transport.pause_reading()
             self._paused = True
-            if self._expiry is not None:
-                self._expiry.cancel()
-                self._expiry = None
+            self.line.pause()
 
     def resume_reading(self) -> None:
         """Read again; a held partial frame's inter-frame timeout starts over."""
@@ -259,8 +200,7 @@ class SerialLink(asyncio.Protocol):
                 self._transport.resume_reading()
             if self._paused:
                 self._paused = False
-                self.deframer.restart_clock()
-                self._schedule_expiry()
+                self.line.resume()
 
     def close(self) -> None:
         """Close the port (``closed`` resolves with None)."""

@@ -188,9 +188,12 @@ class Deframer:
         )
         return run
 
-    def expire(self) -> list[Frame]:
-        """Drop a held incomplete frame if it is stale; return frames found behind it."""
-        return self._expire(self._clock()) if self._buf else []
+    def expire(self, now: float | None = None) -> list[Frame]:
+        """Drop a held incomplete frame if it is stale at ``now`` (default: the clock's
+        time); return frames found behind it."""
+        if not self._buf:
+            return []
+        return self._expire(self._clock() if now is None else now)
 
     def _expire(self, now: float) -> list[Frame]:
         frames: list[Frame] = []

@@ -1,36 +1,42 @@
-"""The `ms720` reliable link (spec section 4), for both ends of a line: the gateway's serial
-driver and the simulated firmware.
+"""The `ms720` frame profile as a ``Framing``: its reliable link (spec section 4), for both
+ends of a line: the gateway's serial driver and the simulated firmware. Sans-IO: time comes
+from the clock it is given (and ``expire(now)``), bytes leave through ``data_to_send()``.
 
 Bytes in -> ``Ms720Deframer`` -> link frames. Every control/data frame received is
 acknowledged (ACK with its seq), and delivered once and in seq order: duplicates are
 dropped by seq, frames that overtook a lost one wait until it is sent again (or until the
-sender must have given up on it, then the gap is skipped and counted). A frame whose CRC
-failed with a readable header is answered by NACK. Every frame sent waits for its ACK and
-is sent again after ``retransmit_s``, up to ``retries`` times: at once on a NACK, and
-after ``FAST_RETRANSMIT`` ACKs of frames sent after it (it, or its ACK, was lost: waiting
-200 ms would stall a busy line). Seqs are u32 and wrap; a seq far from the expected one
-(the other end restarted with a new first seq) starts the order over.
+sender must have given up on it, then the gap is skipped and counted: ``expire`` delivers
+them). A frame whose CRC failed with a readable header is answered by NACK. Every frame
+sent waits for its ACK and is sent again after ``retransmit_s``, up to ``retries`` times: at
+once on a NACK, and after ``FAST_RETRANSMIT`` ACKs of frames sent after it (it, or its ACK,
+was lost: waiting 200 ms would stall a busy line). Seqs are u32 and wrap; a seq far from
+the expected one (the other end restarted with a new first seq) starts the order over.
 
 A sliding window: a frame goes out only less than ``window`` seqs past the oldest one not
 yet acknowledged (so the receiver never holds more than that behind a gap); later sends
-wait in a backlog, in order. ``room`` is set while a send would go out at once, so a
+wait in a backlog, in order. ``can_send`` is True while a send would go out at once, so a
 fast sender waits for the line instead of overrunning it.
 
 Responses carry the request's seq after their cmd_id (spec section 4). This layer adds and
 strips it, so the layers above speak plain frames: every control/data frame delivered
 carries ``request_seq`` (a request's own seq, or for a response the seq it answers), and
 a response sent is tagged with its ``request_seq``. Pipelined requests are matched by it.
+
+Timers are due times, not callbacks: each unacknowledged frame's retransmission (in a heap,
+entries of acknowledged frames left to fall out lazily, so an ACK costs no search) and one
+for the oldest gap; ``deadline`` is the earliest of them and the deframer's.
 """
 
 from __future__ import annotations
 
-import asyncio
+import heapq
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
-from gateway.frames import Frame
 from gateway.frames.deframer import DEFAULT_INTER_FRAME_TIMEOUT, DeframerStats
 from gateway.frames.ms720 import (
     SEQ_MODULUS,
@@ -41,6 +47,8 @@ from gateway.frames.ms720 import (
     carrying,
     encode_bare,
 )
+from gateway.frames.wire import Frame
+from gateway.settings import LinkSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,8 @@ WINDOW = 1024
 MAX_SEND_WINDOW = 512
 #: a sequence's first good frame may follow this many NACKed ones that come again
 START_LOOKBACK = 8
+
+_STATS = DeframerStats.__slots__
 
 
 @dataclass(slots=True)
@@ -82,12 +92,16 @@ class LinkCounters:
     fast_retransmits: int = 0
 
 
+_LINK = tuple(f.name for f in fields(LinkCounters))
+
+
 @dataclass(slots=True)
 class _Pending:
     """A frame sent and not yet acknowledged."""
 
     wire: bytes
-    timer: asyncio.TimerHandle
+    #: when it is sent again (its entry in the heap of due times)
+    due: float
     #: when it was last transmitted, as a count of transmissions
     order: int
     tries: int = 0
@@ -95,34 +109,45 @@ class _Pending:
     passed: int = 0
 
 
-class ReliableLink:
-    """``feed(bytes) -> [Frame]`` and ``send(Frame) -> seq``; writes go to ``write``."""
+class Ms720Framing:
+    """``Framing`` for `ms720` lines: ``feed(bytes) -> [Frame]``, ``send(Frame) -> seq``,
+    ``expire(now)`` at ``deadline``; the wire bytes come out of ``data_to_send()``."""
 
-    def __init__(self, write: Callable[[bytes], None], *,
-                 deliver_late: Callable[[list[Frame]], None] = lambda frames: None,
-                 retransmit_s: float = RETRANSMIT_S, retries: int = RETRIES,
+    name: ClassVar[str] = "ms720"
+    pipelined: ClassVar[bool] = True
+    default_in_flight: ClassVar[int] = 16
+    max_in_flight: ClassVar[int] = 64
+    retransmits: ClassVar[bool] = True
+
+    def __init__(self, link: LinkSettings | None = None, *,
                  timeout: float = DEFAULT_INTER_FRAME_TIMEOUT,
-                 clock: Callable[[], float] | None = None, expire_on_feed: bool = True,
-                 first_seq: int = 1, window: int = SEND_WINDOW) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 first_seq: int | None = None,
+                 retransmit_s: float | None = None, retries: int | None = None,
+                 window: int | None = None) -> None:
+        link = link or LinkSettings()
+        retransmit_s = link.retransmit_s if retransmit_s is None else retransmit_s
+        retries = link.retries if retries is None else retries
+        window = link.window if window is None else window
         if not 1 <= window <= MAX_SEND_WINDOW:
             raise ValueError(f"window must be 1..{MAX_SEND_WINDOW}, got {window}")
-        self._write = write
         self.retransmit_s = retransmit_s
         self.retries = retries
         self.window = window
-        self._loop = asyncio.get_running_loop()
-        self.deframer = Ms720Deframer(timeout=timeout, clock=clock or self._loop.time,
-                                      expire_on_feed=expire_on_feed)
-        self.counters = LinkCounters()
-        self._next_seq = first_seq % SEQ_MODULUS
+        self._clock = clock
+        # Expiry by the caller's timer only (expire at deadline), as for mcp.
+        self.deframer = Ms720Deframer(timeout=timeout, clock=clock, expire_on_feed=False)
+        self.restart_clock: Callable[[], None] = self.deframer.restart_clock
+        self.link_counters = LinkCounters()
+        self._out: list[bytes] = []
+        self._next_seq = (1 if first_seq is None else first_seq) % SEQ_MODULUS
         #: unacknowledged frames by seq, in the order they were first sent
         self._pending: dict[int, _Pending] = {}
+        #: (due, seq) of every retransmission timer; entries whose frame is gone (or whose
+        #: due moved) are stale and skipped
+        self._dues: list[tuple[float, int]] = []
         self._order = 0  # transmissions so far, retransmissions included
         self._backlog: deque[tuple[int, bytes]] = deque()
-        #: set while a send would go out at once (no backlog, the window open)
-        self.room = asyncio.Event()
-        self.room.set()
-        self._deliver_late = deliver_late
         self._expected: int | None = None
         #: the newest seq received of the current sequence
         self._newest = 0
@@ -130,7 +155,7 @@ class ReliableLink:
         self._held: dict[int, tuple[LinkFrame, float]] = {}
         #: the last seqs NACKed: a sequence may start at one of them (see _start_of)
         self._nacked: deque[int] = deque(maxlen=START_LOOKBACK)
-        self._gap_timer: asyncio.TimerHandle | None = None
+        self._gap_due: float | None = None
         #: how long a gap waits for its frame: the sender's every retransmission, and one more
         self.gap_s = retransmit_s * (retries + 2)
 
@@ -149,21 +174,92 @@ class ReliableLink:
         """Frames waiting for room in the window."""
         return len(self._backlog)
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of a partial frame held."""
+        return self.deframer.buffered
+
+    @property
+    def can_send(self) -> bool:
+        """True while a send would go out at once (no backlog, the window open)."""
+        return not self._backlog and self._window_open(self._next_seq)
+
+    def data_to_send(self) -> list[bytes]:
+        """The writes made since the last call, in order: each frame (or retransmission)
+        on its own, and each read's ACKs and NACKs back to back in one."""
+        out, self._out = self._out, []
+        return out
+
+    def counters(self) -> dict[str, int]:
+        """The deframer's counters and the link's, as ``link_<name>``."""
+        stats, link = self.deframer.stats, self.link_counters
+        out = {name: getattr(stats, name) for name in _STATS}
+        out.update({f"link_{name}": getattr(link, name) for name in _LINK})
+        return out
+
+    @property
+    def deadline(self) -> float | None:
+        """The earliest of: a partial frame going stale, a retransmission, the gap timer."""
+        dues, pending = self._dues, self._pending
+        while dues:  # drop the timers of frames acknowledged (or resent) since
+            due, seq = dues[0]
+            entry = pending.get(seq)
+            if entry is not None and entry.due == due:
+                break
+            heapq.heappop(dues)
+        times = [t for t in (self.deframer.deadline, self._gap_due) if t is not None]
+        if dues:
+            times.append(dues[0][0])
+        return min(times) if times else None
+
     # ------------------------------------------------------------------ in
 
     def feed(self, data: bytes) -> list[Frame]:
         """Bytes from the line; the new frames for the layer above."""
         return self._take(self.deframer.feed(data))
 
-    def expire(self) -> list[Frame]:
-        """Drop a stale partial frame (see the deframer); frames found behind it."""
-        return self._take(self.deframer.expire())
+    def expire(self, now: float) -> list[Frame]:
+        """Run what is due at ``now``, in time order: a stale partial frame is dropped (and
+        frames found behind it taken), frames are sent again or given up, a gap whose frames
+        can no longer come is skipped; the frames that delivers."""
+        frames = self._take(self.deframer.expire(now)) if self.deframer.buffered else []
+        dues, pending = self._dues, self._pending
+        while True:
+            while dues:
+                due, seq = dues[0]
+                entry = pending.get(seq)
+                if entry is not None and entry.due == due:
+                    break
+                heapq.heappop(dues)
+            retry_at = dues[0][0] if dues else None
+            gap_at = self._gap_due
+            if gap_at is not None and gap_at <= now and (retry_at is None or gap_at <= retry_at):
+                frames += self._gap_expired(now)
+            elif retry_at is not None and retry_at <= now:
+                self._retry(heapq.heappop(dues)[1], now)
+            else:
+                return frames
+
+    def watch(self, data: bytes) -> list[dict[str, Any]]:
+        """Bytes from a line only listened to (nothing acknowledged, nothing held): every
+        link frame as it comes, duplicates included: ``{"frame": Frame, "seq": n}``, or
+        ``{"link": "ack"|"nack", "seq": n}``."""
+        out: list[dict[str, Any]] = []
+        for link in self.deframer.feed(data):
+            if link.msg_type in (MsgType.ACK, MsgType.NACK):
+                out.append({"link": "ack" if link.msg_type == MsgType.ACK else "nack",
+                            "seq": link.seq})
+            elif link.payload:
+                out.append({"frame": link.frame, "seq": link.seq})
+        self.deframer.bad_seqs.clear()  # a listener answers nothing
+        return out
 
     def _take(self, links: list[LinkFrame]) -> list[Frame]:
         # Link-level answers to everything read go out in one write.
+        counters = self.link_counters
         bad = self.deframer.bad_seqs
         answers = encode_bare(MsgType.NACK, bad) if bad else b""
-        self.counters.nacks_out += len(bad)
+        counters.nacks_out += len(bad)
         self._nacked.extend(bad)
         bad.clear()
         frames: list[Frame] = []
@@ -174,16 +270,16 @@ class ReliableLink:
             if kind == MsgType.ACK:
                 acked |= self._acked(link.seq)
             elif kind == MsgType.NACK:
-                self.counters.nacks_in += 1
+                counters.nacks_in += 1
                 self._resend_now(link.seq)
             elif kind in (MsgType.DATA, MsgType.CONTROL) and link.payload:
                 to_ack.append(link.seq)
                 frames += self._in_order(link)
         if to_ack:
-            self.counters.acks_out += len(to_ack)
+            counters.acks_out += len(to_ack)
             answers += encode_bare(MsgType.ACK, to_ack)
         if answers:
-            self._write(answers)
+            self._out.append(answers)
         if acked:
             self._pump()
         return frames
@@ -194,7 +290,7 @@ class ReliableLink:
             self._expected, self._newest = self._start_of(seq), seq
         ahead = (seq - self._expected) % SEQ_MODULUS
         if ahead >= SEQ_MODULUS - WINDOW or seq in self._held:
-            self.counters.duplicates += 1
+            self.link_counters.duplicates += 1
             return []
         frames: list[Frame] = []
         if ahead >= WINDOW:
@@ -204,17 +300,18 @@ class ReliableLink:
                 # missing a whole WINDOW before this frame will never come.
                 frames = self._give_up_before((seq - WINDOW + 1) % SEQ_MODULUS)
             else:  # far from everything: the other end restarted with a new sequence
-                self.counters.restarts += 1
+                self.link_counters.restarts += 1
                 self._held.clear()
                 self._expected = self._start_of(seq)
             ahead = (seq - self._expected) % SEQ_MODULUS
         if (seq - self._newest) % SEQ_MODULUS < WINDOW:
             self._newest = seq
         if ahead:
-            self.counters.reordered += 1
-            self._held[seq] = (link, self._loop.time())
-            if self._gap_timer is None:
-                self._gap_timer = self._loop.call_later(self.gap_s, self._gap_expired)
+            self.link_counters.reordered += 1
+            now = self._clock()
+            self._held[seq] = (link, now)
+            if self._gap_due is None:
+                self._gap_due = now + self.gap_s
             return frames
         frames.append(link.frame)
         self._expected = (seq + 1) % SEQ_MODULUS
@@ -236,9 +333,8 @@ class ReliableLink:
             out.append(held.pop(expected)[0].frame)
             expected = (expected + 1) % SEQ_MODULUS
         self._expected = expected
-        if not held and self._gap_timer is not None:
-            self._gap_timer.cancel()
-            self._gap_timer = None
+        if not held:
+            self._gap_due = None
         return out
 
     def _give_up_before(self, bound: int) -> list[Frame]:
@@ -249,19 +345,19 @@ class ReliableLink:
         span = (bound - expected) % SEQ_MODULUS
         below = sorted((s for s in self._held if (s - expected) % SEQ_MODULUS < span),
                        key=lambda s: (s - expected) % SEQ_MODULUS)
-        self.counters.gaps_skipped += span - len(below)
+        self.link_counters.gaps_skipped += span - len(below)
         frames = [self._held.pop(s)[0].frame for s in below]
         self._expected = bound
         return frames + self._drain()
 
-    def _gap_expired(self) -> None:
+    def _gap_expired(self, now: float) -> list[Frame]:
         """A seq missing before a frame held for ``gap_s`` has had every retransmission its
         sender would make (it was sent before that frame): give up on those seqs."""
-        self._gap_timer = None
+        self._gap_due = None
         held, expected = self._held, self._expected
         if not held or expected is None:
-            return
-        cutoff = self._loop.time() - self.gap_s
+            return []
+        cutoff = now - self.gap_s
         bound = None
         for seq, (_, arrived) in held.items():  # in arrival order
             if arrived > cutoff:
@@ -270,16 +366,15 @@ class ReliableLink:
                 bound = seq
         frames = self._give_up_before(bound) if bound is not None else []
         if held:
-            oldest = next(iter(held.values()))[1]
-            self._gap_timer = self._loop.call_at(oldest + self.gap_s, self._gap_expired)
-        self._deliver_late(frames)
+            self._gap_due = next(iter(held.values()))[1] + self.gap_s
+        return frames
 
     def _acked(self, seq: int) -> bool:
-        self.counters.acks_in += 1
+        self.link_counters.acks_in += 1
         acked = self._pending.pop(seq, None)
         if acked is None:
             return False
-        acked.timer.cancel()
+        # Its timer entry in the heap is now stale: skipped when it comes up.
         # Frames sent before this one and still unacknowledged were lost, or their ACK was:
         # after FAST_RETRANSMIT such ACKs, send them again without waiting for the timer.
         again = []
@@ -290,9 +385,11 @@ class ReliableLink:
                 entry.passed += 1
                 if entry.passed == FAST_RETRANSMIT:
                     again.append(older)
-        for older in again:
-            self.counters.fast_retransmits += 1
-            self._resend_now(older)
+        if again:
+            now = self._clock()
+            for older in again:
+                self.link_counters.fast_retransmits += 1
+                self._resend_now(older, now)
         return True
 
     # ------------------------------------------------------------------ out
@@ -305,15 +402,12 @@ class ReliableLink:
         if frame.request_seq is None and carries_request_seq(frame.cmd_id):
             log.debug("ms720: response %r has no request seq: tagged 0", frame)
         wire = carrying(frame, seq, msg_type).encode()
-        self.counters.sent += 1
+        self.link_counters.sent += 1
         if self._backlog or not self._window_open(seq):
-            self.counters.window_waits += 1
+            self.link_counters.window_waits += 1
             self._backlog.append((seq, wire))
-            self.room.clear()
         else:
-            self._transmit(seq, wire)
-            if not self._window_open(self._next_seq):
-                self.room.clear()
+            self._transmit(seq, wire, self._clock())
         return seq
 
     def _window_open(self, seq: int) -> bool:
@@ -322,50 +416,48 @@ class ReliableLink:
         pending = self._pending
         return not pending or (seq - next(iter(pending))) % SEQ_MODULUS < self.window
 
-    def _transmit(self, seq: int, wire: bytes) -> None:
-        self._write(wire)
+    def _transmit(self, seq: int, wire: bytes, now: float) -> None:
+        self._out.append(wire)
         self._order += 1
-        timer = self._loop.call_later(self.retransmit_s, self._retry, seq)
-        self._pending[seq] = _Pending(wire, timer, self._order)
+        due = now + self.retransmit_s
+        self._pending[seq] = _Pending(wire, due, self._order)
+        heapq.heappush(self._dues, (due, seq))
 
-    def _pump(self) -> None:
+    def _pump(self, now: float | None = None) -> None:
         """Send from the backlog while the window is open."""
         backlog = self._backlog
-        while backlog and self._window_open(backlog[0][0]):
-            self._transmit(*backlog.popleft())
-        if not backlog and self._window_open(self._next_seq):
-            self.room.set()
+        if backlog and self._window_open(backlog[0][0]):
+            now = self._clock() if now is None else now
+            while backlog and self._window_open(backlog[0][0]):
+                self._transmit(*backlog.popleft(), now)
 
-    def _retry(self, seq: int) -> None:
+    def _retry(self, seq: int, now: float) -> None:
         entry = self._pending.get(seq)
         if entry is None:
             return
-        entry.timer.cancel()
         if entry.tries >= self.retries:
             del self._pending[seq]
-            self.counters.lost += 1
+            self.link_counters.lost += 1
             log.debug("ms720: seq %d not acknowledged after %d retransmissions", seq, entry.tries)
-            self._pump()
+            self._pump(now)
             return
-        self.counters.retransmits += 1
-        self._write(entry.wire)
+        self.link_counters.retransmits += 1
+        self._out.append(entry.wire)
         self._order += 1
         entry.tries += 1
         entry.order = self._order
         entry.passed = 0
-        entry.timer = self._loop.call_later(self.retransmit_s, self._retry, seq)
+        entry.due = now + self.retransmit_s
+        heapq.heappush(self._dues, (entry.due, seq))
 
-    def _resend_now(self, seq: int) -> None:
+    def _resend_now(self, seq: int, now: float | None = None) -> None:
         if seq in self._pending:
-            self._retry(seq)
+            self._retry(seq, self._clock() if now is None else now)
 
     def close(self) -> None:
-        """Stop every timer; frames not yet acknowledged or sent are given up."""
-        for entry in self._pending.values():
-            entry.timer.cancel()
+        """The line is gone: frames not yet acknowledged or sent are given up."""
         self._pending.clear()
+        self._dues.clear()
         self._backlog.clear()
-        self.room.set()  # wake waiting senders: they find the port closed
-        if self._gap_timer is not None:
-            self._gap_timer.cancel()
-            self._gap_timer = None
+        self._out.clear()
+        self._gap_due = None
