@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from gateway.bridge.embedded import url_problem as embedded_url_problem
 from gateway.errors import ConfigError, UnknownProfile
 from gateway.frames import DeviceProfile, ProfileRegistry
+from gateway.frames.framing import FRAMINGS
 from gateway.settings import (
     LIVE,
     RESTART,
@@ -165,29 +166,28 @@ class _Errors:
 
 
 # ---------------------------------------------------------------------------- frame profiles
-# The rules that depend on the frame profile, in one place (to become the framing registry's).
 
-FRAME_PROFILES = ("mcp", "ms720")
-#: requests in flight per ms720 device: the default, and at most
-PIPELINE_DEFAULT = 16
-PIPELINE_MAX = 64
+#: the frame profiles a port may name: the framing registry's
+FRAME_PROFILES = tuple(FRAMINGS)
 
 
 def _frame_profile_rules(errors: _Errors, raw: dict[str, Any], path: str) -> tuple[
         LinkSettings, TransactionSettings]:
-    """The groups whose rules depend on the frame profile: ``frames`` is one of the
-    profiles; ``max_in_flight`` defaults to 1 on mcp and ``PIPELINE_DEFAULT`` on ms720, is
-    at most ``PIPELINE_MAX``, and above 1 needs ms720 (responses carry the request's seq)."""
+    """The groups whose rules depend on the frame profile, read from its framing: ``frames``
+    is one of the registry's; ``max_in_flight`` defaults to the framing's
+    ``default_in_flight``, is at most the largest any framing allows, and above 1 needs a
+    framing whose responses carry the request's seq."""
     link = parse_group(LinkSettings, raw, path, errors.add,
                        adjust={"frames": {"choices": FRAME_PROFILES}})
-    frames = raw.get("frames", link.frames)
+    framing = FRAMINGS.get(raw.get("frames", link.frames))
     transactions = parse_group(TransactionSettings, raw, path, errors.add, adjust={
-        "max_in_flight": {"maximum": PIPELINE_MAX,
-                          "default": PIPELINE_DEFAULT if frames == "ms720" else 1}})
-    if frames == "mcp" and transactions.max_in_flight > 1:
+        "max_in_flight": {"maximum": max(f.max_in_flight for f in FRAMINGS.values()),
+                          "default": framing.default_in_flight if framing else 1}})
+    if framing is not None and not framing.pipelined and transactions.max_in_flight > 1:
+        pipelined = next(name for name, f in FRAMINGS.items() if f.pipelined)
         errors.add(f"{path}.max_in_flight", transactions.max_in_flight,
-                   "needs frames = \"ms720\": mcp frames carry no sequence number, so at "
-                   "most one request may be in flight (spec section 2)")
+                   f"needs frames = \"{pipelined}\": {framing.name} frames carry no sequence "
+                   "number, so at most one request may be in flight (spec section 2)")
     return link, transactions
 
 

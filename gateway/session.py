@@ -30,7 +30,7 @@ from gateway.frames import (
     encode_payload,
 )
 from gateway.frames.commands import DEVICE_REQUESTS, RESPONSE_BIT
-from gateway.frames.framing import framing_class
+from gateway.frames.framing import DEFAULT_FRAMES, framing_class
 from gateway.frames.requests import PreparedRequest
 from gateway.logs import Recurring
 from gateway.nodeids import NodeIdStore
@@ -108,8 +108,8 @@ class DeviceSettings:
     port_name: str = ""
     #: a device of a glob port: named ``uid-<hex>`` once it says HELLO
     id_from_uid: bool = False
-    #: the port's frame profile ("mcp" or "ms720"), shown in the device's facts
-    frames: str = "mcp"
+    #: the port's frame profile (a name in the framing registry), shown in the device's facts
+    frames: str = DEFAULT_FRAMES
 
 
 @dataclass

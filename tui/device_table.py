@@ -9,6 +9,7 @@ from rich.text import Text
 from textual import events
 from textual.widgets import DataTable
 
+from gateway.frames.framing import DEFAULT_FRAMES
 from tui.state import SORTS, STALE, DeviceView
 
 STATE_STYLES = {"online": "bold green", "unregistered": "yellow", "offline": "bold red",
@@ -83,10 +84,10 @@ def cell(device: DeviceView, column: str, now: float) -> object:
 
 
 def profile_cell(facts: dict[str, object]) -> str:
-    """The device profile, and the frame profile where it is not the default ``mcp``."""
+    """The device profile, and the frame profile where it is not the default."""
     profile = str(facts.get("profile", "-"))
     frames = facts.get("frames")
-    return f"{profile} ({frames})" if frames and frames != "mcp" else profile
+    return f"{profile} ({frames})" if frames and frames != DEFAULT_FRAMES else profile
 
 
 def columns_for(width: int) -> tuple[Column, ...]:

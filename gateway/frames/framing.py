@@ -24,7 +24,7 @@ from gateway.frames.deframer import DEFAULT_INTER_FRAME_TIMEOUT
 from gateway.frames.mcp_framing import McpFraming
 from gateway.frames.reliable import Ms720Framing
 from gateway.frames.wire import Frame
-from gateway.settings import LinkSettings
+from gateway.settings import LinkSettings, default_of
 
 
 class Framing(Protocol):
@@ -105,8 +105,8 @@ FRAMINGS: dict[str, type[Framing]] = {
     McpFraming.name: McpFraming,
     Ms720Framing.name: Ms720Framing,
 }
-#: the profile of a line that does not say
-DEFAULT_FRAMES = McpFraming.name
+#: the profile of a line that does not say (declared with the setting)
+DEFAULT_FRAMES: str = default_of(LinkSettings, "frames")
 
 
 def framing_class(frames: str) -> type[Framing]:
