@@ -16,6 +16,8 @@ from firmware_sim import Fleet, FleetSpec
 from gateway.app import EventSubscription, Gateway
 from gateway.config import parse_config
 from gateway.session import DeviceEvent, StateChange, TelemetryEvent
+from gateway.settings import TransactionSettings
+from gateway.transactions import CircuitBreaker, Transactions
 
 
 def lacking(what: str) -> NoReturn:
@@ -65,6 +67,20 @@ def gateway_config(tmp_path: Path, paths: dict[str, str], **port_settings: Any) 
         "state_dir": str(tmp_path / "state"),
         "ports": [{"name": name, "path": path, **port_settings} for name, path in paths.items()],
     })
+
+
+@contextlib.asynccontextmanager
+async def running_transactions(send: Callable[[Any], Any], breaker: CircuitBreaker | None = None,
+                               **settings: Any) -> AsyncIterator[Transactions]:
+    """A request queue over ``send`` with its worker running; stopped on the way out."""
+    tx = Transactions(send, TransactionSettings(**settings), breaker=breaker)
+    worker = asyncio.create_task(tx.run(), name="transactions")
+    try:
+        yield tx
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
 
 
 @contextlib.asynccontextmanager

@@ -16,9 +16,9 @@ from gateway.drivers.memory import LineFaults, MemoryLink, memory_pair
 from gateway.frames import Command, Frame, ProfileRegistry
 from gateway.nodeids import NodeIdStore
 from gateway.session import DeviceSession, DeviceSettings, DeviceState
-from gateway.settings import LinkSettings, SessionSettings, TransactionSettings
-from gateway.transactions import Status, Transactions
-from tests.harness import wait_for
+from gateway.settings import LinkSettings, SessionSettings
+from gateway.transactions import Status
+from tests.harness import running_transactions, wait_for
 
 
 class Device:
@@ -42,15 +42,9 @@ class Device:
 
 @contextlib.asynccontextmanager
 async def transactions_over(gateway_end: MemoryLink, **kwargs):
-    tx = Transactions(gateway_end.send, TransactionSettings(**kwargs))
-    gateway_end.on_frames = lambda frames: [tx.on_response(f) for f in frames]
-    worker = asyncio.create_task(tx.run())
-    try:
+    async with running_transactions(gateway_end.send, **kwargs) as tx:
+        gateway_end.on_frames = lambda frames: [tx.on_response(f) for f in frames]
         yield tx
-    finally:
-        worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker
 
 
 def read(key: int) -> Frame:

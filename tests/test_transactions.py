@@ -9,9 +9,8 @@ import pytest
 
 from gateway.errors import InvalidRequest
 from gateway.frames import Command, Frame
-from gateway.settings import TransactionSettings
 from gateway.transactions import CircuitBreaker, Priority, Signature, Status, Transactions
-from tests.harness import wait_for
+from tests.harness import running_transactions, wait_for
 
 
 class Peer:
@@ -32,15 +31,9 @@ class Peer:
 
 @contextlib.asynccontextmanager
 async def running(peer: Peer, breaker: CircuitBreaker | None = None, **settings):
-    tx = Transactions(peer.send, TransactionSettings(**settings), breaker=breaker)
-    peer.tx = tx
-    worker = asyncio.create_task(tx.run())
-    try:
+    async with running_transactions(peer.send, breaker, **settings) as tx:
+        peer.tx = tx
         yield tx
-    finally:
-        worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker
 
 
 def read(key: int) -> Frame:
