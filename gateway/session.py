@@ -1,8 +1,9 @@
 """One device: registration, liveness, decoding its frames into events, its requests, counters.
 
-The session does no I/O of its own: a port runner attaches an open ``SerialLink`` and
-detaches it when the port goes away. Frames arrive through ``on_frames`` (a callback that
-never awaits); events leave through the ``emit`` callback, in arrival order.
+The session does no I/O of its own: a port runner attaches an open line (``Line``: a
+``SerialLink``, or a ``MemoryLink`` in tests) and detaches it when the port goes away.
+Frames arrive through ``on_frames`` (a callback that never awaits); events leave through
+the ``emit`` callback, in arrival order.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gateway.drivers.serial import SerialLink
+from gateway.drivers.framed import Line
 from gateway.errors import GatewayError, LinkClosed, NodeIdsExhausted
 from gateway.frames import (
     COMMANDS,
@@ -151,7 +152,7 @@ class DeviceSession:
         self.node_id: int | None = None
         self.last_seen: float | None = None
         self.decode_errors = 0
-        self.link: SerialLink | None = None
+        self.link: Line | None = None
         # Zero for every counter a line of this profile has, before one has opened.
         self._totals = _Totals(dict.fromkeys(framing_class(settings.frames)().counters(), 0))
         #: the last frames both ways, for the fabric's ``trace`` request
@@ -178,7 +179,7 @@ class DeviceSession:
             tasks.create_task(self.transactions.run(), name=f"{self.device_id}-requests")
             tasks.create_task(self._liveness(), name=f"{self.device_id}-liveness")
 
-    def attach(self, link: SerialLink) -> None:
+    def attach(self, link: Line) -> None:
         """The port is open: frames flow from now on."""
         self.link = link
         self._last_heard = self._loop.time()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.frames.framing import Framing
 from gateway.frames.wire import Frame
@@ -22,6 +22,22 @@ log = logging.getLogger(__name__)
 FramesHandler = Callable[[list[Frame]], None]
 #: the timer fires this long after the deadline (a deadline is "stale at", not "before")
 _LATE_S = 0.001
+
+
+class Line(Protocol):
+    """What a device session uses of an open line: ``SerialLink``, or ``MemoryLink`` in tests."""
+
+    framing: Framing
+    tx_frames: int
+    tx_bytes: int
+
+    def send_nowait(self, frame: Frame) -> bool:
+        """Send unless the line is backed up; False if dropped."""
+        ...
+
+    async def send(self, frame: Frame) -> int | None:
+        """Send, waiting for room; the frame's seq where frames carry one."""
+        ...
 
 
 class FramedLine:
