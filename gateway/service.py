@@ -15,7 +15,9 @@ import logging
 import os
 import signal
 import tempfile
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from gateway.app import EventSubscription, Gateway
 from gateway.bridge.bridge import Bridge
@@ -160,17 +162,20 @@ class Service:
                 loop.add_signal_handler(signal.SIGHUP, self._on_sighup, reloader)
                 log.info("gateway %s running %d port(s); state in %s", config.gateway_id,
                          len(config.ports), config.state_dir)
-                tasks = [asyncio.create_task(self._announce_ready(), name="ready"),
-                         asyncio.create_task(self.notifier.watchdog(), name="watchdog")]
-                await self._stop.wait()
-                log.info("stopping")
-                self.notifier.send(STOPPING=1, STATUS="stopping: devices go offline")
-                for task in [*tasks, *self._reloads]:
-                    task.cancel()
-                await asyncio.gather(*tasks, *self._reloads, return_exceptions=True)
+                # The service's own loops in a group: one that fails stops the service
+                # (exit 1, below) instead of ending unobserved (no watchdog pings: killed).
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(_said(self._announce_ready(), "ready")),
+                             group.create_task(_said(self.notifier.watchdog(), "watchdog"))]
+                    await self._stop.wait()
+                    log.info("stopping")
+                    self.notifier.send(STOPPING=1, STATUS="stopping: devices go offline")
+                    for task in [*tasks, *self._reloads]:
+                        task.cancel()
+                await asyncio.gather(*self._reloads, return_exceptions=True)
         except ExceptionGroup as group:
-            # The bridge's TaskGroup: a loop failed (logged with its traceback where it
-            # did). Exit 1 rather than run on without it.
+            # The bridge's TaskGroup or the service's: a loop failed. Exit 1 rather than
+            # run on without it.
             failed = True
             log.error("stopped after a failure: %s; exit 1",
                       "; ".join(str(exc) for exc in group.exceptions))
@@ -203,3 +208,13 @@ class Service:
     async def _log_events(subscription: EventSubscription) -> None:
         async for event in subscription:
             _log_event(event)
+
+
+async def _said(loop: Coroutine[Any, Any, None], name: str) -> None:
+    """Run one of the service's loops; its failure is logged with its name and traceback
+    before it stops the service."""
+    try:
+        await loop
+    except Exception:
+        log.exception("the service's %s loop failed", name)
+        raise

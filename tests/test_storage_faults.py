@@ -366,6 +366,27 @@ async def test_a_bridge_task_that_dies_stops_the_service_with_an_error_and_exit_
     watcher.close()
 
 
+async def test_a_service_loop_that_dies_stops_the_service_with_an_error_and_exit_1(
+        tmp_path, caplog):
+    """The service's own loops (the systemd watchdog's pings, the ready notice) are owned
+    too: a watchdog loop that raised ended unobserved (the service ran on, pinging nothing,
+    until systemd killed it); it now stops ``Service.run`` with an ERROR naming it, exit 1."""
+    caplog.set_level(logging.INFO)
+    config_path = tmp_path / "gw.toml"
+    config_path.write_text(f'gateway_id = "test-gw"\nstate_dir = "{tmp_path / "state"}"\n'
+                           f'[[ports]]\nname = "a"\npath = "{tmp_path / "absent"}"\n')
+    service = Service(config_path, load_config(config_path))
+
+    async def broken_watchdog() -> None:
+        raise RuntimeError("injected fault in the watchdog")
+
+    service.notifier.watchdog = broken_watchdog
+    code = await asyncio.wait_for(service.run(), 20)
+    assert code == 1
+    assert error_lines(caplog, "the service's watchdog loop failed")
+    assert error_lines(caplog, "stopped after a failure: injected fault in the watchdog")
+
+
 # ---------------------------------------------------------------------- item 7: log floods
 
 
