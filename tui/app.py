@@ -55,13 +55,14 @@ class DashboardApp(App[None]):
         self.fabric = Fabric(self._broker, self.state, self._gateway)
         if self._connect:
             self.fabric.start()
+        # The overview paints its first frame when its widgets are mounted (on_mount).
         await self.push_screen(self.overview)
-        # The first frame shows what is known now, not a blank screen until the timer fires.
-        self.redraw()
         self.set_interval(REDRAW_S, self.redraw)
 
     def redraw(self, now: float | None = None) -> None:
         """Redraw the overview from what changed (the other screens redraw themselves)."""
+        if not self.overview.ready:
+            return  # not composed yet (a loaded machine): the changes wait for its first frame
         changed, _ = self.state.take_changes()
         self.overview.redraw(changed, self.clock() if now is None else now)
 

@@ -56,6 +56,8 @@ class OverviewScreen(Screen):
         super().__init__()
         #: one of ``state.SORTS``
         self.sort = "device"
+        #: its widgets are there (set on mount): redraws before that would find none
+        self.ready = False
 
     def compose(self) -> ComposeResult:
         yield Static(id="health")
@@ -66,6 +68,9 @@ class OverviewScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one(DeviceTable).focus()
+        self.ready = True
+        # The first frame shows what is known now, not a blank screen until the timer fires.
+        self.app.redraw()  # type: ignore[attr-defined]
 
     def redraw(self, changed: set[tuple[str, str]], now: float) -> None:
         """Bring the health line and the table up to date (called by the app's timer)."""
