@@ -175,8 +175,8 @@ def _frame_profile_rules(errors: _Errors, raw: dict[str, Any], path: str) -> tup
         LinkSettings, TransactionSettings]:
     """The groups whose rules depend on the frame profile, read from its framing: ``frames``
     is one of the registry's; ``max_in_flight`` defaults to the framing's
-    ``default_in_flight``, is at most the largest any framing allows, and above 1 needs a
-    framing whose responses carry the request's seq."""
+    ``default_in_flight``, is at most its ``max_in_flight`` (above 1 needs a framing whose
+    responses carry the request's seq)."""
     link = parse_group(LinkSettings, raw, path, errors.add,
                        adjust={"frames": {"choices": FRAME_PROFILES}})
     framing = FRAMINGS.get(raw.get("frames", link.frames))
@@ -188,6 +188,10 @@ def _frame_profile_rules(errors: _Errors, raw: dict[str, Any], path: str) -> tup
         errors.add(f"{path}.max_in_flight", transactions.max_in_flight,
                    f"needs frames = \"{pipelined}\": {framing.name} frames carry no sequence "
                    "number, so at most one request may be in flight (spec section 2)")
+    elif framing is not None and transactions.max_in_flight > framing.max_in_flight:
+        errors.add(f"{path}.max_in_flight", transactions.max_in_flight,
+                   f"is more than {framing.name} frames allow in flight; expected at most "
+                   f"{framing.max_in_flight}")
     return link, transactions
 
 

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+import gateway.config
 from gateway.config import SETTING_GROUPS, load_config, parse_config
 from gateway.errors import ConfigError
+from gateway.frames.framing import FRAMINGS
+from gateway.frames.reliable import Ms720Framing
 from gateway.settings import declared, shown_default
 
 BIN = Path(sys.executable).parent
@@ -122,6 +125,26 @@ def test_requests_in_flight_default_by_frame_profile():
     assert (a.transactions.max_in_flight, b.transactions.max_in_flight,
             c.transactions.max_in_flight) == (1, 16, 4)
     assert (b.link.window, c.link.window) == (128, 256)
+
+
+def test_a_third_frame_profile_is_one_registry_line_and_config_follows_it(monkeypatch):
+    """Adding a profile is its module and a line in FRAMINGS: config's choices, the
+    in-flight default and the in-flight bound come from the framing, not from its name."""
+
+    class SmallWindow(Ms720Framing):
+        name = "small"
+        default_in_flight = 4
+        max_in_flight = 8
+
+    monkeypatch.setitem(FRAMINGS, "small", SmallWindow)
+    monkeypatch.setattr(gateway.config, "FRAME_PROFILES", tuple(FRAMINGS))
+    port = parse_config({"ports": [{"name": "a", "path": "/dev/x", "frames": "small"}]}).ports[0]
+    assert (port.link.frames, port.transactions.max_in_flight) == ("small", 4)
+    with pytest.raises(ConfigError) as info:
+        parse_config({"ports": [{"name": "a", "path": "/dev/x", "frames": "small",
+                                 "max_in_flight": 9}]})
+    assert info.value.errors == ["ports[0].max_in_flight: 9 is more than small frames allow "
+                                 "in flight; expected at most 8"]
 
 
 @pytest.mark.parametrize(("data", "message"), BROKEN)
