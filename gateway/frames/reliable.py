@@ -200,17 +200,21 @@ class Ms720Framing:
     @property
     def deadline(self) -> float | None:
         """The earliest of: a partial frame going stale, a retransmission, the gap timer."""
+        times = [t for t in (self.deframer.deadline, self._gap_due, self._next_retry())
+                 if t is not None]
+        return min(times) if times else None
+
+    def _next_retry(self) -> float | None:
+        """When the next retransmission is due; the timers of frames acknowledged (or sent
+        again) since are dropped from the heap on the way."""
         dues, pending = self._dues, self._pending
-        while dues:  # drop the timers of frames acknowledged (or resent) since
+        while dues:
             due, seq = dues[0]
             entry = pending.get(seq)
             if entry is not None and entry.due == due:
-                break
+                return due
             heapq.heappop(dues)
-        times = [t for t in (self.deframer.deadline, self._gap_due) if t is not None]
-        if dues:
-            times.append(dues[0][0])
-        return min(times) if times else None
+        return None
 
     # ------------------------------------------------------------------ in
 
@@ -223,20 +227,13 @@ class Ms720Framing:
         frames found behind it taken), frames are sent again or given up, a gap whose frames
         can no longer come is skipped; the frames that delivers."""
         frames = self._take(self.deframer.expire(now)) if self.deframer.buffered else []
-        dues, pending = self._dues, self._pending
         while True:
-            while dues:
-                due, seq = dues[0]
-                entry = pending.get(seq)
-                if entry is not None and entry.due == due:
-                    break
-                heapq.heappop(dues)
-            retry_at = dues[0][0] if dues else None
+            retry_at = self._next_retry()
             gap_at = self._gap_due
             if gap_at is not None and gap_at <= now and (retry_at is None or gap_at <= retry_at):
                 frames += self._gap_expired(now)
             elif retry_at is not None and retry_at <= now:
-                self._retry(heapq.heappop(dues)[1], now)
+                self._retry(heapq.heappop(self._dues)[1], now)
             else:
                 return frames
 
