@@ -81,9 +81,7 @@ class MemoryLink:
                  first_seq: int | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.url = url
-        self.link_settings = link or LinkSettings()
-        self.framing = framing_for(self.link_settings, timeout=timeout, clock=loop.time,
-                                   first_seq=first_seq)
+        self.framing = framing_for(link, timeout=timeout, clock=loop.time, first_seq=first_seq)
         self.line = FramedLine(self.framing, self._write, on_frames, name=url)
         self.closed: asyncio.Future[BaseException | None] = loop.create_future()
         self.tx_frames = 0

@@ -67,8 +67,6 @@ class SerialLink(asyncio.Protocol):
                  link: LinkSettings | None = None) -> None:
         self.url = url
         self.settings = settings
-        link = link or LinkSettings()
-        self.link_settings = link
         loop = asyncio.get_running_loop()
         #: the port's frame profile: bytes <-> frames, and its link layer's own frames
         self.framing: Framing = framing_for(link, timeout=settings.frame_timeout(),
@@ -79,7 +77,6 @@ class SerialLink(asyncio.Protocol):
         self.tx_frames = 0
         self.tx_bytes = 0
         self.tx_dropped = 0
-        self._loop = loop
         self._transport: asyncio.Transport | None = None
         self._can_write = asyncio.Event()
         self._can_write.set()
