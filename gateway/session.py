@@ -37,6 +37,7 @@ from gateway.logs import Recurring
 from gateway.nodeids import NodeIdStore
 from gateway.settings import SessionSettings, TransactionSettings
 from gateway.transactions import (
+    DEFAULT_TTL_S,
     Priority,
     RequestOutcome,
     Status,
@@ -407,7 +408,7 @@ class DeviceSession:
         args: dict[str, Any] | None = None,
         *,
         priority: Priority | str = Priority.MEDIUM,
-        ttl: float = 30.0,
+        ttl: float = DEFAULT_TTL_S,
         timeout: float | None = None,  # noqa: ASYNC109 - the fabric's per-try timeout
         retries: int | None = None,
     ) -> RequestOutcome:
@@ -426,7 +427,7 @@ class DeviceSession:
         prepared: PreparedRequest,
         *,
         priority: Priority = Priority.MEDIUM,
-        ttl: float = 30.0,
+        ttl: float = DEFAULT_TTL_S,
         timeout: float | None = None,  # noqa: ASYNC109 - the fabric's per-try timeout
         retries: int | None = None,
     ) -> RequestOutcome:

@@ -28,9 +28,14 @@ from typing import Any
 from gateway.errors import InvalidRequest, LinkClosed
 from gateway.frames import Command, Frame
 from gateway.frames.commands import RESPONSE_BIT
-from gateway.settings import TransactionSettings
+from gateway.settings import SessionSettings, TransactionSettings
 
 log = logging.getLogger(__name__)
+
+#: how long a request may wait to be sent, unless its caller says (the fabric's ``ttl``)
+DEFAULT_TTL_S = 30.0
+#: a request's per-try timeout and retries unless its caller says: the session's declared ones
+_SESSION = SessionSettings()
 #: the declared defaults (``gateway.settings``), for a ``Transactions`` built without a port
 _DEFAULTS = TransactionSettings()
 
@@ -247,9 +252,9 @@ class Transactions:
         frame: Frame,
         *,
         priority: Priority = Priority.MEDIUM,
-        ttl: float = 30.0,
-        timeout: float = 2.0,  # noqa: ASYNC109 - a per-try timeout, not the call's
-        retries: int = 3,
+        ttl: float = DEFAULT_TTL_S,
+        timeout: float = _SESSION.request_timeout_s,  # noqa: ASYNC109 - a per-try timeout
+        retries: int = _SESSION.retries,
     ) -> RequestOutcome:
         """Queue ``frame`` and wait for its outcome. Cancelling the caller withdraws it."""
         now = self._clock()

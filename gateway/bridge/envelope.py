@@ -15,7 +15,7 @@ import msgspec
 
 from gateway.bridge.topics import valid_reply_topic
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.transactions import Priority
+from gateway.transactions import DEFAULT_TTL_S, Priority
 
 MCP_VERSION = "1.0"
 DEFAULT_MAX_BODY = 65536
@@ -48,7 +48,7 @@ class RequestEnvelope:
     message_id: str = ""
     source: str = ""
     priority: Priority = Priority.MEDIUM
-    ttl: float = 30.0
+    ttl: float = DEFAULT_TTL_S
     timeout: float | None = None
     reply_to: str | None = None
     correlation_id: str | None = None
@@ -202,7 +202,7 @@ def parse_request(
         request.priority = Priority.parse(data.get("priority", Priority.MEDIUM))
     except InvalidRequest as exc:
         raise bad(str(exc)) from None
-    request.ttl = _seconds(data, "ttl", 30.0, MAX_TTL_S, bad)
+    request.ttl = _seconds(data, "ttl", DEFAULT_TTL_S, MAX_TTL_S, bad)
     if "timeout" in data:
         request.timeout = _seconds(data, "timeout", 2.0, MAX_TIMEOUT_S, bad)
     return request
