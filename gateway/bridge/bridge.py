@@ -48,11 +48,10 @@ class Bridge:
         self.gateway = gateway
         self.config = config
         self.topics = Topics(config.topic_prefix, config.gateway_id)
-        # The broker's and the queue's settings, from the configuration.
+        #: the broker's settings: the configuration's unless the caller gives its own
         self.settings = broker
         self.spool = Spool(config.state_dir / "spool.db", max_messages=config.queue.max_messages,
                            max_bytes=config.queue.max_bytes)
-        commit_delay_s = config.queue.commit_delay_s
         self._loop = asyncio.get_running_loop()
         #: set when a loop or a scheduled callback of the bridge fails: the gateway stops
         self._failure: asyncio.Future[BaseException] = self._loop.create_future()
@@ -68,7 +67,7 @@ class Bridge:
         self.statuses = RetainedStatuses(self.mqtt, self.topics, on_forget=self._forget)
         self.publisher = EventPublisher(
             gateway, self.spool, self.mqtt, self.topics, self.statuses,
-            gateway_id=config.gateway_id, commit_delay_s=commit_delay_s,
+            gateway_id=config.gateway_id, commit_delay_s=config.queue.commit_delay_s,
             on_states_changed=self._states_changed, on_other_ack=self._on_other_ack,
             on_failure=self._fail)
         #: the fabric's requests: intake, checks, device sends, gateway actions, answers
