@@ -25,6 +25,7 @@ from gateway.bridge.embedded import url_problem as embedded_url_problem
 from gateway.errors import ConfigError, UnknownProfile
 from gateway.frames import DeviceProfile, ProfileRegistry
 from gateway.frames.framing import FRAMINGS
+from gateway.frames.requests import BUILTIN_ACTIONS
 from gateway.settings import (
     LIVE,
     RESTART,
@@ -47,7 +48,8 @@ from gateway.settings import (
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: a character an id cannot hold (what is put in its place when one is made from a name)
 ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-ACTIONS = ("read", "write", "raw", "ping")
+#: the actions every profile has (what ``request_for`` builds besides its commands)
+ACTIONS = BUILTIN_ACTIONS
 #: the actions whose requests name a key, so ``allow`` may grant them one key (``write:KEY``)
 KEYED_ACTIONS = ("read", "write")
 #: the actions of ``{p}/{gw}/requests``, and the ones ``gateway_allow`` allows by default
