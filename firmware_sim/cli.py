@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from firmware_sim.breaks import BREAKS
 from firmware_sim.device import Faults
 from firmware_sim.fleet import Fleet, FleetSpec
 from gateway.errors import GatewayError
@@ -74,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="chance a frame on the wire is lost whole (ms720 resends it)")
     faults.add_argument("--duplicate-rate", type=_rate, default=0.0,
                         help="chance a frame on the wire is sent twice (ms720 drops the copy)")
+    faults.add_argument("--break", dest="breaks", action="append", default=[],
+                        metavar="NAME", help="break one rule of the spec on purpose, for "
+                        f"the conformance kit (repeatable): {', '.join(BREAKS)}")
     faults.add_argument("--unplug-every", type=_positive, metavar="S",
                         help="unplug each device about every S seconds")
     faults.add_argument("--unplug-for", type=_positive, metavar="S", default=2.0,
@@ -102,6 +106,7 @@ def spec_from_args(args: argparse.Namespace) -> FleetSpec:
             rx_corrupt_rate=args.rx_corrupt_rate,
             frame_drop_rate=args.frame_drop_rate,
             duplicate_rate=args.duplicate_rate,
+            breaks=frozenset(args.breaks),
         ),
         frames=args.frames,
         link_retries=args.link_retries,

@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from firmware_sim.breaks import BREAKS, check_breaks
 from firmware_sim.links import Link
 from gateway.drivers.framed import FramedLine
 from gateway.errors import GatewayError
@@ -62,8 +63,12 @@ class Faults:
     #: chance a frame on the wire (any, ACKs included) is lost whole, or sent twice
     frame_drop_rate: float = 0.0
     duplicate_rate: float = 0.0
+    #: named faults that each break one rule of the spec (``firmware_sim.breaks``)
+    breaks: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        self.breaks = frozenset(self.breaks)
+        check_breaks(self.breaks)
         for name in ("garbage_rate", "corrupt_rate", "drop_rate", "rx_corrupt_rate",
                      "frame_drop_rate", "duplicate_rate"):
             value = getattr(self, name)
@@ -74,6 +79,11 @@ class Faults:
         for name in ("response_delay_s", "response_jitter_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def broken(self, name: str) -> bool:
+        """True when the named break (``firmware_sim.breaks.BREAKS``) is on."""
+        assert name in BREAKS, name
+        return name in self.breaks
 
 
 @dataclass
@@ -188,6 +198,8 @@ class SimulatedDevice:
         self._last_heard = time.monotonic()
         self._wake = asyncio.Event()
         self._registered_now = asyncio.Event()
+        #: PINGs sent since the last HELLO_ACK
+        self._pings_since_ack = 0
         self._hello_now = asyncio.Event()
         #: the last frames received and sent (cmd_id, payload, corrupted), for tests to compare
         self.received: deque[Frame] = deque(maxlen=10_000)
@@ -309,6 +321,9 @@ class SimulatedDevice:
                 log.info("%s: gateway silent, registering again", self.name)
                 self.registered = False
                 continue
+            if self.faults.broken("stops-heartbeat") and self._pings_since_ack >= 2:
+                continue
+            self._pings_since_ack += 1
             self.send(Command.PING, encode_payload(Command.PING, {"uptime_s": self.uptime_s}))
 
     # ------------------------------------------------------------------ frames out
@@ -530,10 +545,16 @@ class SimulatedDevice:
             self.heartbeat_s = float(ack["heartbeat_s"] or DEFAULT_HEARTBEAT_S)
             if not self.registered:
                 self.counters.registrations += 1
+                self._pings_since_ack = 0
                 self._registered_now.set()
             self.registered = True
         elif cmd == Command.PING:
-            self._answer(Command.PONG, b"")
+            if self.faults.broken("slow-pong"):
+                asyncio.get_running_loop().call_later(
+                    0.4, self.send, Command.PONG, b"", self._answering)
+            else:
+                self._answer(Command.PONG, b"\0\0\0\0" if self.faults.broken("wrong-pong")
+                             else b"")
         elif cmd == Command.READ:
             self._read(frame.payload)
         elif cmd == Command.WRITE:

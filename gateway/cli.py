@@ -25,6 +25,7 @@ from gateway.config import (
     read_password_file,
     readable_file,
 )
+from gateway.conformance import cli as conformance_cli
 from gateway.demo import DemoOptions, headless_wanted, run_demo
 from gateway.errors import ConfigError, GatewayError
 from gateway.frames import ProfileRegistry
@@ -343,6 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
     udev.add_argument("--udev-data", type=Path, default=Path("/run/udev/data"),
                       help=argparse.SUPPRESS)
 
+    conformance = sub.add_parser(
+        "conformance",
+        help="check a device against the serial spec, rule by rule",
+        description="Play the gateway's side on PORT (opened exclusively) and check every "
+        "device-facing rule of the serial spec: each rule's id, verdict (pass, fail, skip), "
+        "and for a failure the frames both ways in hex with their decoding. Exit 0 only if "
+        "nothing failed (1 if something did, 2 for bad options or a port that cannot be "
+        "had). See docs/device-guide.md.")
+    conformance_cli.add_arguments(conformance)
+
     # Its options are the simulator's, parsed when it runs (``_sim``): the product's
     # command line does not import its test tool.
     sub.add_parser("sim", help="simulated devices (same as mcp-sim; sim --help for its "
@@ -371,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     # Printing to a closed pipe (``| head``) ends the program quietly, as Unix filters do.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     _setup_logging(args)
-    runners = {"run": _run, "demo": _demo, "monitor": _monitor, "request": _request}
+    runners = {"run": _run, "demo": _demo, "monitor": _monitor, "request": _request,
+               "conformance": conformance_cli.main}
     plain = {"check-config": _check_config, "dashboard": _dashboard, "udev-rule": _udev_rule,
              "sim": _sim}
     try:

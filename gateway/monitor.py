@@ -177,6 +177,8 @@ class PortMonitor:
     def _on_wire(self, seen: list[dict[str, Any]]) -> None:
         """Passive: what is on the wire as it comes (link frames and duplicates included)."""
         for record in seen:
+            record.pop("wire", None)
+            record.pop("msg_type", None)
             frame = record.pop("frame", None)
             if frame is not None:
                 self.frames_seen += 1

@@ -91,8 +91,9 @@ class Framing(Protocol):
 
     def watch(self, data: bytes) -> list[dict[str, Any]]:
         """Bytes from a line only listened to (a passive monitor): what is on the wire as
-        it comes, nothing answered or held; each ``{"frame": Frame, ...}`` with what the
-        profile adds (ms720: its ``seq``), or a link-level frame (``{"link": "ack", ...}``)."""
+        it comes, nothing answered or held; each ``{"frame": Frame, "wire": bytes, ...}``
+        with what the profile adds (ms720: its ``seq`` and ``msg_type``), or a link-level
+        frame (``{"link": "ack", ...}``)."""
         ...
 
     def close(self) -> None:

@@ -83,8 +83,10 @@ class McpFraming:
         return {name: getattr(stats, name) for name in _STATS}
 
     def watch(self, data: bytes) -> list[dict[str, Any]]:
-        """Bytes from a line only listened to: each frame as ``{"frame": Frame}``."""
-        return [{"frame": frame} for frame in self.deframer.feed(data)]
+        """Bytes from a line only listened to: each frame as ``{"frame": Frame, "wire":
+        bytes}``."""
+        return [{"frame": frame, "wire": encode_frame(frame.cmd_id, frame.payload)}
+                for frame in self.deframer.feed(data)]
 
     def close(self) -> None:
         """Drop what waits to be written."""

@@ -239,15 +239,17 @@ class Ms720Framing:
 
     def watch(self, data: bytes) -> list[dict[str, Any]]:
         """Bytes from a line only listened to (nothing acknowledged, nothing held): every
-        link frame as it comes, duplicates included: ``{"frame": Frame, "seq": n}``, or
-        ``{"link": "ack"|"nack", "seq": n}``."""
+        link frame as it comes, duplicates included: ``{"frame": Frame, "seq": n,
+        "msg_type": t}``, or ``{"link": "ack"|"nack", "seq": n}``; each with its ``wire``
+        bytes."""
         out: list[dict[str, Any]] = []
         for link in self.deframer.feed(data):
             if link.msg_type in (MsgType.ACK, MsgType.NACK):
                 out.append({"link": "ack" if link.msg_type == MsgType.ACK else "nack",
-                            "seq": link.seq})
+                            "seq": link.seq, "wire": link.encode()})
             elif link.payload:
-                out.append({"frame": link.frame, "seq": link.seq})
+                out.append({"frame": link.frame, "seq": link.seq, "msg_type": link.msg_type,
+                            "wire": link.encode()})
         self.deframer.bad_seqs.clear()  # a listener answers nothing
         return out
 

@@ -1,0 +1,1 @@
+"""The framing checks (to be written)."""

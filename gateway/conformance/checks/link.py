@@ -1,0 +1,1 @@
+"""The link checks (to be written)."""

@@ -1,0 +1,1 @@
+"""The registration checks (to be written)."""

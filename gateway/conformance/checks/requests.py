@@ -1,0 +1,1 @@
+"""The requests checks (to be written)."""

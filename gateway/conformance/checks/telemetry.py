@@ -1,0 +1,1 @@
+"""The telemetry checks (to be written)."""
