@@ -3,6 +3,12 @@ fault that breaks one of them."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
 import pytest
 
 from tests.conformance_helpers import explain, kit, simulated, verdicts
@@ -38,3 +44,28 @@ async def test_a_heartbeat_that_stops_fails_liv_2(tmp_path):
     assert verdicts(results) == {"LIV-1": "pass", "LIV-2": "fail"}, explain(results)
     assert "without a PING" in results["LIV-2"].why
     assert "the heartbeat is 2 s" in results["LIV-2"].why
+
+
+async def test_the_command_refuses_rules_it_cannot_check_yet_and_runs_the_rest(tmp_path):
+    """Rules without a check are never passed silently: the command names them (exit 2)."""
+    binary = str(Path(sys.executable).parent / "mcp-gateway")
+    async with simulated(tmp_path) as device:
+        proc = await asyncio.create_subprocess_exec(
+            binary, "conformance", device.link.path, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 2, err.decode()
+        assert "has no check yet for REG-1" in err.decode()
+        assert "--only liveness" in err.decode()
+        json_file, junit_file = tmp_path / "r.json", tmp_path / "r.xml"
+        proc = await asyncio.create_subprocess_exec(
+            binary, "conformance", device.link.path, "--only", "LIV-1", "--json",
+            str(json_file), "--junit", str(junit_file), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert "1 passed, 0 failed, 0 skipped" in out.decode()
+    document = json.loads(json_file.read_text())
+    assert [(r["id"], r["verdict"]) for r in document["results"]] == [("LIV-1", "pass")]
+    cases = ET.parse(junit_file).getroot().iter("testcase")
+    assert [c.get("name").split()[0] for c in cases] == ["LIV-1"]
