@@ -330,10 +330,6 @@ class Probe:
             except TimeoutError:
                 pass
 
-    def since(self, index: int, match: Callable[[Record], bool] | None = None) -> list[Record]:
-        """What was received after ``index`` (that ``match`` accepts)."""
-        return [r for r in self.received[index:] if match is None or match(r)]
-
     async def quiet(self, seconds: float) -> None:
         """Let ``seconds`` pass while the line is watched (frames keep being recorded and
         answered): a bounded wait for what must *not* happen."""

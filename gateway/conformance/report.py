@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from gateway import __version__
 from gateway.conformance.rules import SPEC
-from gateway.conformance.runner import Options, Result, summary
+from gateway.conformance.runner import Options, Result, counts, summary
 
 _COLOURS = {"pass": "\x1b[32m", "fail": "\x1b[1;31m", "skip": "\x1b[33m"}
 _DIM, _RESET = "\x1b[2m", "\x1b[0m"
@@ -55,7 +55,7 @@ def table(results: list[Result], out: TextIO, *, colour: bool) -> None:
 
 def as_json(results: list[Result], options: Options, duration_s: float) -> dict[str, Any]:
     """The run as a JSON-ready dict."""
-    count = {v: sum(1 for r in results if r.verdict == v) for v in ("pass", "fail", "skip")}
+    count = counts(results)
     return {
         "tool": "mcp-gateway conformance",
         "version": __version__,
@@ -85,7 +85,7 @@ def write_json(path: str, results: list[Result], options: Options, duration_s: f
 
 def junit(results: list[Result], options: Options, duration_s: float) -> ET.ElementTree:
     """JUnit XML: one testsuite, one testcase per rule (classname ``conformance.GROUP``)."""
-    count = {v: sum(1 for r in results if r.verdict == v) for v in ("pass", "fail", "skip")}
+    count = counts(results)
     suites = ET.Element("testsuites")
     suite = ET.SubElement(suites, "testsuite", {
         "name": f"mcp-conformance {options.profile.name} {options.frames}",

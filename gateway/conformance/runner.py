@@ -97,11 +97,6 @@ class Context:
         self._hello_done = False
         self.rng = random.Random(0x5A)
 
-    @property
-    def linked(self) -> bool:
-        """The line has the ms720 link layer."""
-        return self.probe.linked
-
     def is_hello(self, record: Record) -> bool:
         return record.cmd_id == Command.HELLO
 
@@ -169,9 +164,6 @@ class Context:
             return
         self.register()
 
-    def evidence(self, *records: Record | None) -> list[Record]:
-        return [r for r in records if r is not None]
-
 
 async def _run_one(check: Check, rule: Rule, ctx: Context) -> Result:
     start = ctx.probe.now()
@@ -221,7 +213,12 @@ async def run(options: Options) -> list[Result]:
     return [results[rule_id] for rule_id in RULES if rule_id in results]
 
 
+def counts(results: list[Result]) -> dict[str, int]:
+    """How many results have each verdict (pass, fail, skip)."""
+    return {v: sum(1 for r in results if r.verdict == v) for v in VERDICTS}
+
+
 def summary(results: list[Result]) -> str:
     """``N passed, N failed, N skipped``."""
-    count = {v: sum(1 for r in results if r.verdict == v) for v in VERDICTS}
+    count = counts(results)
     return f"{count['pass']} passed, {count['fail']} failed, {count['skip']} skipped"
