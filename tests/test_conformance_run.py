@@ -144,8 +144,11 @@ def test_every_rule_has_a_check_and_a_break_that_fails_it():
 
 def test_the_device_guide_quotes_every_rule():
     text = " ".join((ROOT / "docs" / "device-guide.md").read_text().split())
+    steps = text[:text.index("## Run it")]
     for rule in RULES.values():
+        # quoted in the list of rules, and named in the step that tells how to keep it
         assert f"**{rule.id}** {rule.statement} — section {rule.section}" in text, rule.id
+        assert f"**{rule.id}**" in steps, f"{rule.id} is in no step of the firmware guide"
     for name in ("--frames", "--profile", "--only", "--link-retries", "--json", "--junit",
                  "--hello-timeout", "--reboot-timeout", "--no-color", "--baudrate"):
         assert f"`{name}" in text, name
