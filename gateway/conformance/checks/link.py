@@ -32,6 +32,11 @@ RESEND_MAX_S = 0.40
 _COPY_WAIT_S = RESEND_MAX_S + 0.15
 #: LNK-3, LNK-4: how long a second answer, or an answer to a bad frame, has to show
 _QUIET_S = 0.3
+#: LNK-6: frames in a row the kit may fail to read (bytes it discarded) before a seq jump
+#: is the device's
+_LOST_AT_MOST = 4
+#: LNK-6: a jump this far either way before the first HELLO is a reboot (a new first seq)
+_RESTART = 1024
 #: LNK-7: how far below the wrap the kit's seq may be for the check to walk it across
 _WRAP_REACH = 64
 #: LNK-8: requests sent back to back
@@ -124,8 +129,10 @@ async def every_frame_acknowledged(ctx: Context) -> str:
     for r in probe.received:
         if r.link == "ack" and r.seq is not None:
             acks.setdefault(r.seq, []).append(r.t)
+    unreadable = [r.t for r in probe.received if r.link == "raw"]
     delays: list[float] = []
     missing: list[_Sent] = []
+    garbled = 0
     for sent in first.values():
         seq, t = sent.seq, sent.record.t
         after = [a for a in acks.get(seq, ()) if a >= t]
@@ -136,6 +143,8 @@ async def every_frame_acknowledged(ctx: Context) -> str:
             after = [ack.t] if ack is not None else []
         if after:
             delays.append(min(after) - t)
+        elif any(t <= u <= t + REQUEST_TIMEOUT_S for u in unreadable):
+            garbled += 1  # its ACK may be in bytes the kit could not read (line noise)
         else:
             missing.append(sent)
     if missing:
@@ -143,8 +152,10 @@ async def every_frame_acknowledged(ctx: Context) -> str:
         raise Failed(f"{which} of the {len(first)} frames the kit sent got an ACK with "
                      f"its seq ({_seqs(missing)} got none); every data and control frame "
                      "is acknowledged", [s.record for s in missing])
-    return (f"{len(first)} frames of the kit, each acknowledged, the slowest ACK after "
-            f"{max(delays) * 1000:.1f} ms")
+    noise = (f" ({garbled} whose ACK may be in bytes the kit could not read)" if garbled
+             else "")
+    return (f"{len(first)} frames of the kit, each acknowledged{noise}, the slowest ACK after "
+            f"{max(delays, default=0) * 1000:.1f} ms")
 
 
 # ---------------------------------------------------------------------- LNK-2
@@ -319,14 +330,23 @@ async def responses_carry_request_seq(ctx: Context) -> str:
 
 @check("LNK-6", budget_s=1, passive=True)
 async def seq_counts_up(ctx: Context) -> str:
-    # A reboot the kit asked for starts a new sequence: count from the HELLO it waited for.
+    # A reboot (the kit may ask for one before the first HELLO) starts a new sequence: a far
+    # jump up to that HELLO is one.
     hello = ctx.facts.hello
-    start = hello.t if hello is not None else 0.0
+    booted_by = hello.t if hello is not None else -1.0
     first: dict[int, Record] = {}
-    last: Record | None = None
+    newest: Record | None = None
+    #: seqs skipped where the kit could not read what came (a frame lost on the line): their
+    #: re-send may come later, out of order
+    unread: set[int] = set()
+    #: when the kit last discarded bytes from the device (a read's records share its time)
+    unreadable_at = -1.0
     copies = 0
     for r in ctx.probe.received:
-        if not _is_device_frame(r) or r.t < start:
+        if r.link == "raw":
+            unreadable_at = r.t
+            continue
+        if not _is_device_frame(r):
             continue
         assert r.seq is not None
         earlier = first.get(r.seq)
@@ -337,19 +357,30 @@ async def seq_counts_up(ctx: Context) -> str:
                              "next seq, only a re-send repeats one", [earlier, r])
             copies += 1
             continue
-        if last is not None and last.seq is not None and r.seq != (last.seq + 1) % SEQ_MODULUS:
-            step = (r.seq - last.seq) % SEQ_MODULUS
-            how = f"skipping {step - 1}" if step < _HALF else f"back by {SEQ_MODULUS - step}"
-            raise Failed(f"its seq went from {last.seq} to {r.seq} ({how}) between two new "
-                         "frames; a device's seq goes up by one for each new frame",
-                         [last, r])
         first[r.seq] = r
-        last = r
-    if last is None:
+        if r.seq in unread:
+            unread.discard(r.seq)
+            continue
+        if newest is not None and newest.seq is not None:
+            step = (r.seq - newest.seq) % SEQ_MODULUS
+            lost = unreadable_at >= newest.t  # bytes discarded since it (or in its read)
+            if step != 1 and lost and step <= _LOST_AT_MOST + 1:
+                unread.update((newest.seq + i) % SEQ_MODULUS for i in range(1, step))
+            elif unreadable_at >= 0 and step >= SEQ_MODULUS - _LOST_AT_MOST:
+                continue  # a late re-send of a frame the kit could not read (it was first)
+            elif r.t <= booted_by and _RESTART <= step <= SEQ_MODULUS - _RESTART:
+                unread.clear()
+            elif step != 1:
+                how = f"skipping {step - 1}" if step < _HALF else f"back by {SEQ_MODULUS - step}"
+                raise Failed(f"its seq went from {newest.seq} to {r.seq} ({how}) between two "
+                             "new frames; a device's seq goes up by one for each new frame",
+                             [newest, r])
+        newest = r
+    if newest is None:
         raise Skipped("the device sent no data or control frame")
-    lowest = next(iter(first))
-    return (f"{len(first)} frames, seqs {lowest} to {last.seq} one by one, {copies} re-sent "
-            "with their seq")
+    never = f", {len(unread)} never read (lost on the line)" if unread else ""
+    return (f"{len(first)} frames, seqs {next(iter(first))} to {newest.seq} one by one, "
+            f"{copies} re-sent with their seq{never}")
 
 
 # ---------------------------------------------------------------------- LNK-7
@@ -361,6 +392,15 @@ def _wrap_index(sent: list[_Sent]) -> int | None:
         if sent[i - 1].seq >= _HALF > sent[i].seq:
             return i
     return None
+
+
+def _requests(sent: list[_Sent]) -> list[_Sent]:
+    """The requests among ``sent``, each seq once (a copy sent again is the same request)."""
+    out: dict[int, _Sent] = {}
+    for s in sent:
+        if not carries_request_seq(s.frame.cmd_id):
+            out.setdefault(s.seq, s)
+    return list(out.values())
 
 
 @check("LNK-7", budget_s=(_WRAP_REACH + 4) * 0.1 + 2 * REQUEST_TIMEOUT_S + 2)
@@ -394,9 +434,10 @@ async def kit_seq_wraps(ctx: Context) -> str:
                 break
     sent = [s for s in _kit_frames(probe) if s.intact]
     at = _wrap_index(sent)
-    assert at is not None
-    before = [s for s in sent[:at] if not carries_request_seq(s.frame.cmd_id)][-2:]
-    after = [s for s in sent[at:] if not carries_request_seq(s.frame.cmd_id)][:2]
+    if at is None:
+        raise Skipped(f"the kit's seq did not wrap (it is {probe.upcoming_seq})")
+    before = _requests(sent[:at])[-2:]
+    after = _requests(sent[at:])[:2]
     if not after:  # only answers went out since the wrap: ask something now
         reply = await probe.request(Command.PING, within=REQUEST_TIMEOUT_S, who="LNK-7",
                                     note="LNK-7: after the wrap")
