@@ -259,8 +259,8 @@ async def bad_crc_not_acted_on(ctx: Context) -> str:
     acted = [r for r in window if _answers(r, Command.PING, seq)]
     if acted:
         raise Failed(f"it answered a PING whose CRC was wrong (seq {seq}) with "
-                     f"{command_name(acted[0].frame.cmd_id)}; a frame with a bad CRC is "  # type: ignore[union-attr]
-                     "never acted on", [bad, *acted])
+                     f"{command_name(acted[0].cmd_id or 0)}; a frame with a bad CRC is never "
+                     "acted on", [bad, *acted])
     acked = [r for r in window if r.link == "ack" and r.seq == seq]
     if acked:
         raise Failed(f"it acknowledged (ACK seq {seq}) a PING whose CRC was wrong; a frame "
@@ -422,8 +422,9 @@ async def kit_seq_wraps(ctx: Context) -> str:
                 where = ("the first after the kit's seq wrapped from 4294967295 to 0"
                          if seq == 0 else f"{seq} after the wrap" if seq < _HALF
                          else f"{SEQ_MODULUS - seq} below the wrap")
-                before = "" if answered is None else \
-                    f"; the PING before it (seq {answered.seq}) was answered"  # fmt: skip
+                before = ""
+                if answered is not None:
+                    before = f"; the PING before it (seq {answered.seq}) was answered"
                 links = [r for r in probe.received if r.link is not None and r.seq == seq
                          and r.t >= reply.sent.t]
                 raise Failed(f"no answer within {REQUEST_TIMEOUT_S:g} s to the PING with seq "
@@ -441,7 +442,9 @@ async def kit_seq_wraps(ctx: Context) -> str:
     if not after:  # only answers went out since the wrap: ask something now
         reply = await probe.request(Command.PING, within=REQUEST_TIMEOUT_S, who="LNK-7",
                                     note="LNK-7: after the wrap")
-        after = [_Sent(reply.sent, reply.sent.seq or 0, reply.sent.frame or Frame(0), True)]
+        assert reply.sent.seq is not None
+        assert reply.sent.frame is not None
+        after = [_Sent(reply.sent, reply.sent.seq, reply.sent.frame, True)]
     crossing = before + after
     unanswered = [s for s in crossing
                   if not any(_answers(r, s.frame.cmd_id, s.seq) and r.t >= s.record.t
@@ -479,11 +482,13 @@ async def requests_in_flight(ctx: Context) -> str:
     wrong: list[str] = []
     evidence: list[Record] = []
     slowest = 0.0
+    def answers_one(r: Record) -> bool:
+        seq = None if r.frame is None else r.frame.request_seq
+        return seq is not None and seq in pending and _answers(r, cmd, seq)
+
     while pending:
         left = start + REQUEST_TIMEOUT_S - probe.now()
-        answer = await probe.wait_for(
-            lambda r: r.frame is not None and r.frame.request_seq in pending
-            and _answers(r, cmd, r.frame.request_seq), max(0.0, left), after=mark)
+        answer = await probe.wait_for(answers_one, max(0.0, left), after=mark)
         if answer is None:
             break
         assert answer.frame is not None
