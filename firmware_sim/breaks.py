@@ -68,7 +68,8 @@ BREAKS: dict[str, Break] = {b.name: b for b in (
           "STATUS period"),
     Break("bad-log", "TEL-4", "sends LOG frames with level 9 and text that is not UTF-8"),
     # the ms720 link
-    Break("no-link-ack", "LNK-1", "never sends ACK frames", frames="ms720"),
+    Break("no-link-ack", "LNK-1", "never sends ACK frames", frames="ms720",
+          also=("LNK-3",)),
     Break("no-retransmit", "LNK-2", "sends an unacknowledged frame once only",
           frames="ms720"),
     Break("retransmit-forever", "LNK-2", "sends an unacknowledged frame again 10 times",
@@ -80,10 +81,12 @@ BREAKS: dict[str, Break] = {b.name: b for b in (
                                 "REQ-6", "REQ-7", "TEL-3", "LNK-3", "LNK-4", "LNK-7",
                                 "LNK-8", "REG-6")),
     Break("seq-skips", "LNK-6", "its seq goes up by two per frame", frames="ms720"),
-    Break("wrap-rejected", "LNK-7", "ignores frames whose seq wrapped past 0xFFFFFFFF",
-          frames="ms720"),
-    Break("no-pipelining", "LNK-8", "answers only the first of requests that arrive within "
-          "50 ms of each other", frames="ms720"),
+    Break("wrap-rejected", "LNK-7", "ignores frames whose seq wrapped past 0xFFFFFFFF (seqs "
+          "compared as plain numbers: they look like duplicates, acknowledged and dropped)",
+          frames="ms720", also=("LNK-8",)),
+    Break("no-pipelining", "LNK-8", "takes one request at a time: one that arrives before "
+          "the answer to the one before is acknowledged (within 0.5 s) is acknowledged but "
+          "never answered", frames="ms720"),
 )}
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firmware_sim.breaks import BREAKS, check_breaks
+from firmware_sim.faulty_link import sim_framing
 from firmware_sim.links import Link
 from gateway.drivers.framed import FramedLine
 from gateway.errors import GatewayError
@@ -29,7 +30,7 @@ from gateway.frames import (
     encode_payload,
 )
 from gateway.frames.commands import RESPONSE_BIT, LogLevel
-from gateway.frames.framing import DEFAULT_FRAMES, framing_class, framing_for
+from gateway.frames.framing import DEFAULT_FRAMES, framing_class
 from gateway.frames.profiles import FieldSpec
 from gateway.settings import LinkSettings
 
@@ -250,7 +251,8 @@ class SimulatedDevice:
             self.line.close()
         # A random first seq after every boot: the other end's duplicate filter never
         # mistakes a rebooted device's new frames for old ones.
-        framing = framing_for(LinkSettings(frames=self.frames, retries=self.link_retries),
+        framing = sim_framing(self.faults.broken,
+                              LinkSettings(frames=self.frames, retries=self.link_retries),
                               clock=asyncio.get_running_loop().time,
                               first_seq=self.rng.randrange(2**32))
         self.line = FramedLine(framing, self._write_wire, self._take_frames, name=self.name)

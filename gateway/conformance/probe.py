@@ -189,6 +189,11 @@ class Probe:
         self._next_seq = (seq + 1) % SEQ_MODULUS
         return seq
 
+    @property
+    def upcoming_seq(self) -> int:
+        """ms720: the seq the next frame the kit sends will get (not taken)."""
+        return self._next_seq
+
     def wire_of(self, cmd_id: int, payload: bytes = b"", *, seq: int | None = None,
                 request_seq: int | None = None, msg_type: int = MsgType.DATA) -> bytes:
         """The bytes of one frame as the line's profile spells them."""
