@@ -40,8 +40,8 @@ BREAKS: dict[str, Break] = {b.name: b for b in (
     Break("slow-pong", "LIV-1", "answers PING after 400 ms"),
     Break("stops-heartbeat", "LIV-2", "sends two PINGs after registering, then no more"),
     # framing
-    Break("bad-checksum", "FRM-1", "sends every fourth frame with a wrong checksum (ms720: "
-          "CRC)", also=("TEL-2",)),
+    Break("bad-checksum", "FRM-1", "sends every other STATUS frame with a wrong checksum "
+          "(ms720: CRC)", also=("TEL-2",)),
     Break("no-resync", "FRM-2", "after bytes that are no frame, ignores everything it "
           "receives for 1 s", also=("FRM-3", "FRM-4")),
     Break("acts-on-bad-checksum", "FRM-3", "acts on frames whose checksum (ms720: CRC) is "
