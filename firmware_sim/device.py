@@ -32,8 +32,10 @@ from gateway.frames import (
 from gateway.frames.checksums import xor8
 from gateway.frames.commands import RESPONSE_BIT, LogLevel
 from gateway.frames.framing import DEFAULT_FRAMES, framing_class, framing_for
-from gateway.frames.ms720 import MsgType, crc16, decode_link
+from gateway.frames.ms720 import OVERHEAD as MS720_OVERHEAD
+from gateway.frames.ms720 import SYNC, MsgType, crc16, decode_link
 from gateway.frames.profiles import FieldSpec
+from gateway.frames.wire import HEADER_BYTES
 from gateway.settings import LinkSettings
 
 log = logging.getLogger(__name__)
@@ -555,9 +557,7 @@ class SimulatedDevice:
                 return
             self._rx_held = b""
         if faults.broken("acts-on-bad-checksum"):
-            unchecked = self._ignoring_check(data)
-            if unchecked is not None:
-                self._take_frames([unchecked])
+            self._take_frames(self._ignoring_check(data))
         if not faults.broken("no-resync"):
             line.feed(data)  # frames to _take_frames
             return
@@ -572,25 +572,32 @@ class SimulatedDevice:
         scratch.feed(data)
         return scratch.buffered > 0
 
-    def _ignoring_check(self, data: bytes) -> Frame | None:
-        """The command ``data`` would carry, were it one whole frame whose checksum (ms720:
-        CRC) is wrong, read as if the checksum were right; None for anything else."""
-        linked = self._framing_class.retransmits  # ms720: CRC-16 of bytes 4 .. n-3
-        decode = decode_link if linked else decode_frame
-        try:
-            decode(data)
-        except ChecksumMismatch:
-            pass
-        except GatewayError:
-            return None
-        else:
-            return None  # a good frame: the framing takes it
-        if not linked:
-            return decode_frame(data[:-1] + bytes([xor8(data[1:-1])]))
-        link = decode_link(data[:-2] + crc16(data[4:-2]).to_bytes(2, "little"))
-        if link.msg_type in (MsgType.DATA, MsgType.CONTROL) and link.payload:
-            return link.frame
-        return None
+    def _ignoring_check(self, data: bytes) -> list[Frame]:
+        """The commands of the frames back to back in ``data`` whose checksum (ms720: CRC)
+        is wrong, read as if it were right (the acts-on-bad-checksum break)."""
+        linked = self._framing_class.retransmits
+        head, overhead, length_at = (SYNC, MS720_OVERHEAD, 4) if linked else (HEADER_BYTES, 5, 2)
+        out, pos = [], 0
+        while pos < len(data):
+            if not data.startswith(head, pos) or len(data) < pos + length_at + 2:
+                pos += 1
+                continue
+            size = overhead + int.from_bytes(data[pos + length_at:pos + length_at + 2], "little")
+            frame = data[pos:pos + size]
+            try:
+                (decode_link if linked else decode_frame)(frame)
+            except ChecksumMismatch:
+                if not linked:
+                    out.append(decode_frame(frame[:-1] + bytes([xor8(frame[1:-1])])))
+                else:
+                    link = decode_link(frame[:-2] + crc16(frame[4:-2]).to_bytes(2, "little"))
+                    if link.msg_type in (MsgType.DATA, MsgType.CONTROL) and link.payload:
+                        out.append(link.frame)
+            except GatewayError:
+                pos += 1
+                continue
+            pos += size
+        return out
 
     def _take_frames(self, frames: list[Frame]) -> None:
         for frame in frames:
