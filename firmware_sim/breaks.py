@@ -53,7 +53,7 @@ BREAKS: dict[str, Break] = {b.name: b for b in (
     Break("whole-writes-only", "FRM-5", "drops a read that ends inside a frame"),
     # requests
     Break("wrong-read-key", "REQ-1", "answers READ with another key (key ^ 0x8000)",
-          also=("REQ-2",)),
+          also=("REQ-2", "REQ-3")),  # both read a key before and after writing it
     Break("write-not-stored", "REQ-2", "acknowledges a WRITE but keeps the old value",
           also=("TEL-3",)),
     Break("readonly-writable", "REQ-3", "stores a WRITE to a read-only key and answers 0"),
