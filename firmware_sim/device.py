@@ -540,8 +540,14 @@ class SimulatedDevice:
         faults, rng = self.faults, self.rng
         if faults.rx_corrupt_rate and data and rng.random() < faults.rx_corrupt_rate:
             data = self._flip_byte(data)
-        line = self.line
-        if line is None:
+        if self.line is not None:
+            self._feed(self.line, data)  # frames to _take_frames
+
+    def _feed(self, line: FramedLine, data: bytes) -> None:
+        """Received bytes to the line's framing, as the receive path's breaks let them."""
+        faults = self.faults
+        if not faults.breaks:
+            line.feed(data)
             return
         now = time.monotonic()
         if faults.broken("no-resync") and now < self._deaf_until:
@@ -558,12 +564,9 @@ class SimulatedDevice:
             self._rx_held = b""
         if faults.broken("acts-on-bad-checksum"):
             self._take_frames(self._ignoring_check(data))
-        if not faults.broken("no-resync"):
-            line.feed(data)  # frames to _take_frames
-            return
         discarded = line.framing.counters()["discarded_bytes"]
         line.feed(data)
-        if line.framing.counters()["discarded_bytes"] > discarded:
+        if faults.broken("no-resync") and line.framing.counters()["discarded_bytes"] > discarded:
             self._deaf_until = now + 1.0
 
     def _ends_inside_a_frame(self, data: bytes) -> bool:

@@ -30,8 +30,8 @@ async def test_a_conformant_device_passes_framing(tmp_path, frames):
 
 
 @pytest.mark.parametrize(("fault", "frames", "why"), [
-    ("bad-checksum", "mcp", "frames with a wrong checksum"),
-    ("bad-checksum", "ms720", "frames with a wrong CRC-16"),
+    ("bad-checksum", "mcp", "failed their checksum"),
+    ("bad-checksum", "ms720", "failed their CRC-16"),
     ("no-resync", "mcp", "after 37 bytes of garbage"),
     ("acts-on-bad-checksum", "mcp", "with a wrong checksum was acted on: answered by READ_RESP"),
     ("acts-on-bad-checksum", "ms720", "with a wrong CRC was acted on: answered by"),

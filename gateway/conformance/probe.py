@@ -229,7 +229,7 @@ class Probe:
         pieces = [wire[a:b] for a, b in itertools.pairwise(bounds) if b > a]
         frame = Frame(cmd_id, payload, seq)
         how = "byte by byte" if cuts is None else f"in {len(pieces)} parts"
-        text = f"{self._text(frame, seq)} (written {how}, {gap_s * 1000:g} ms apart"
+        text = f"{self._text(frame, seq)} (written {how}, {gap_s * 1000:.1f} ms apart"
         record = Record(self.now(), "tx", wire, text + (f"; {note})" if note else ")"),
                         frame, seq)
         self.records.append(record)

@@ -95,10 +95,11 @@ async def frames_are_valid(ctx: Context) -> str:
     oversize = counts["oversize_lengths"]
     raw = [r for r in probe.received if r.link == "raw"]
     if discarded or checksums or oversize or raw:
-        raise Failed(f"of {counts['bytes_in']} bytes the device sent, {discarded} were no valid "
-                     f"frame: {checksums} frames with a wrong {check_name}, {oversize} lengths "
-                     f"over {bound}, the rest no frame at all (shown: the reads that held "
-                     "them)", raw[:EVIDENCE_LINES])
+        raise Failed(f"{discarded} of the {counts['bytes_in']} bytes the device sent were no "
+                     f"valid frame ({checksums} frame{'' if checksums == 1 else 's'} failed their "
+                     f"{check_name}, {oversize} declared a length over {bound}); shown: the "
+                     "reads that held them",
+                     raw[:EVIDENCE_LINES])
     return (f"{counts['frames']} frames ({counts['bytes_in']} bytes) received over "
             f"{probe.now():.1f} s, every one with a good header, length and {check_name}")
 

@@ -168,26 +168,26 @@ async def writes_are_stored(ctx: Context) -> str:
             continue
         written = False
         try:
-            status, shown = await _write(ctx, key, new, "REQ-2")
+            status, wrote = await _write(ctx, key, new, "REQ-2")
             if status != 0:
                 raise Failed(f"WRITE of {new!r} to {_named(key)} (was {original!r}) answered "
-                             f"WRITE_ACK status {status}, not 0 (ok)", shown)
+                             f"WRITE_ACK status {status}, not 0 (ok)", wrote)
             written = True
             _interval_in_force(ctx, key, original, new)
-            got, shown = await _read(ctx, key, "REQ-2")
+            got, read = await _read(ctx, key, "REQ-2")
             if got != new:
                 raise Failed(f"{_named(key)} reads {got!r} after a WRITE of {new!r} answered "
-                             "status 0", shown)
-            status, shown = await _write(ctx, key, original, "REQ-2")
+                             "status 0", wrote + read)
+            status, wrote = await _write(ctx, key, original, "REQ-2")
             written = status != 0
             if status != 0:
                 raise Failed(f"writing {_named(key)} back to {original!r} answered WRITE_ACK "
-                             f"status {status}, not 0 (ok)", shown)
+                             f"status {status}, not 0 (ok)", wrote)
             _interval_in_force(ctx, key, new, original)
-            got, shown = await _read(ctx, key, "REQ-2")
+            got, read = await _read(ctx, key, "REQ-2")
             if got != original:
                 raise Failed(f"{_named(key)} reads {got!r} after being written back to "
-                             f"{original!r}", shown)
+                             f"{original!r}", wrote + read)
         finally:
             if written:  # a failure half-way: the original value back, come what may
                 await ctx.probe.request(Command.WRITE, key.id.to_bytes(2, "little")
@@ -230,12 +230,12 @@ async def readonly_is_denied(ctx: Context) -> str:
 async def unknown_key_is_bad_payload(ctx: Context) -> str:
     key_id = next(k for k in range(_HIGHEST_KEY, 0, -1) if k not in ctx.profile.keys)
     key = key_id.to_bytes(2, "little")
-    what = f"READ of key 0x{key_id:04x}, which the profile {ctx.profile.name} does not have"
+    what = f"READ of key 0x{key_id:04x} (not in the profile {ctx.profile.name})"
     answer, shown = await _ask(ctx, Command.READ, key, what, "REQ-4")
     if _nack_code(answer, Command.READ) != NackCode.BAD_PAYLOAD:
         raise Failed(f"{what} was answered by {_described(answer)}, not NACK code 2 (bad "
                      "payload)", shown)
-    what = f"WRITE of 4 zero bytes to key 0x{key_id:04x}, which the profile does not have"
+    what = f"WRITE of 4 zero bytes to key 0x{key_id:04x} (not in the profile)"
     answer, shown = await _ask(ctx, Command.WRITE, key + bytes(4), what, "REQ-4")
     frame = answer.frame
     assert frame is not None
@@ -254,7 +254,7 @@ async def unknown_command_is_nacked(ctx: Context) -> str:
                     and c not in ctx.profile.commands)]
     for cmd_id in unknown:
         kind = "device-specific command" if cmd_id in DEVICE_REQUESTS else "command"
-        what = f"the {kind} 0x{cmd_id:02x}, which the profile {ctx.profile.name} does not have"
+        what = f"the {kind} 0x{cmd_id:02x} (not in the profile {ctx.profile.name})"
         answer, shown = await _ask(ctx, cmd_id, b"", what, "REQ-5")
         if _nack_code(answer, cmd_id) != NackCode.UNKNOWN_COMMAND:
             raise Failed(f"{what} was answered by {_described(answer)}, not NACK code 1 "
@@ -347,7 +347,7 @@ async def one_answer_per_request(ctx: Context) -> str:
         count += 1
         request = next((r for r in reversed(requests) if _answers(r, record)), None)
         if request is None:
-            wrong.append((f"{record.text} at {record.t * 1000:.0f} ms answers nothing the kit "
+            wrong.append((f"{record.text} at {record.t * 1000:.1f} ms answers nothing the kit "
                           "asked", [record]))
             continue
         first = answered.get(id(request))
@@ -357,8 +357,8 @@ async def one_answer_per_request(ctx: Context) -> str:
             continue
         if record.claimed_by is None:
             wrong.append((f"the {command_name(request.frame.cmd_id)} at "  # type: ignore[union-attr]
-                          f"{request.t * 1000:.0f} ms was answered twice: at "
-                          f"{first.t * 1000:.0f} ms and again at {record.t * 1000:.0f} ms",
+                          f"{request.t * 1000:.1f} ms was answered twice: at "
+                          f"{first.t * 1000:.1f} ms and again at {record.t * 1000:.1f} ms",
                           [request, first, record]))
     if wrong:
         more = f" ({len(wrong)} such answers in all)" if len(wrong) > 1 else ""
