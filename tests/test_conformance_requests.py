@@ -5,11 +5,16 @@ break of the group."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from firmware_sim.breaks import BREAKS
+from gateway.conformance.checks import CHECKS, Failed, load
+from gateway.conformance.probe import Record
 from gateway.conformance.rules import RULES
+from gateway.frames import Command, Frame, encode_frame
+from gateway.frames.commands import command_name
 from tests.conformance_helpers import (
     breaks_of,
     explain,
@@ -39,7 +44,7 @@ async def test_a_conformant_env_sensor_passes_requests(tmp_path, frames):
     assert "fw_build: WRITE denied (status 6)" in results["REQ-3"].why
     assert "no device-specific commands" in results["REQ-7"].why
     assert settings == before, "every value written is written back"
-    print(frames, f"{took:.2f} s", explain(results))
+    assert took < 8, f"the requests group took {took:.1f} s; it aims at under 5 s"
 
 
 async def test_a_conformant_valve_passes_its_device_command(tmp_path):
@@ -82,3 +87,30 @@ def test_every_requests_break_is_tested():
     assert set(breaks_of(REQUESTS)) == {
         "wrong-read-key", "write-not-stored", "readonly-writable", "unknown-key-answered",
         "no-unknown-nack", "no-bad-payload-nack", "wrong-command-layout", "double-answer"}
+
+
+def _record(t: float, direction: str, cmd_id: int, payload: bytes = b"",
+            claimed_by: str | None = None) -> Record:
+    return Record(t, direction, encode_frame(cmd_id, payload), command_name(cmd_id),
+                  Frame(cmd_id, payload), claimed_by=claimed_by)
+
+
+async def _req_8(records: list[Record]) -> str:
+    ctx = SimpleNamespace(probe=SimpleNamespace(records=records))
+    return await CHECKS["REQ-8"].fn(ctx)  # type: ignore[arg-type]
+
+
+async def test_req_8_takes_a_late_answer_and_fails_one_nobody_asked_for():
+    """A late answer (its request had none in time) is still one answer; a response that
+    answers no request of the kit's breaks REQ-8, as a second answer does."""
+    load()
+    read = _record(0.0, "tx", Command.READ, b"\x01\x00")
+    late = _record(1.5, "rx", Command.READ_RESP, b"\x01\x00\xe8\x03\x00\x00")
+    assert "(1 after the kit stopped waiting)" in await _req_8([read, late])
+    stray = _record(2.0, "rx", Command.WRITE_ACK, b"\x01\x00\x00")
+    with pytest.raises(Failed, match=r"WRITE_ACK at 2000\.0 ms answers nothing the kit asked"):
+        await _req_8([read, late, stray])
+    # PONGs to the device's own PINGs are the kit's (tx): not answers of the device
+    ping = _record(3.0, "rx", Command.PING)
+    pong = _record(3.0, "tx", Command.PONG)
+    assert "1 answers" in await _req_8([read, late, ping, pong])
