@@ -20,18 +20,23 @@ from firmware_sim.breaks import BREAKS, check_breaks
 from firmware_sim.faulty_link import sim_framing
 from firmware_sim.links import Link
 from gateway.drivers.framed import FramedLine
-from gateway.errors import GatewayError
+from gateway.errors import ChecksumMismatch, GatewayError
 from gateway.frames import (
     Command,
     DeviceProfile,
     Frame,
     NackCode,
+    decode_frame,
     decode_payload,
     encode_payload,
 )
+from gateway.frames.checksums import xor8
 from gateway.frames.commands import RESPONSE_BIT, LogLevel
 from gateway.frames.framing import DEFAULT_FRAMES, framing_class
+from gateway.frames.ms720 import OVERHEAD as MS720_OVERHEAD
+from gateway.frames.ms720 import SYNC, MsgType, crc16, decode_link
 from gateway.frames.profiles import FieldSpec
+from gateway.frames.wire import HEADER_BYTES
 from gateway.settings import LinkSettings
 
 log = logging.getLogger(__name__)
@@ -208,6 +213,11 @@ class SimulatedDevice:
         self._running: asyncio.Task[None] | None = None
         #: the ms720 seq of the request being handled (None on mcp)
         self._answering: int | None = None
+        #: breaks of the receive path: deaf until (no-resync), bytes held (no-frame-timeout)
+        self._deaf_until = 0.0
+        self._rx_held = b""
+        #: STATUS frames written (bad-checksum spoils every other one)
+        self._status_writes = 0
         self._plugged = asyncio.Event()
         self.link.on_data = self._on_data
 
@@ -505,7 +515,17 @@ class SimulatedDevice:
             self.counters.corrupted_frames += 1
         if faults.duplicate_rate and rng.random() < faults.duplicate_rate:
             data += data
+        if faults.broken("bad-checksum") and self._carries_status(data):
+            self._status_writes += 1
+            if self._status_writes % 2 == 0:
+                data = data[:-1] + bytes([data[-1] ^ 0x55])  # the checksum (ms720: CRC) byte
         self.link.write(out + data)
+
+    def _carries_status(self, data: bytes) -> bool:
+        """``data`` is a STATUS frame (read by a framing of the line's profile)."""
+        seen = self._framing_class().watch(data)
+        return any(item.get("frame") is not None and item["frame"].cmd_id == Command.STATUS
+                   for item in seen)
 
     def _corrupt(self, data: bytes) -> bytes:
         """A write with a wrong byte. Over a link that retransmits, noise hits any byte (it
@@ -523,7 +543,66 @@ class SimulatedDevice:
         if faults.rx_corrupt_rate and data and rng.random() < faults.rx_corrupt_rate:
             data = self._flip_byte(data)
         if self.line is not None:
-            self.line.feed(data)  # frames to _take_frames
+            self._feed(self.line, data)  # frames to _take_frames
+
+    def _feed(self, line: FramedLine, data: bytes) -> None:
+        """Received bytes to the line's framing, as the receive path's breaks let them."""
+        faults = self.faults
+        if not faults.breaks:
+            line.feed(data)
+            return
+        now = time.monotonic()
+        if faults.broken("no-resync") and now < self._deaf_until:
+            return
+        if faults.broken("whole-writes-only") and self._ends_inside_a_frame(data):
+            return
+        if faults.broken("no-frame-timeout"):
+            # Bytes held here until they end on a frame's end: the framing never sees a
+            # partial frame, so its inter-frame timeout never drops one.
+            data = self._rx_held + data
+            if self._ends_inside_a_frame(data):
+                self._rx_held = data
+                return
+            self._rx_held = b""
+        if faults.broken("acts-on-bad-checksum"):
+            self._take_frames(self._ignoring_check(data))
+        discarded = line.framing.counters()["discarded_bytes"]
+        line.feed(data)
+        if faults.broken("no-resync") and line.framing.counters()["discarded_bytes"] > discarded:
+            self._deaf_until = now + 1.0
+
+    def _ends_inside_a_frame(self, data: bytes) -> bool:
+        """A framing of the line's profile, fed ``data`` alone, holds a partial frame."""
+        scratch = self._framing_class()
+        scratch.feed(data)
+        return scratch.buffered > 0
+
+    def _ignoring_check(self, data: bytes) -> list[Frame]:
+        """The commands of the frames back to back in ``data`` whose checksum (ms720: CRC)
+        is wrong, read as if it were right (the acts-on-bad-checksum break)."""
+        linked = self._framing_class.retransmits
+        head, overhead, length_at = (SYNC, MS720_OVERHEAD, 4) if linked else (HEADER_BYTES, 5, 2)
+        out, pos = [], 0
+        while pos < len(data):
+            if not data.startswith(head, pos) or len(data) < pos + length_at + 2:
+                pos += 1
+                continue
+            size = overhead + int.from_bytes(data[pos + length_at:pos + length_at + 2], "little")
+            frame = data[pos:pos + size]
+            try:
+                (decode_link if linked else decode_frame)(frame)
+            except ChecksumMismatch:
+                if not linked:
+                    out.append(decode_frame(frame[:-1] + bytes([xor8(frame[1:-1])])))
+                else:
+                    link = decode_link(frame[:-2] + crc16(frame[4:-2]).to_bytes(2, "little"))
+                    if link.msg_type in (MsgType.DATA, MsgType.CONTROL) and link.payload:
+                        out.append(link.frame)
+            except GatewayError:
+                pos += 1
+                continue
+            pos += size
+        return out
 
     def _take_frames(self, frames: list[Frame]) -> None:
         for frame in frames:
@@ -569,32 +648,42 @@ class SimulatedDevice:
                 self._hello_now.set()
         elif cmd & RESPONSE_BIT:
             return  # PONG and stray responses: nothing to answer
-        else:
+        elif not self.faults.broken("no-unknown-nack"):
             self._nack(cmd, NackCode.UNKNOWN_COMMAND)
 
     def _read(self, payload: bytes) -> None:
+        faults = self.faults
         try:
             key_id = decode_payload(Command.READ, payload)["key"]
         except GatewayError:
-            self._nack(Command.READ, NackCode.BAD_PAYLOAD)
+            if not faults.broken("no-bad-payload-nack"):
+                self._nack(Command.READ, NackCode.BAD_PAYLOAD)
             return
         key = self.profile.keys.get(key_id)
         if key is None:
-            self._nack(Command.READ, NackCode.BAD_PAYLOAD)
+            if faults.broken("unknown-key-answered"):
+                self._answer(Command.READ_RESP, key_id.to_bytes(2, "little") + bytes(4))
+            else:
+                self._nack(Command.READ, NackCode.BAD_PAYLOAD)
             return
         value = key.encode(self.settings[key.id])
-        self._answer(Command.READ_RESP, key_id.to_bytes(2, "little") + value)
+        answered = key_id ^ 0x8000 if faults.broken("wrong-read-key") else key_id
+        self._answer(Command.READ_RESP, answered.to_bytes(2, "little") + value)
+        if faults.broken("double-answer"):
+            self._answer(Command.READ_RESP, answered.to_bytes(2, "little") + value)
 
     def _write(self, payload: bytes) -> None:
+        faults = self.faults
         try:
             request = decode_payload(Command.WRITE, payload)
         except GatewayError:
-            self._nack(Command.WRITE, NackCode.BAD_PAYLOAD)
+            if not faults.broken("no-bad-payload-nack"):
+                self._nack(Command.WRITE, NackCode.BAD_PAYLOAD)
             return
         key_id = request["key"]
         key = self.profile.keys.get(key_id)
         status = NackCode.BAD_PAYLOAD if key is None else None
-        if key is not None and not key.writable:
+        if key is not None and not key.writable and not faults.broken("readonly-writable"):
             status = NackCode.DENIED
         elif key is not None:
             try:
@@ -603,7 +692,8 @@ class SimulatedDevice:
             except GatewayError:
                 status = NackCode.BAD_PAYLOAD
             else:
-                self.settings[key.id] = value
+                if not faults.broken("write-not-stored"):
+                    self.settings[key.id] = value
                 if key.name == "interval_ms":
                     self._wake.set()
         payload = encode_payload(Command.WRITE_ACK, {"key": key_id, "status": status or 0})
@@ -623,4 +713,7 @@ class SimulatedDevice:
             values[f.name] = {"utf8": "", "bytes": b"", "bool": False}.get(
                 f.type, hint.get("start", f.min if f.min is not None else 0)
             )
-        self._answer(cmd | RESPONSE_BIT, spec.response.encode(values, what=spec.name))
+        response = spec.response.encode(values, what=spec.name)
+        if self.faults.broken("wrong-command-layout"):
+            response = response[:-1]
+        self._answer(cmd | RESPONSE_BIT, response)

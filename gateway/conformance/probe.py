@@ -13,8 +13,9 @@ tester must be able to send what a well-behaved framing never would.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,6 +221,30 @@ class Probe:
             text += f" ({note})"
         return self._write(Record(self.now(), "tx", wire, text, frame, seq))
 
+    async def send_in_parts(self, cmd_id: int, payload: bytes = b"", *,
+                            cuts: Sequence[int] | None = None, gap_s: float,
+                            seq: int | None = None, note: str = "") -> Record:
+        """Send one frame as several writes, ``gap_s`` apart: cut at the offsets ``cuts``
+        (None: byte by byte). The transcript records the frame once, at its first byte."""
+        if self.linked and seq is None:
+            seq = self.next_seq()
+        wire = self.wire_of(cmd_id, payload, seq=seq)
+        offsets = range(1, len(wire)) if cuts is None else sorted(cuts)
+        bounds = [0, *offsets, len(wire)]
+        pieces = [wire[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+        frame = Frame(cmd_id, payload, seq)
+        how = "byte by byte" if cuts is None else f"in {len(pieces)} parts"
+        text = f"{self._text(frame, seq)} (written {how}, {gap_s * 1000:.1f} ms apart"
+        record = Record(self.now(), "tx", wire, text + (f"; {note})" if note else ")"),
+                        frame, seq)
+        self.records.append(record)
+        for i, piece in enumerate(pieces):
+            if i:
+                await asyncio.sleep(gap_s)  # the gap between writes is the stimulus
+            if self._transport is not None:
+                self._transport.write(piece)
+        return record
+
     def write_raw(self, data: bytes, text: str) -> Record:
         """Send bytes that are not (or not all of) a frame: garbage, a part of a frame."""
         return self._write(Record(self.now(), "tx", data, text, link="raw"))
@@ -339,6 +364,35 @@ class Probe:
         """Let ``seconds`` pass while the line is watched (frames keep being recorded and
         answered): a bounded wait for what must *not* happen."""
         await asyncio.sleep(seconds)
+
+    async def answer_to(self, sent: Record, *, after: int, within: float,
+                        who: str) -> Reply:
+        """Wait for the answer to a request already sent (``sent``, e.g. by
+        ``send_in_parts``) among what arrives after ``after``, and claim it for ``who``;
+        matched as ``request`` matches."""
+        assert sent.frame is not None
+        cmd_id = sent.frame.cmd_id
+        reply = Reply(sent, None)
+
+        def answers(record: Record) -> bool:
+            frame = record.frame
+            if frame is None or record.claimed_by is not None:
+                return False
+            nack = frame.cmd_id == Command.NACK and frame.payload[:1] == bytes([cmd_id])
+            if frame.cmd_id != cmd_id | RESPONSE_BIT and not nack:
+                return False
+            if self.linked and frame.request_seq != sent.seq:
+                if record not in reply.mistagged:
+                    reply.mistagged.append(record)
+                return False
+            return True
+
+        answer = await self.wait_for(answers, within, after=after)
+        if answer is not None:
+            answer.claimed_by = who
+            reply.answer = answer
+            reply.latency = answer.t - sent.t
+        return reply
 
     async def request(self, cmd_id: int, payload: bytes = b"", *, within: float,
                       who: str = "", corrupt: bool = False, note: str = "") -> Reply:
