@@ -4,7 +4,6 @@ conformant, then with each fault that breaks one of them."""
 from __future__ import annotations
 
 import functools
-import time
 
 import pytest
 
@@ -18,11 +17,9 @@ from tests.conformance_helpers import breaks_of, explain, kit, simulated, verdic
 LINK_RULES = {r.id for r in RULES.values() if r.group == "ms720"}
 
 
-async def test_a_conformant_device_passes_the_ms720_link_checks_quickly(tmp_path):
+async def test_a_conformant_device_passes_the_ms720_link_checks(tmp_path):
     async with simulated(tmp_path, frames="ms720") as device:
-        start = time.monotonic()
         results = await kit(device, only=("ms720",))
-        took = time.monotonic() - start
     assert verdicts(results) == dict.fromkeys(sorted(LINK_RULES), "pass"), explain(results)
     assert "sent again 3 times without an ACK (at most 3)" in results["LNK-2"].why
     assert "2 ACKs, one PONG" in results["LNK-3"].why
@@ -30,7 +27,6 @@ async def test_a_conformant_device_passes_the_ms720_link_checks_quickly(tmp_path
     # The kit's seq starts 24 below 2^32: LNK-7 walks it across and names the seqs.
     assert "4294967295 PING, 0 PING" in results["LNK-7"].why
     assert "8 READs in flight" in results["LNK-8"].why
-    assert took < 10, f"the ms720 group took {took:.1f} s (aim: under 5 s)"
 
 
 #: each link break, and what its rule's failure must say

@@ -4,7 +4,6 @@ break of the group."""
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -31,9 +30,7 @@ REQUESTS = {r.id for r in RULES.values() if r.group == "requests"}
 async def test_a_conformant_env_sensor_passes_requests(tmp_path, frames):
     async with simulated(tmp_path, frames=frames) as device:
         before = dict(device.settings)
-        start = time.monotonic()
         results = await kit(device, only=("requests",))
-        took = time.monotonic() - start
         settings = dict(device.settings)
     expected = dict.fromkeys(sorted(REQUESTS), "pass") | {"REQ-7": "skip"}
     if frames == "ms720":
@@ -44,7 +41,6 @@ async def test_a_conformant_env_sensor_passes_requests(tmp_path, frames):
     assert "fw_build: WRITE denied (status 6)" in results["REQ-3"].why
     assert "no device-specific commands" in results["REQ-7"].why
     assert settings == before, "every value written is written back"
-    assert took < 8, f"the requests group took {took:.1f} s; it aims at under 5 s"
 
 
 async def test_a_conformant_valve_passes_its_device_command(tmp_path):
