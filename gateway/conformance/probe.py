@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 #: the kit's first ms720 seq: close below 2^32, so its seq wraps within every run (LNK-7)
 KIT_FIRST_SEQ = SEQ_MODULUS - 24
 _READ_SIZE = 65536
+#: at most this many bytes of the reads that held a dropped partial frame are quoted
+_HELD_QUOTED = 8192
 
 
 class PortBusy(GatewayError):
@@ -145,6 +148,9 @@ class Probe:
         self._seen_seqs: set[int] = set()
         self._arrived = asyncio.Event()
         self._transport: asyncio.Transport | None = None
+        #: the timer that drops a stale partial frame, and the reads that hold it
+        self._expiry: asyncio.TimerHandle | None = None
+        self._held = b""
         self._closed: asyncio.Future[Exception | None] | None = None
         self._t0 = 0.0
 
@@ -167,6 +173,9 @@ class Probe:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -263,13 +272,42 @@ class Probe:
     # ------------------------------------------------------------------ receiving
 
     def _on_data(self, data: bytes) -> None:
-        now = self.now()
+        # the reads that hold a partial frame, quoted if it is dropped
+        self._held = (self._held + data)[-_HELD_QUOTED:] if self.framing.buffered else data
         before = self.framing.counters()["discarded_bytes"]
-        seen = self.framing.watch(data)
-        discarded = self.framing.counters()["discarded_bytes"] - before
+        self._take(self.framing.watch(data), data, before, "")
+        self._arm_expiry()
+
+    def _arm_expiry(self) -> None:
+        """A partial frame held is dropped at its inter-frame timeout, as the gateway's
+        driver does, so a device frame cut short (or with a wrong length) cannot hold up
+        the frames behind it."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        deadline = self.framing.deadline
+        if deadline is not None and self._transport is not None:
+            self._expiry = asyncio.get_running_loop().call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        try:
+            before = self.framing.counters()["discarded_bytes"]
+            seen = self.framing.watch_expire(time.monotonic())  # the framing's clock
+            self._take(seen, self._held, before, ", a partial frame dropped after the "
+                       "inter-frame timeout")
+        except Exception:  # a bug here must not stop the probe's receiving: logged loudly
+            log.exception("conformance probe: failed to expire a partial frame")
+        self._arm_expiry()
+
+    def _take(self, seen: list[dict[str, Any]], data: bytes, discarded_before: int,
+              how: str) -> None:
+        """Record what the framing found in ``data``, and answer it."""
+        now = self.now()
+        discarded = self.framing.counters()["discarded_bytes"] - discarded_before
         if discarded:
             self._receive(Record(now, "rx", data, f"{discarded} of these {len(data)} bytes "
-                                 "are no valid frame (discarded)", link="raw"))
+                                 f"are no valid frame (discarded{how})", link="raw"))
         for item in seen:
             frame = item.get("frame")
             if frame is None:

@@ -96,6 +96,12 @@ class Framing(Protocol):
         frame (``{"link": "ack", ...}``)."""
         ...
 
+    def watch_expire(self, now: float) -> list[dict[str, Any]]:
+        """A listener's ``expire``: a partial frame held past the inter-frame timeout at
+        ``now`` is dropped (its bytes counted as discarded), and what is found behind it
+        comes out as ``watch`` gives it. Call it at ``deadline``."""
+        ...
+
     def close(self) -> None:
         """The line is gone: drop what waits (frames unacknowledged, the backlog)."""
         ...

@@ -85,8 +85,16 @@ class McpFraming:
     def watch(self, data: bytes) -> list[dict[str, Any]]:
         """Bytes from a line only listened to: each frame as ``{"frame": Frame, "wire":
         bytes}``."""
+        return self._watched(self.deframer.feed(data))
+
+    def watch_expire(self, now: float) -> list[dict[str, Any]]:
+        """A listener's ``expire``: the frames found behind a stale partial frame."""
+        return self._watched(self.deframer.expire(now))
+
+    @staticmethod
+    def _watched(frames: list[Frame]) -> list[dict[str, Any]]:
         return [{"frame": frame, "wire": encode_frame(frame.cmd_id, frame.payload)}
-                for frame in self.deframer.feed(data)]
+                for frame in frames]
 
     def close(self) -> None:
         """Drop what waits to be written."""

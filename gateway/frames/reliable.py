@@ -242,8 +242,16 @@ class Ms720Framing:
         link frame as it comes, duplicates included: ``{"frame": Frame, "seq": n,
         "msg_type": t}``, or ``{"link": "ack"|"nack", "seq": n}``; each with its ``wire``
         bytes."""
+        return self._watched(self.deframer.feed(data))
+
+    def watch_expire(self, now: float) -> list[dict[str, Any]]:
+        """A listener's ``expire``: the frames found behind a stale partial frame (nothing
+        is sent, so nothing else is due)."""
+        return self._watched(self.deframer.expire(now))
+
+    def _watched(self, links: list[LinkFrame]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for link in self.deframer.feed(data):
+        for link in links:
             if link.msg_type in (MsgType.ACK, MsgType.NACK):
                 out.append({"link": "ack" if link.msg_type == MsgType.ACK else "nack",
                             "seq": link.seq, "wire": link.encode()})
