@@ -294,7 +294,7 @@ class SimulatedDevice:
             await self._plugged.wait()
             once = self.faults.broken("hello-once") and hello_boot == self._booted_at
             wanted = not self.registered or self.faults.broken("hello-after-ack")
-            if self.send_hello and wanted and not once:
+            if self.send_hello and wanted and not once and not self.faults.broken("no-hello"):
                 self.send(Command.HELLO, self.hello_payload())
                 self.counters.hellos_sent += 1
                 hello_boot = self._booted_at

@@ -55,8 +55,8 @@ async def _hello_or_skip(ctx: Context) -> Record:
     """The device's first HELLO; ``Skipped`` if none came (REG-1 fails then)."""
     try:
         return await ctx.first_hello()
-    except Failed as failure:
-        raise Skipped(f"the device sent no HELLO (REG-1: {failure.why})") from None
+    except Failed:
+        raise Skipped("the device sent no HELLO (see REG-1)") from None
 
 
 async def _registered(ctx: Context) -> float:
@@ -136,7 +136,8 @@ def hello_problems(payload: bytes) -> list[str]:
         if cap is None:
             return problems
     if pos < len(payload):
-        problems.append(f"{len(payload) - pos} bytes follow the caps")
+        extra = len(payload) - pos
+        problems.append(f"{extra} {'byte follows' if extra == 1 else 'bytes follow'} the caps")
     if not problems:
         try:
             decode_payload(Command.HELLO, payload)
