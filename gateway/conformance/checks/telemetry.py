@@ -201,7 +201,8 @@ async def status_period(ctx: Context) -> str:
     return _judge(statuses, period_s)
 
 
-@check("TEL-3", budget_s=4 * REQUEST_TIMEOUT_S + (INTERVALS + 1) * 0.75 + 2)
+@check("TEL-3", budget_s=3 * REQUEST_TIMEOUT_S
+       + (INTERVALS + 1) * _late_s(TEST_INTERVAL_MS / 1000) + 2)
 async def interval_write_applies(ctx: Context) -> str:
     _status_event(ctx)
     key = _interval_key(ctx)
