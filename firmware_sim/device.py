@@ -301,15 +301,20 @@ class SimulatedDevice:
     # ------------------------------------------------------------------ loops
 
     async def _hello_loop(self) -> None:
+        hello_boot: float | None = None  # the boot a HELLO was sent after (hello-once)
         while True:
             await self._plugged.wait()
-            if self.send_hello and not self.registered:
+            once = self.faults.broken("hello-once") and hello_boot == self._booted_at
+            wanted = not self.registered or self.faults.broken("hello-after-ack")
+            if self.send_hello and wanted and not once and not self.faults.broken("no-hello"):
                 self.send(Command.HELLO, self.hello_payload())
                 self.counters.hellos_sent += 1
+                hello_boot = self._booted_at
             self._hello_now.clear()
             await _wait_event(self._hello_now, HELLO_RETRY_S)
 
     async def _status_loop(self) -> None:
+        period = self.interval_s
         while True:
             await self._plugged.wait()
             if self._status_event is not None:
@@ -318,8 +323,11 @@ class SimulatedDevice:
                 self.counters.status_sent += 1
                 self.send(Command.STATUS, payload)
             self._wake.clear()
+            if not self.faults.broken("ignores-interval-write"):
+                period = self.interval_s
             # A WRITE of interval_ms wakes us so the new period applies at once.
-            await _wait_event(self._wake, self.interval_s)
+            await _wait_event(self._wake,
+                              period * (0.6 if self.faults.broken("fast-status") else 1.0))
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -343,6 +351,11 @@ class SimulatedDevice:
     def hello_payload(self) -> bytes:
         """The HELLO this device sends."""
         caps = ["status", "read", "write", *(c.name for c in self.profile.commands.values())]
+        if self.faults.broken("bad-hello"):  # proto 2 and a 40-byte model: no codec builds it
+            bare = encode_payload(Command.HELLO, {"proto": 1, "uid": self.uid.hex(),
+                                                  "fw": self.fw, "model": "", "caps": caps})
+            model = (self.model * 40)[:40].encode("ascii")
+            return b"\x02" + bare[1:12] + bytes([len(model)]) + model + bare[13:]
         return encode_payload(
             Command.HELLO,
             {"proto": 1, "uid": self.uid.hex(), "fw": self.fw, "model": self.model, "caps": caps},
@@ -362,7 +375,8 @@ class SimulatedDevice:
                 values[spec.name] = drift.next()
             else:
                 values[spec.name] = {"bool": False, "utf8": self.name}.get(spec.type, b"")
-        return self._status_event.layout.encode(values)
+        payload = self._status_event.layout.encode(values)
+        return payload[:-1] if self.faults.broken("short-status") else payload
 
     def _status_frames(self, count: int) -> bytes:
         """``count`` STATUS frames for a flood or stream, counted like any others.
@@ -456,6 +470,9 @@ class SimulatedDevice:
 
     def log_line(self, level: LogLevel, text: str) -> None:
         """Send a LOG frame."""
+        if self.faults.broken("bad-log"):  # a level past ERROR, and bytes that are no UTF-8
+            self.send(Command.LOG, bytes([9]) + b"\xff\xfe" + text.encode())
+            return
         self.send(Command.LOG, bytes([level]) + text.encode("utf-8")[:255])
 
     def send(self, cmd_id: int, payload: bytes = b"", request_seq: int | None = None) -> None:
@@ -623,11 +640,13 @@ class SimulatedDevice:
             except GatewayError:
                 return
             self.node_id = ack["node_id"]
-            self.heartbeat_s = float(ack["heartbeat_s"] or DEFAULT_HEARTBEAT_S)
+            if not self.faults.broken("ignores-heartbeat"):
+                self.heartbeat_s = float(ack["heartbeat_s"] or DEFAULT_HEARTBEAT_S)
             if not self.registered:
                 self.counters.registrations += 1
                 self._pings_since_ack = 0
                 self._registered_now.set()
+                self.log_line(LogLevel.INFO, f"registered as node {self.node_id}")
             self.registered = True
         elif cmd == Command.PING:
             if self.faults.broken("slow-pong"):
@@ -643,8 +662,11 @@ class SimulatedDevice:
         elif cmd in self.profile.commands:
             self._device_command(cmd, frame.payload)
         elif cmd == Command.NACK:
-            if frame.payload[1:2] == bytes([NackCode.NOT_REGISTERED]):
+            if (frame.payload[1:2] == bytes([NackCode.NOT_REGISTERED])
+                    and not self.faults.broken("ignores-nack5")):
                 self.registered = False  # the gateway does not know us: HELLO again, now
+                if self.faults.broken("new-uid"):
+                    self.uid = hashlib.sha256(self.uid).digest()[:8]
                 self._hello_now.set()
         elif cmd & RESPONSE_BIT:
             return  # PONG and stray responses: nothing to answer

@@ -375,6 +375,21 @@ class Probe:
         """A place in ``received``: waits from here on see only what arrives after it."""
         return len(self.received)
 
+    def received_once(self, cmd_id: int, since: float = 0.0) -> list[Record]:
+        """The frames of ``cmd_id`` received from ``since`` (probe time) on, each once: an
+        ms720 retransmission (a seq seen before) is the same frame."""
+        seen: set[int] = set()
+        out = []
+        for record in self.received:
+            if record.cmd_id != cmd_id or record.t < since:
+                continue
+            if record.seq is not None:
+                if record.seq in seen:
+                    continue
+                seen.add(record.seq)
+            out.append(record)
+        return out
+
     async def wait_for(self, match: Callable[[Record], bool], within: float,
                        after: int | None = None) -> Record | None:
         """The first record received after ``after`` (default: now) that ``match`` accepts,

@@ -141,12 +141,13 @@ class Context:
                       "profile command named `reboot`, or by the operator when the kit runs "
                       "on a terminal)")
 
-    def register(self) -> float | None:
-        """Answer HELLOs from now on (the first one now): the device is registered with a
-        node id and the kit's heartbeat. Returns when (probe time); None without a HELLO."""
+    def register(self, hello: Record | None = None) -> float | None:
+        """Answer HELLOs from now on (``hello``, default the first one, now): the device is
+        registered with a node id and the kit's heartbeat. Returns when (probe time); None
+        without a HELLO."""
         if self.facts.registered_at is not None:
             return self.facts.registered_at
-        hello = self.facts.hello
+        hello = hello or self.facts.hello
         if hello is None or hello.frame is None:
             return None
         self.facts.node_id = self.rng.randrange(0x100, 0xFFFF)

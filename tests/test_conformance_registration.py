@@ -1,0 +1,76 @@
+"""The conformance kit's registration checks (REG-1..6, spec section 3 "Registration")
+against the simulator: conformant, then with each fault that breaks one of them."""
+
+from __future__ import annotations
+
+import pytest
+
+from firmware_sim.breaks import BREAKS
+from gateway.conformance.checks.registration import hello_problems
+from gateway.conformance.rules import RULES
+from gateway.frames import Command, encode_payload
+from tests.conformance_helpers import breaks_of, explain, kit, simulated, verdicts
+
+GROUP = {r.id for r in RULES.values() if r.group == "registration"}
+
+#: what each break's failure must say (the why names the fault, with its numbers)
+WHY = {
+    "no-hello": "no HELLO in 3 s",
+    "hello-once": "no HELLO again within 2 s of the one at",
+    "bad-hello": "proto is 2, not 1; model 'env-sensorenv-sensor",
+    "hello-after-ack": "s after the kit's HELLO_ACK",
+    "ignores-heartbeat": "no PING in the 2.5 s after the HELLO_ACK at",
+    "ignores-nack5": "no HELLO within 1.5 s of NACK 5 (not registered) to its PING",
+    "new-uid": "after NACK 5 it sent HELLO with uid",
+}
+
+
+@pytest.mark.parametrize("frames", ["mcp", "ms720"])
+async def test_a_conformant_device_passes_registration(tmp_path, frames):
+    async with simulated(tmp_path, frames=frames) as device:
+        results = await kit(device, only=("registration",))
+    assert verdicts(results) == dict.fromkeys(sorted(GROUP), "pass"), explain(results)
+    assert "3 unanswered HELLOs" in results["REG-2"].why
+    assert "model 'env-sensor'" in results["REG-3"].why
+    assert "heartbeat_s=2" in results["REG-5"].why
+    assert "same uid" in results["REG-6"].why
+    assert device.counters.registrations == 2  # REG-2's, and REG-6's after NACK 5
+
+
+async def test_liv_2_counts_the_heartbeat_from_the_registration_after_nack_5(tmp_path):
+    """REG-6 unregisters the device on purpose (NACK 5): LIV-2, passive over the transcript,
+    must judge the heartbeat from the new registration, not across the gap REG-6 made."""
+    async with simulated(tmp_path) as device:
+        results = await kit(device, only=("registration", "liveness"))
+    assert set(verdicts(results).values()) == {"pass"}, explain(results)
+    assert "PINGs over" in results["LIV-2"].why
+
+
+def test_a_40_byte_model_is_named_with_its_length_though_the_decoder_refuses_it():
+    good = encode_payload(Command.HELLO, {"proto": 1, "uid": "00" * 8, "fw": "1.0.0",
+                                          "model": "", "caps": ["status"]})
+    assert hello_problems(good) == []
+    long_model = good[:12] + bytes([40]) + b"m" * 40 + good[13:]
+    assert hello_problems(long_model) == ["model " + repr("m" * 40) + " is 40 bytes, over 32"]
+    assert hello_problems(good[:12] + b"\x01\xe9" + good[13:]) == [r"model b'\xe9' is not ASCII"]
+    assert hello_problems(good + b"\x00") == ["1 byte follows the caps"]
+    assert hello_problems(good[:-2]) == ["cap 1 of 1 claims 6 bytes but only 4 follow"]
+    assert hello_problems(good[:5]) == ["it is 5 bytes, shorter than proto, uid, fw and the "
+                                        "model's length byte (13 bytes)"]
+
+
+@pytest.mark.parametrize("fault", breaks_of(GROUP))
+async def test_each_registration_break_fails_its_rule_and_only_that(tmp_path, fault):
+    broken = BREAKS[fault]
+    async with simulated(tmp_path, breaks=(fault,)) as device:
+        results = await kit(device, only=("registration",))
+    got = verdicts(results)
+    assert got[broken.rule] == "fail", explain(results)
+    assert WHY[fault] in results[broken.rule].why, explain(results)
+    assert results[broken.rule].evidence, "a failure shows the frames"
+    others = {r: v for r, v in got.items() if r != broken.rule and r not in broken.also}
+    assert others == dict.fromkeys(others, "pass"), explain(results)
+
+
+def test_every_registration_break_has_its_expected_why():
+    assert set(WHY) == set(breaks_of(GROUP))
