@@ -21,6 +21,8 @@ HELLO_GAP_S = (0.5, 1.5)
 _GAPS = 2
 #: REG-2: how much later than the longest gap the kit still waits, to name a late HELLO's gap
 _LATE_S = 0.5
+#: REG-2: a HELLO that came this soon after the port opened may be older than it looks
+_STALE_S = 1.0
 #: REG-4: a HELLO sent before the HELLO_ACK arrived may still come this soon after it...
 IN_FLIGHT_S = 0.1
 #: ... and after that no HELLO for this long
@@ -82,7 +84,7 @@ async def hello_at_start(ctx: Context) -> str:
             + (" (after the kit asked for a reboot)" if late else ""))
 
 
-@check("REG-2", budget_s=_HELLO_WAIT_S + _GAPS * (HELLO_GAP_S[1] + _LATE_S) + 2)
+@check("REG-2", budget_s=_HELLO_WAIT_S + (_GAPS + 1) * (HELLO_GAP_S[1] + _LATE_S) + 2)
 async def hello_repeated(ctx: Context) -> str:
     first = await _hello_or_skip(ctx)
     if ctx.facts.registered_at is not None:
@@ -105,6 +107,12 @@ async def hello_repeated(ctx: Context) -> str:
             hellos.append(nxt)
             seqs.add(nxt.seq)
             gap = nxt.t - last.t
+            if gap < HELLO_GAP_S[0] and len(hellos) == 2 and last.t < _STALE_S:
+                # The first HELLO seen may have been sent before the kit listened (a tty
+                # keeps what nobody read; on ms720 it is resent until acknowledged): the
+                # repeats are timed from the next one.
+                hellos = [nxt]
+                continue
             if not HELLO_GAP_S[0] <= gap <= HELLO_GAP_S[1]:
                 raise Failed(f"HELLO {len(hellos)} came {gap:.2f} s after HELLO "
                              f"{len(hellos) - 1}; unanswered, a device repeats HELLO every "
