@@ -98,3 +98,16 @@ def explain(results: dict[str, Result]) -> str:
 def breaks_of(group_rules: set[str]) -> list[str]:
     """The breaks whose rule is one of ``group_rules``."""
     return [b.name for b in BREAKS.values() if b.rule in group_rules]
+
+
+def assert_only_its_rule_fails(results: dict[str, Result], fault: str, why: str, *,
+                               expected_skips: frozenset[str] = frozenset()) -> None:
+    """The break's rule failed, saying ``why`` and showing frames; every other rule run
+    that the break does not list in ``also`` passed (or is one of ``expected_skips``)."""
+    broken = BREAKS[fault]
+    assert results[broken.rule].verdict == "fail", explain(results)
+    assert why in results[broken.rule].why, explain(results)
+    assert results[broken.rule].evidence, "a failure shows the frames"
+    others = set(results) - {broken.rule, *broken.also}
+    expected = {r: "skip" if r in expected_skips else "pass" for r in others}
+    assert {r: results[r].verdict for r in others} == expected, explain(results)

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from firmware_sim.breaks import BREAKS
 from gateway.conformance.rules import RULES
-from tests.conformance_helpers import breaks_of, explain, kit, simulated, verdicts
+from tests.conformance_helpers import (
+    assert_only_its_rule_fails,
+    breaks_of,
+    explain,
+    kit,
+    simulated,
+    verdicts,
+)
 
 FRAMING = {r.id for r in RULES.values() if r.group == "framing"}
 
@@ -36,15 +42,9 @@ async def test_a_conformant_device_passes_framing(tmp_path, frames):
     ("whole-writes-only", "ms720", "written byte by byte"),
 ])
 async def test_each_framing_break_fails_its_rule_alone(tmp_path, fault, frames, why):
-    broken = BREAKS[fault]
     async with simulated(tmp_path, frames=frames, breaks=(fault,)) as device:
         results = await kit(device, only=("framing",))
-    got = verdicts(results)
-    assert got[broken.rule] == "fail", explain(results)
-    assert why in results[broken.rule].why, explain(results)
-    assert results[broken.rule].evidence, "a failure shows the frames"
-    others = FRAMING - {broken.rule} - set(broken.also)
-    assert {r: got[r] for r in others} == dict.fromkeys(others, "pass"), explain(results)
+    assert_only_its_rule_fails(results, fault, why)
 
 
 def test_every_framing_break_is_tested():

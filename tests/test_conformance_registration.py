@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from firmware_sim.breaks import BREAKS
 from gateway.conformance.checks.registration import hello_problems
 from gateway.conformance.rules import RULES
 from gateway.frames import Command, encode_payload
-from tests.conformance_helpers import breaks_of, explain, kit, simulated, verdicts
+from tests.conformance_helpers import (
+    assert_only_its_rule_fails,
+    breaks_of,
+    explain,
+    kit,
+    simulated,
+    verdicts,
+)
 
 GROUP = {r.id for r in RULES.values() if r.group == "registration"}
 
@@ -61,15 +67,9 @@ def test_a_40_byte_model_is_named_with_its_length_though_the_decoder_refuses_it(
 
 @pytest.mark.parametrize("fault", breaks_of(GROUP))
 async def test_each_registration_break_fails_its_rule_and_only_that(tmp_path, fault):
-    broken = BREAKS[fault]
     async with simulated(tmp_path, breaks=(fault,)) as device:
         results = await kit(device, only=("registration",))
-    got = verdicts(results)
-    assert got[broken.rule] == "fail", explain(results)
-    assert WHY[fault] in results[broken.rule].why, explain(results)
-    assert results[broken.rule].evidence, "a failure shows the frames"
-    others = {r: v for r, v in got.items() if r != broken.rule and r not in broken.also}
-    assert others == dict.fromkeys(others, "pass"), explain(results)
+    assert_only_its_rule_fails(results, fault, WHY[fault])
 
 
 def test_every_registration_break_has_its_expected_why():

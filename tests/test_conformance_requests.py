@@ -8,13 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from firmware_sim.breaks import BREAKS
 from gateway.conformance.checks import CHECKS, Failed, load
 from gateway.conformance.probe import Record
 from gateway.conformance.rules import RULES
 from gateway.frames import Command, Frame, encode_frame
 from gateway.frames.commands import command_name
 from tests.conformance_helpers import (
+    assert_only_its_rule_fails,
     breaks_of,
     explain,
     kit,
@@ -64,19 +64,13 @@ async def test_a_conformant_valve_passes_its_device_command(tmp_path):
     ("double-answer", "mcp", "was answered twice"),
 ])
 async def test_each_requests_break_fails_its_rule_alone(tmp_path, fault, frames, why):
-    broken = BREAKS[fault]
     valve = fault == "wrong-command-layout"  # env-sensor has no device-specific command
     dirs = (with_valve_profile(tmp_path),) if valve else ()
     async with simulated(tmp_path, frames=frames, breaks=(fault,),
                          profile="valve" if valve else "env-sensor") as device:
         results = await kit(device, only=("requests",), profile_dirs=dirs)
-    got = verdicts(results)
-    assert got[broken.rule] == "fail", explain(results)
-    assert why in results[broken.rule].why, explain(results)
-    assert results[broken.rule].evidence, "a failure shows the frames"
-    others = set(got) - {broken.rule} - set(broken.also)
-    expected = {r: "skip" if r == "REQ-7" and not valve else "pass" for r in others}
-    assert {r: got[r] for r in others} == expected, explain(results)
+    assert_only_its_rule_fails(results, fault, why,
+                               expected_skips=frozenset() if valve else frozenset({"REQ-7"}))
 
 
 def test_every_requests_break_is_tested():

@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-from firmware_sim.breaks import BREAKS
 from gateway.conformance.checks.telemetry import log_problems
 from gateway.conformance.rules import RULES
-from tests.conformance_helpers import breaks_of, explain, kit, simulated, verdicts
+from tests.conformance_helpers import (
+    assert_only_its_rule_fails,
+    breaks_of,
+    explain,
+    kit,
+    simulated,
+    verdicts,
+)
 
 GROUP = {r.id for r in RULES.values() if r.group == "telemetry"}
 
@@ -47,15 +53,9 @@ def test_a_log_payload_is_judged_byte_by_byte():
 
 @pytest.mark.parametrize("fault", breaks_of(GROUP))
 async def test_each_telemetry_break_fails_its_rule_and_only_that(tmp_path, fault):
-    broken = BREAKS[fault]
     async with simulated(tmp_path, breaks=(fault,)) as device:
         results = await kit(device, only=("telemetry",))
-    got = verdicts(results)
-    assert got[broken.rule] == "fail", explain(results)
-    assert WHY[fault] in results[broken.rule].why, explain(results)
-    assert results[broken.rule].evidence, "a failure shows the frames"
-    others = {r: v for r, v in got.items() if r != broken.rule and r not in broken.also}
-    assert others == dict.fromkeys(others, "pass"), explain(results)
+    assert_only_its_rule_fails(results, fault, WHY[fault])
 
 
 def test_every_telemetry_break_has_its_expected_why():

@@ -453,27 +453,8 @@ class Probe:
         (ms720: carrying this request's seq; answers with another seq are ``mistagged``)."""
         index = self.mark()
         sent = self.send(cmd_id, payload, corrupt=corrupt, note=note)
-        reply = Reply(sent, None)
-
-        def answers(record: Record) -> bool:
-            frame = record.frame
-            if frame is None or record.claimed_by is not None:
-                return False
-            nack = frame.cmd_id == Command.NACK and frame.payload[:1] == bytes([cmd_id])
-            if frame.cmd_id != cmd_id | RESPONSE_BIT and not nack:
-                return False
-            if self.linked and frame.request_seq != sent.seq:
-                if record not in reply.mistagged:
-                    reply.mistagged.append(record)
-                return False
-            return True
-
-        answer = await self.wait_for(answers, within, after=index)
-        if answer is not None:
-            answer.claimed_by = who or command_name(cmd_id)
-            reply.answer = answer
-            reply.latency = answer.t - sent.t
-        return reply
+        return await self.answer_to(sent, after=index, within=within,
+                                    who=who or command_name(cmd_id))
 
 
 class _Protocol(asyncio.Protocol):

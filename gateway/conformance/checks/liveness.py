@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 
 from gateway.conformance.checks import Failed, Skipped, check
-from gateway.conformance.probe import Record
 from gateway.conformance.rules import ANSWER_BOUND_S, REQUEST_TIMEOUT_S
 from gateway.conformance.runner import Context
 from gateway.frames import Command, encode_payload
@@ -42,22 +41,6 @@ async def pong_in_time(ctx: Context) -> str:
     return f"{_PINGS} PONGs, the slowest in {slowest * 1000:.1f} ms"
 
 
-def _device_pings(ctx: Context, since: float) -> list[Record]:
-    """The device's PINGs from ``since`` on, each once (an ms720 retransmission is the same
-    PING)."""
-    seen: set[int] = set()
-    out = []
-    for record in ctx.probe.received:
-        if record.cmd_id != Command.PING or record.t < since:
-            continue
-        if record.seq is not None:
-            if record.seq in seen:
-                continue
-            seen.add(record.seq)
-        out.append(record)
-    return out
-
-
 @check("LIV-2", budget_s=12, passive=True)
 async def heartbeat_kept(ctx: Context) -> str:
     start = ctx.facts.registered_at
@@ -68,7 +51,7 @@ async def heartbeat_kept(ctx: Context) -> str:
     if watched < 4 * heartbeat:  # a short run (--only): watch long enough to see three
         await ctx.probe.quiet(4 * heartbeat - watched)
     end = ctx.probe.now()
-    pings = _device_pings(ctx, start)
+    pings = ctx.probe.received_once(Command.PING, start)
     times = [start, *(p.t for p in pings), end]
     gap, at = max((b - a, i) for i, (a, b) in enumerate(itertools.pairwise(times)))
     if gap > 1.5 * heartbeat:
