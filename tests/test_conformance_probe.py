@@ -27,3 +27,17 @@ async def test_a_frame_cut_short_is_dropped_at_the_timeout_and_the_next_frame_ar
                                        "partial frame dropped after the inter-frame timeout)")
             assert dropped[0].wire.startswith(cut)
             assert probe.received.index(dropped[0]) < probe.received.index(ping)
+
+
+async def test_a_transcript_line_is_one_line_and_shows_only_what_was_sent():
+    with RawPort() as port:
+        async with Probe(port.path, frames="mcp", profile=None) as probe:
+            probe.answer_pings = False
+            sent = probe.send(Command.PING)
+            await port.write(encode_frame(Command.PONG, bytes(4)))  # a PONG is empty
+            pong = await probe.wait_for(lambda r: r.cmd_id == Command.PONG, within=2.0,
+                                        after=0)
+    assert sent.line().endswith("kit->dev  5a 02 00 00 02  PING")
+    assert pong is not None
+    assert "\n" not in pong.line()
+    assert "PONG payload=00000000 [does not decode: PONG: bad payload" in pong.line()

@@ -359,11 +359,11 @@ class Probe:
         fields = shown.get("fields")
         if isinstance(fields, dict):
             parts += [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
-                      for k, v in fields.items()]
+                      for k, v in fields.items() if v is not None]  # None: not sent
         elif "raw_hex" in shown:
             parts.append(f"payload={shown['raw_hex'] or '-'}")
-        if "error" in shown:
-            parts.append(f"[does not decode: {shown['error']}]")
+        if "error" in shown:  # on one line: a transcript line is one frame
+            parts.append(f"[does not decode: {' '.join(str(shown['error']).split())}]")
         if seq is not None:
             tag = "" if frame.request_seq in (None, seq) else f" request_seq={frame.request_seq}"
             parts.insert(0, f"seq={seq}{tag}")
