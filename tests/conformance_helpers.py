@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from firmware_sim import Fleet, FleetSpec
@@ -47,6 +47,12 @@ id = 0x30
 name = "spin"
 request = [{ name = "rpm", type = "u16" }]
 response = [{ name = "rpm", type = "u16" }, { name = "ok", type = "bool" }]
+
+[[commands]]
+id = 0x31
+name = "reboot"
+request = []
+response = []
 """
 
 
@@ -74,11 +80,13 @@ def with_valve_profile(tmp_path: Path) -> Path:
 
 async def kit(device: SimulatedDevice, *, only: tuple[str, ...] | None = None,
               link_retries: int = 3, profile_dirs: tuple[Path, ...] = (),
-              hello_timeout_s: float = 3.0) -> dict[str, Result]:
+              hello_timeout_s: float = 3.0, reboot_timeout_s: float = 30.0,
+              ask_operator: Callable[[str], None] | None = None) -> dict[str, Result]:
     """Run the kit on the device's port as its profile and frames say; results by rule id."""
     profile = ProfileRegistry(profile_dirs).get(device.profile.name)
     options = Options(url=device.link.path, profile=profile, frames=device.frames, only=only,
-                      link_retries=link_retries, hello_timeout_s=hello_timeout_s)
+                      link_retries=link_retries, hello_timeout_s=hello_timeout_s,
+                      reboot_timeout_s=reboot_timeout_s, ask_operator=ask_operator)
     return {r.rule.id: r for r in await run(options)}
 
 

@@ -3,8 +3,11 @@ against the simulator: conformant, then with each fault that breaks one of them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from firmware_sim.device import SimulatedDevice
 from gateway.conformance.checks.registration import hello_problems
 from gateway.conformance.rules import RULES
 from gateway.frames import Command, encode_payload
@@ -15,6 +18,7 @@ from tests.conformance_helpers import (
     kit,
     simulated,
     verdicts,
+    with_valve_profile,
 )
 
 GROUP = {r.id for r in RULES.values() if r.group == "registration"}
@@ -74,3 +78,47 @@ async def test_each_registration_break_fails_its_rule_and_only_that(tmp_path, fa
 
 def test_every_registration_break_has_its_expected_why():
     assert set(WHY) == set(breaks_of(GROUP))
+
+
+async def _registered(device: SimulatedDevice, dirs: tuple[Path, ...] = ()) -> None:
+    """A first run leaves the device registered: it sends no HELLO to the next one."""
+    await kit(device, only=("LIV-1",), profile_dirs=dirs)
+    assert device.registered
+
+
+async def test_a_registered_device_is_rebooted_by_its_profiles_reboot_command(tmp_path):
+    dirs = (with_valve_profile(tmp_path),)
+    async with simulated(tmp_path, profile="valve") as device:
+        await _registered(device, dirs)
+        results = await kit(device, only=("REG-1", "REG-2"), profile_dirs=dirs,
+                            hello_timeout_s=1.0)
+    assert verdicts(results) == {"REG-1": "pass", "REG-2": "pass"}, explain(results)
+    assert "(after the kit asked for a reboot)" in results["REG-1"].why
+
+
+async def test_without_a_reboot_command_the_kit_asks_the_operator_to_reset(tmp_path):
+    asked: list[str] = []
+    async with simulated(tmp_path) as device:
+        await _registered(device)
+
+        def operator(line: str) -> None:  # presses the reset button
+            asked.append(line)
+            device.reboot()
+
+        results = await kit(device, only=("REG-1",), hello_timeout_s=1.0,
+                            ask_operator=operator)
+    assert verdicts(results) == {"REG-1": "pass"}, explain(results)
+    assert "(after the kit asked for a reboot)" in results["REG-1"].why
+    assert len(asked) == 1
+    assert "reset or power-cycle it now (waiting up to 30 s)" in asked[0]
+
+
+async def test_an_operator_who_does_not_reset_fails_reg_1_after_the_timeout(tmp_path):
+    asked: list[str] = []
+    async with simulated(tmp_path) as device:
+        await _registered(device)
+        results = await kit(device, only=("REG-1", "REG-3"), hello_timeout_s=1.0,
+                            reboot_timeout_s=1.0, ask_operator=asked.append)
+    assert verdicts(results) == {"REG-1": "fail", "REG-3": "skip"}, explain(results)
+    assert results["REG-1"].why == "no HELLO in 1 s, nor in 1 s after a reset"
+    assert len(asked) == 1

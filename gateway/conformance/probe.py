@@ -13,6 +13,7 @@ tester must be able to send what a well-behaved framing never would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -40,6 +41,8 @@ KIT_FIRST_SEQ = SEQ_MODULUS - 24
 _READ_SIZE = 65536
 #: at most this many bytes of the reads that held a dropped partial frame are quoted
 _HELD_QUOTED = 8192
+#: how long leaving waits for the port to be closed (it always is, within a loop turn)
+_CLOSE_WAIT_S = 2.0
 
 
 class PortBusy(GatewayError):
@@ -179,6 +182,12 @@ class Probe:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+            # The transport closes the port on a later loop turn: until then it is still
+            # locked, and a run right after this one would find it busy.
+            if self._closed is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_CLOSE_WAIT_S):
+                        await asyncio.shield(self._closed)
 
     def now(self) -> float:
         """Seconds since the port opened (the transcript's clock)."""
