@@ -250,9 +250,9 @@ typedef void (*mcp_deliver_fn)(void *ctx, uint32_t seq, const uint8_t *payload,
 
 /* The reliable link (spec section 4), sans-IO. Receiving: every control/data frame taken
  * is acknowledged with an ACK of its seq; duplicates are acknowledged again and dropped;
- * frames that overtook a missing one are held (up to MCP_MS720_WINDOW seqs ahead) and
- * delivered in order; a frame further ahead, or one that finds no send slot free to answer
- * with, is not acknowledged, so the sender sends it again. A held frame that waited longer
+ * frames are held (up to MCP_MS720_WINDOW seqs ahead of the next expected one) and
+ * delivered in seq order, each once a send slot is free to answer it with; a frame further
+ * ahead is not acknowledged, so the sender sends it again. A held frame that waited longer
  * than the sender could keep resending the missing one skips the gap. A CRC failure with
  * a readable header is answered by NACK. Sending: a frame takes a window slot until its ACK;
  * it is sent again every MCP_MS720_RETRANSMIT_MS (at once on a NACK), MCP_MS720_RETRIES

@@ -278,7 +278,9 @@ mcp_tx_slot_t *mcp_link_begin(mcp_link_t *link, uint16_t payload_len)
 void mcp_link_put(mcp_link_t *link, const uint8_t *data, uint16_t len)
 {
     mcp_tx_slot_t *slot = link->out;
-    memcpy(slot->wire + slot->size, data, len);
+    if (len) { /* data may be NULL then */
+        memcpy(slot->wire + slot->size, data, len);
+    }
     slot->size = (uint16_t)(slot->size + len);
 }
 
