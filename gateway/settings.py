@@ -302,7 +302,7 @@ class LinkSettings:
                                   "long", key="link_retransmit_ms", unit="ms", minimum=1,
                                   maximum=60_000, scale=1000)
     retries: int = setting(3, "ms720: resends before a frame is given up",
-                           key="link_retries", minimum=0, maximum=20)
+                           key="link_retries", minimum=0, maximum=50)
     window: int = setting(128, "ms720: a frame goes out only if its seq is less than this "
                           "many past the oldest unacknowledged one", key="link_window",
                           unit="frames", minimum=1, maximum=512)

@@ -21,7 +21,11 @@ static const char *const caps[] = {"status", "read", "write"};
 
 static mcp_device_t dev;
 static mcp_device_config_t cfg;
-static uint32_t last_status;
+/* STATUS is sampled at a fixed rate, the k-th one interval_ms x k after boot, and carries
+ * the values of its due time: one the link cannot take at once (ms720, the window full) goes
+ * out as soon as it can, late but as sampled. While interval_ms stays 1000, STATUS k says
+ * uptime_s k, so every STATUS can be told apart and counted. */
+static uint32_t last_due, next_due;
 static uint8_t log_pending;
 
 /* A triangle wave: 0 .. span .. 0 over 2 x span steps. */
@@ -49,9 +53,10 @@ static void status_payload(uint8_t out[10], uint32_t uptime_s)
 static void on_event(void *ctx, uint8_t event, uint16_t arg)
 {
     (void)ctx;
-    (void)arg;
     if (event == MCP_EV_REGISTERED) {
         log_pending = 1;
+    } else if (event == MCP_EV_WRITTEN && arg == 0x0001) {
+        next_due = last_due + interval_ms; /* a new period takes effect at once */
     }
 }
 
@@ -61,13 +66,15 @@ static void app_poll(uint32_t now)
         log_pending = 0;
         mcp_device_log(&dev, 1, "env-sensor up");
     }
-    /* A new interval_ms takes effect at once: the next STATUS is due one new interval after
-     * the last one. */
-    if ((int32_t)(now - (last_status + interval_ms)) >= 0 && mcp_device_can_send(&dev)) {
+    if ((int32_t)(now - next_due) >= 0 && mcp_device_can_send(&dev)) {
         uint8_t payload[10];
-        status_payload(payload, (now - dev.booted) / 1000u);
+        status_payload(payload, (next_due - dev.booted) / 1000u);
         if (mcp_device_status(&dev, payload, sizeof payload) == MCP_SENT) {
-            last_status = now;
+            last_due = next_due;
+            next_due += interval_ms;
+            if ((int32_t)(now - next_due) >= (int32_t)(60u * interval_ms)) {
+                next_due = now; /* a minute behind (a line down): catch up no further */
+            }
         }
     }
 }
@@ -90,7 +97,8 @@ int main(int argc, char **argv)
     cfg.send_hello = 1;
     cfg.first_seq = board_entropy();
     mcp_device_init(&dev, &cfg, board_millis());
-    last_status = dev.booted;
+    last_due = dev.booted;
+    next_due = dev.booted + interval_ms;
     for (;;) {
         size_t n = board_read(buf, sizeof buf);
         uint32_t now = board_millis();

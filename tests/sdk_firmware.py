@@ -1,0 +1,134 @@
+"""The SDK's env-sensor firmware in tests: built once per session, run as a posix program on
+a pty of its own, under QEMU (Cortex-M3) or under simavr (ATmega328P), behind a stable
+symlink that follows it across restarts (as a udev name follows a replugged device)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.harness import lacking
+
+ROOT = Path(__file__).resolve().parent.parent
+SDK = ROOT / "device-sdk"
+BUILD = SDK / "build"
+
+#: target -> (make target, tools it needs)
+TARGETS = {
+    "posix": ("host", ("gcc", "make")),
+    "qemu": ("lm3s6965", ("arm-none-eabi-gcc", "qemu-system-arm", "make")),
+    "simavr": ("atmega328p", ("avr-gcc", "make", "gcc")),
+}
+_PTY = re.compile(rb"(/dev/pts/\d+)")
+
+
+@functools.cache
+def built(target: str) -> None:
+    """Build a target's firmware (both frame profiles) once; a missing tool skips (fails
+    under CI)."""
+    make_target, tools = TARGETS[target]
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        lacking(f"the {target} firmware needs {', '.join(missing)}")
+    if target == "simavr" and not Path("/usr/include/simavr/sim_avr.h").exists():
+        lacking("the simavr harness needs libsimavr-dev")
+    done = subprocess.run(["make", "-s", "-C", str(SDK), make_target], capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, f"make {make_target} failed:\n{done.stdout}{done.stderr}"
+
+
+def command(target: str, frames: str, uid: str, variant: str = "") -> list[str]:
+    """How to run a target's env-sensor firmware of the ``frames`` profile (``variant``
+    "noisy": the ms720 build with 40 resends)."""
+    built(target)
+    name = f"env-sensor-{frames}" + (f"-{variant}" if variant else "")
+    if target == "posix":
+        return [str(BUILD / "host" / name), "--uid", uid]
+    if target == "qemu":
+        return ["qemu-system-arm", "-M", "lm3s6965evb", "-display", "none", "-monitor", "none",
+                "-serial", "pty", "-kernel", str(BUILD / "lm3s6965" / f"{name}.elf")]
+    return [str(BUILD / "tools" / "simavr_pty"), str(BUILD / "atmega328p" / f"{name}.elf")]
+
+
+class Firmware:
+    """``async with Firmware(target, frames, link)``: the firmware running, its serial port
+    at ``link`` (a symlink to the current pty); ``restart()`` kills it and starts it again
+    (a new pty: the symlink moves), ``stop()`` kills it (the symlink goes)."""
+
+    def __init__(self, target: str, frames: str, link: Path, *, variant: str = "",
+                 uid: str = "c0ffee0000000001") -> None:
+        self.target, self.frames, self.link, self.uid = target, frames, link, uid
+        self.variant = variant
+        self.tty = ""
+        self._proc: asyncio.subprocess.Process | None = None
+        self._output = bytearray()
+        self._pump: asyncio.Task[None] | None = None
+
+    @property
+    def path(self) -> str:
+        return str(self.link)
+
+    async def __aenter__(self) -> Firmware:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self, timeout: float = 20.0) -> None:
+        self._output.clear()
+        self._proc = await asyncio.create_subprocess_exec(
+            *command(self.target, self.frames, self.uid, self.variant),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True)
+        self._pump = asyncio.create_task(self._read(self._proc), name=f"{self.target} output")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (found := _PTY.search(self._output)):
+            if self._proc.returncode is not None or loop.time() > deadline:
+                raise AssertionError(f"{self.target} firmware gave no pty: "
+                                     f"{self._output.decode(errors='replace')}")
+            await asyncio.sleep(0.02)
+        self.tty = found.group(1).decode()
+        self.link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.link.with_name(f".{self.link.name}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        tmp.symlink_to(self.tty)
+        tmp.replace(self.link)
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while chunk := await proc.stdout.read(4096):
+            self._output += chunk
+
+    @property
+    def output(self) -> str:
+        """What the firmware (or its emulator) printed."""
+        return self._output.decode(errors="replace")
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        if self._pump is not None:
+            await self._pump
+        with contextlib.suppress(FileNotFoundError):
+            self.link.unlink()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
