@@ -364,7 +364,6 @@ typedef struct {
     mcp_link_t link;
 #else
     mcp_deframer_t rx;
-    uint8_t out_xor;
 #endif
 } mcp_device_t;
 

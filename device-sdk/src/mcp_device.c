@@ -1,36 +1,10 @@
 /* mcp_device.c - the device: registration, liveness, READ/WRITE, commands, STATUS and LOG. */
-#include <string.h>
+#include "mcp_internal.h"
 
-#include "mcp.h"
-
-void mcp_put_u16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-
-void mcp_put_u32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16);
-    p[3] = (uint8_t)(v >> 24);
-}
-
-uint16_t mcp_get_u16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | (uint16_t)p[1] << 8);
-}
-
-uint32_t mcp_get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-/* ------------------------------------------------------------------ the frame writer
- * out_begin(cmd, n) / out_put(bytes) / out_end(): one frame whose payload is n bytes. On
- * mcp the bytes stream to the port (no buffer); on ms720 they fill a window slot, which is
- * kept for retransmission, and a response is tagged with the seq of its request. */
+/* ------------------------------------------------------------------ sending
+ * On mcp a frame streams to the port in three writes (no buffer); on ms720 it is built in a
+ * window slot, kept there for retransmission, and a response is tagged with the seq of its
+ * request. */
 
 #if MCP_MS720
 /* Responses and NACK carry the seq of the request they answer (spec section 4). */
@@ -40,11 +14,19 @@ static int is_response(uint8_t cmd_id)
 }
 #endif
 
-static int out_begin(mcp_device_t *dev, uint8_t cmd_id, uint16_t len)
+static int send_frame(mcp_device_t *dev, uint8_t cmd_id, const uint8_t *payload, uint16_t len)
 {
 #if MCP_MS720
     uint8_t tag[4];
     int tagged = is_response(cmd_id);
+#else
+    uint8_t head[4];
+    uint8_t check;
+#endif
+    if (len > MCP_MAX_PAYLOAD) {
+        return MCP_TOO_BIG;
+    }
+#if MCP_MS720
     if (!mcp_link_begin(&dev->link, (uint16_t)(len + 1 + (tagged ? 4 : 0)))) {
         return MCP_BUSY;
     }
@@ -53,50 +35,20 @@ static int out_begin(mcp_device_t *dev, uint8_t cmd_id, uint16_t len)
         mcp_put_u32(tag, dev->request_seq);
         mcp_link_put(&dev->link, tag, 4);
     }
+    mcp_link_put(&dev->link, payload, len);
+    mcp_link_end(&dev->link);
 #else
-    uint8_t head[4];
     head[0] = MCP_HEADER;
     head[1] = cmd_id;
     mcp_put_u16(head + 2, len);
-    dev->out_xor = mcp_xor(0, head + 1, 3);
+    check = mcp_xor(mcp_xor(0, head + 1, 3), payload, len);
     dev->cfg->write(dev->cfg->ctx, head, sizeof head);
+    if (len) {
+        dev->cfg->write(dev->cfg->ctx, payload, len);
+    }
+    dev->cfg->write(dev->cfg->ctx, &check, 1);
 #endif
     return MCP_SENT;
-}
-
-static void out_put(mcp_device_t *dev, const uint8_t *data, uint16_t len)
-{
-#if MCP_MS720
-    mcp_link_put(&dev->link, data, len);
-#else
-    dev->out_xor = mcp_xor(dev->out_xor, data, len);
-    if (len) {
-        dev->cfg->write(dev->cfg->ctx, data, len);
-    }
-#endif
-}
-
-static void out_end(mcp_device_t *dev)
-{
-#if MCP_MS720
-    mcp_link_end(&dev->link);
-#else
-    dev->cfg->write(dev->cfg->ctx, &dev->out_xor, 1);
-#endif
-}
-
-static int send_frame(mcp_device_t *dev, uint8_t cmd_id, const uint8_t *payload, uint16_t len)
-{
-    int result;
-    if (len > MCP_MAX_PAYLOAD) {
-        return MCP_TOO_BIG;
-    }
-    result = out_begin(dev, cmd_id, len);
-    if (result == MCP_SENT) {
-        out_put(dev, payload, len);
-        out_end(dev);
-    }
-    return result;
 }
 
 static void nack(mcp_device_t *dev, uint8_t rejected, uint8_t code)
@@ -116,42 +68,39 @@ static void event(mcp_device_t *dev, uint8_t what, uint16_t arg)
 
 /* ------------------------------------------------------------------ registration */
 
-static uint8_t ascii_len(const char *text, uint8_t max)
+/* The HELLO's strings: the model (at most 32 bytes), then each capability. */
+static const char *hello_string(const mcp_device_config_t *cfg, int i, uint8_t *len)
 {
-    size_t n = strlen(text);
-    return (uint8_t)(n > max ? max : n);
+    const char *text = i < 0 ? cfg->model : cfg->caps[i];
+    size_t n = mcp_strlen(text);
+    size_t max = i < 0 ? 32 : 255;
+    *len = (uint8_t)(n > max ? max : n);
+    return text;
 }
 
 static int send_hello(mcp_device_t *dev)
 {
     const mcp_device_config_t *cfg = dev->cfg;
-    uint8_t head[12];
-    uint8_t model_len = ascii_len(cfg->model, 32);
-    uint16_t len = (uint16_t)(sizeof head + 1 + model_len + 1);
-    uint8_t i;
-    for (i = 0; i < cfg->caps_count; i++) {
-        len = (uint16_t)(len + 1 + ascii_len(cfg->caps[i], 255));
+    uint8_t p[MCP_MAX_PAYLOAD];
+    uint16_t at = 12;
+    int i;
+    p[0] = 1; /* proto */
+    mcp_copy(p + 1, cfg->uid, 8);
+    mcp_copy(p + 9, cfg->fw, 3);
+    for (i = -1; i < cfg->caps_count; i++) {
+        uint8_t n;
+        const char *text = hello_string(cfg, i, &n);
+        if (at + 2 + n > MCP_MAX_PAYLOAD) {
+            return MCP_TOO_BIG;
+        }
+        p[at++] = n;
+        mcp_copy(p + at, text, n);
+        at = (uint16_t)(at + n);
+        if (i < 0) {
+            p[at++] = cfg->caps_count;
+        }
     }
-    if (len > MCP_MAX_PAYLOAD) {
-        return MCP_TOO_BIG;
-    }
-    if (out_begin(dev, MCP_HELLO, len) != MCP_SENT) {
-        return MCP_BUSY;
-    }
-    head[0] = 1; /* proto */
-    memcpy(head + 1, cfg->uid, 8);
-    memcpy(head + 9, cfg->fw, 3);
-    out_put(dev, head, sizeof head);
-    out_put(dev, &model_len, 1);
-    out_put(dev, (const uint8_t *)cfg->model, model_len);
-    out_put(dev, &cfg->caps_count, 1);
-    for (i = 0; i < cfg->caps_count; i++) {
-        uint8_t n = ascii_len(cfg->caps[i], 255);
-        out_put(dev, &n, 1);
-        out_put(dev, (const uint8_t *)cfg->caps[i], n);
-    }
-    out_end(dev);
-    return MCP_SENT;
+    return send_frame(dev, MCP_HELLO, p, at);
 }
 
 static void on_hello_ack(mcp_device_t *dev, const uint8_t *p, uint16_t len)
@@ -196,88 +145,67 @@ static const mcp_key_t *find_key(const mcp_device_t *dev, uint16_t id)
     return NULL;
 }
 
-static uint8_t int_size(uint8_t type)
+/* Bytes of an integer type's value (0: UTF8 and BYTES), in enum mcp_type order. */
+static const uint8_t INT_SIZE[] = {1, 2, 4, 1, 2, 4, 1, 0, 0};
+
+static uint32_t int_value(const mcp_key_t *key, uint8_t size)
 {
-    switch (type) {
-    case MCP_T_U8: case MCP_T_I8: case MCP_T_BOOL: return 1;
-    case MCP_T_U16: case MCP_T_I16: return 2;
-    case MCP_T_U32: case MCP_T_I32: return 4;
-    default: return 0;
-    }
+    return size == 1 ? *(const uint8_t *)key->value
+         : size == 2 ? *(const uint16_t *)key->value : *(const uint32_t *)key->value;
 }
 
 /* The key's value as it goes on the wire, into out (MCP_MAX_PAYLOAD - 2 bytes of room). */
 static uint16_t key_value(const mcp_key_t *key, uint8_t *out)
 {
+    uint8_t size = INT_SIZE[key->type];
     uint16_t n;
-    switch (key->type) {
-    case MCP_T_U8: case MCP_T_I8: case MCP_T_BOOL:
-        out[0] = *(const uint8_t *)key->value;
-        return 1;
-    case MCP_T_U16: case MCP_T_I16:
-        mcp_put_u16(out, *(const uint16_t *)key->value);
-        return 2;
-    case MCP_T_U32: case MCP_T_I32:
-        mcp_put_u32(out, *(const uint32_t *)key->value);
-        return 4;
-    case MCP_T_UTF8:
-        n = (uint16_t)strlen((const char *)key->value);
-        break;
-    default:
-        n = key->length ? *key->length : 0;
-        break;
+    if (size) {
+        uint32_t v = int_value(key, size);
+        for (n = 0; n < size; n++, v >>= 8) {
+            out[n] = (uint8_t)v;
+        }
+        return size;
     }
+    n = (uint16_t)(key->type == MCP_T_UTF8 ? mcp_strlen((const char *)key->value)
+                                          : key->length ? *key->length : 0);
     if (n > MCP_MAX_PAYLOAD - 2) {
         n = MCP_MAX_PAYLOAD - 2;
     }
-    memcpy(out, key->value, n);
+    mcp_copy(out, key->value, n);
     return n;
 }
 
+/* Well-formed UTF-8 without NUL: no stray continuation byte, no overlong form, no
+ * surrogate, nothing above U+10FFFF (what the gateway's decoder accepts). */
 static int utf8_valid(const uint8_t *s, uint16_t len)
 {
-    uint16_t i = 0;
-    while (i < len) {
-        uint8_t c = s[i];
-        uint8_t follow;
+    while (len) {
+        uint8_t c = *s++;
+        uint8_t n = (uint8_t)((c >= 0xE0) + (c >= 0xF0) + 1); /* continuation bytes */
         uint32_t cp;
-        if (c == 0) {
-            return 0; /* NUL: not in a name */
-        }
+        len--;
         if (c < 0x80) {
-            i++;
+            if (!c) {
+                return 0;
+            }
             continue;
         }
-        if (c >= 0xC2 && c <= 0xDF) {
-            follow = 1;
-            cp = c & 0x1Fu;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            follow = 2;
-            cp = c & 0x0Fu;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            follow = 3;
-            cp = c & 0x07u;
-        } else {
+        if (c < 0xC2 || c > 0xF4 || n > len) {
             return 0;
         }
-        if ((uint16_t)(len - i) <= follow) {
-            return 0;
-        }
-        {
-            uint8_t k;
-            for (k = 1; k <= follow; k++) {
-                if ((s[i + k] & 0xC0) != 0x80) {
-                    return 0;
-                }
-                cp = cp << 6 | (s[i + k] & 0x3Fu);
+        cp = c & (0x3Fu >> n);
+        len = (uint16_t)(len - n);
+        while (n--) {
+            if ((*s & 0xC0) != 0x80) {
+                return 0;
             }
+            cp = cp << 6 | (*s++ & 0x3Fu);
         }
-        /* overlong, surrogate or beyond U+10FFFF */
-        if ((follow == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
-            (follow == 3 && (cp < 0x10000 || cp > 0x10FFFF))) {
+        /* the lead byte's n was recomputed into cp's range: overlong, surrogate, too high */
+        if (cp < (c >= 0xF0 ? 0x10000u : c >= 0xE0 ? 0x800u : 0x80u) ||
+            (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) {
             return 0;
         }
-        i = (uint16_t)(i + follow + 1);
     }
     return 1;
 }
@@ -285,35 +213,28 @@ static int utf8_valid(const uint8_t *s, uint16_t len)
 /* Store a WRITE's value; returns the WRITE_ACK status. */
 static uint8_t write_key(const mcp_key_t *key, const uint8_t *v, uint16_t len)
 {
-    uint8_t size = int_size(key->type);
+    uint8_t size = INT_SIZE[key->type];
     if (key->access != MCP_RW) {
         return MCP_E_DENIED;
     }
     if (size) {
-        uint32_t raw;
+        uint32_t raw = 0;
+        uint8_t i;
         if (len != size) {
             return MCP_E_BAD_PAYLOAD;
         }
-        raw = size == 1 ? v[0] : size == 2 ? mcp_get_u16(v) : mcp_get_u32(v);
-        switch (key->type) {
-        case MCP_T_I8: case MCP_T_I16: case MCP_T_I32: {
-            int32_t s = size == 1 ? (int32_t)(int8_t)raw
-                      : size == 2 ? (int32_t)(int16_t)raw : (int32_t)raw;
-            if (s < key->min || s > (int32_t)key->max) {
-                return MCP_E_BAD_PAYLOAD;
-            }
-            break;
+        for (i = size; i--;) {
+            raw = raw << 8 | v[i];
         }
-        case MCP_T_BOOL:
-            if (raw > 1) {
+        if (key->type >= MCP_T_I8 && key->type <= MCP_T_I32) {
+            uint32_t sign = 1u << (8 * size - 1);
+            int32_t value = (int32_t)((raw ^ sign) - sign); /* sign-extended */
+            if (value < key->min || value > (int32_t)key->max) {
                 return MCP_E_BAD_PAYLOAD;
             }
-            break;
-        default:
-            if (raw < (uint32_t)key->min || raw > key->max) {
-                return MCP_E_BAD_PAYLOAD;
-            }
-            break;
+        } else if (raw < (uint32_t)key->min || raw > key->max ||
+                   (key->type == MCP_T_BOOL && raw > 1)) {
+            return MCP_E_BAD_PAYLOAD;
         }
         if (size == 1) {
             *(uint8_t *)key->value = (uint8_t)raw;
@@ -324,20 +245,14 @@ static uint8_t write_key(const mcp_key_t *key, const uint8_t *v, uint16_t len)
         }
         return MCP_OK;
     }
-    if (len > key->max) {
+    if (len > key->max || (key->type == MCP_T_UTF8 && !utf8_valid(v, len))) {
         return MCP_E_BAD_PAYLOAD;
     }
+    mcp_copy(key->value, v, len);
     if (key->type == MCP_T_UTF8) {
-        if (!utf8_valid(v, len)) {
-            return MCP_E_BAD_PAYLOAD;
-        }
-        memcpy(key->value, v, len);
         ((char *)key->value)[len] = '\0';
-    } else {
-        memcpy(key->value, v, len);
-        if (key->length) {
-            *key->length = (uint8_t)len;
-        }
+    } else if (key->length) {
+        *key->length = (uint8_t)len;
     }
     return MCP_OK;
 }
@@ -451,7 +366,7 @@ static void deliver(void *ctx, uint8_t cmd_id, const uint8_t *payload, uint16_t 
 
 void mcp_device_init(mcp_device_t *dev, const mcp_device_config_t *cfg, uint32_t now)
 {
-    memset(dev, 0, sizeof *dev);
+    mcp_zero(dev, sizeof *dev);
     dev->cfg = cfg;
     dev->now = now;
     dev->booted = now;
@@ -529,21 +444,17 @@ int mcp_device_status(mcp_device_t *dev, const uint8_t *payload, uint16_t len)
 
 int mcp_device_log(mcp_device_t *dev, uint8_t level, const char *text)
 {
-    uint16_t n = (uint16_t)strlen(text);
-    int result;
+    uint8_t p[MCP_MAX_PAYLOAD];
+    uint16_t n = (uint16_t)mcp_strlen(text);
     if (n > MCP_MAX_PAYLOAD - 1) {
         n = MCP_MAX_PAYLOAD - 1;
-        while (n && ((const uint8_t *)text)[n] >= 0x80 && ((const uint8_t *)text)[n] < 0xC0) {
+        while (n && (text[n] & 0xC0) == 0x80) {
             n--; /* do not cut a UTF-8 character in two */
         }
     }
-    result = out_begin(dev, MCP_LOG, (uint16_t)(n + 1));
-    if (result == MCP_SENT) {
-        out_put(dev, &level, 1);
-        out_put(dev, (const uint8_t *)text, n);
-        out_end(dev);
-    }
-    return result;
+    p[0] = level;
+    mcp_copy(p + 1, text, n);
+    return send_frame(dev, MCP_LOG, p, (uint16_t)(n + 1));
 }
 
 const mcp_stats_t *mcp_device_stats(const mcp_device_t *dev)

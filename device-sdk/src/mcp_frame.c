@@ -1,7 +1,5 @@
 /* mcp_frame.c - the `mcp` frame: encoder, and a deframer with the spec's resync rules. */
-#include <string.h>
-
-#include "mcp.h"
+#include "mcp_internal.h"
 
 uint8_t mcp_xor(uint8_t seed, const uint8_t *data, size_t len)
 {
@@ -21,7 +19,7 @@ size_t mcp_encode(uint8_t *out, uint8_t cmd_id, const uint8_t *payload, size_t l
     out[2] = (uint8_t)len;
     out[3] = (uint8_t)(len >> 8);
     if (len) {
-        memmove(out + 4, payload, len);
+        mcp_copy(out + 4, payload, len);
     }
     out[4 + len] = mcp_xor(mcp_xor(0, out + 1, 3), out + 4, len);
     return len + MCP_OVERHEAD;
@@ -29,7 +27,7 @@ size_t mcp_encode(uint8_t *out, uint8_t cmd_id, const uint8_t *payload, size_t l
 
 void mcp_deframer_init(mcp_deframer_t *d, mcp_frame_fn on_frame, void *ctx)
 {
-    memset(d, 0, sizeof *d);
+    mcp_zero(d, sizeof *d);
     d->limit = MCP_MAX_PAYLOAD;
     d->timeout_ms = MCP_INTERFRAME_MS;
     d->on_frame = on_frame;
@@ -40,7 +38,7 @@ void mcp_deframer_init(mcp_deframer_t *d, mcp_frame_fn on_frame, void *ctx)
 static void drop(mcp_deframer_t *d, uint16_t n)
 {
     d->len = (uint16_t)(d->len - n);
-    memmove(d->buf, d->buf + n, d->len);
+    mcp_copy(d->buf, d->buf + n, d->len);
 }
 
 /* Emit every frame the buffer holds and discard what cannot start one, until the buffer is
@@ -120,14 +118,10 @@ void mcp_deframer_feed(mcp_deframer_t *d, const uint8_t *data, size_t len, uint3
     }
     held = d->len != 0;
     d->stats.bytes_in += (uint32_t)len;
-    while (len) {
-        /* Room is always there: scan leaves at most an incomplete frame (< its size). */
-        size_t room = sizeof d->buf - d->len;
-        size_t take = len < room ? len : room;
-        memcpy(d->buf + d->len, data, take);
-        d->len = (uint16_t)(d->len + take);
-        data += take;
-        len -= take;
+    while (len--) {
+        /* Room is always there: scan leaves at most an incomplete frame (< its size). Byte
+         * by byte, a scan costs a few compares until a frame is complete. */
+        d->buf[d->len++] = *data++;
         if (scan(d)) {
             moved = 1;
         }

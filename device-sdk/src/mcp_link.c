@@ -1,7 +1,5 @@
 /* mcp_link.c - the `ms720` reliable link: ACKs, retransmission, duplicates, in-order delivery. */
-#include <string.h>
-
-#include "mcp.h"
+#include "mcp_internal.h"
 
 #if MCP_MS720
 
@@ -167,7 +165,7 @@ static void take(mcp_link_t *link, uint32_t seq, const uint8_t *payload, uint16_
     if (ahead) {
         link->stats.reordered++;
     }
-    memcpy(slot->payload, payload, len);
+    mcp_copy(slot->payload, payload, len);
     slot->len = len;
     slot->seq = seq;
     slot->arrived = link->now;
@@ -219,7 +217,7 @@ static void on_bad(void *ctx, uint32_t seq)
 void mcp_link_init(mcp_link_t *link, mcp_write_fn write, void *write_ctx,
                    mcp_deliver_fn deliver, void *ctx, uint32_t first_seq)
 {
-    memset(link, 0, sizeof *link);
+    mcp_zero(link, sizeof *link);
     mcp_ms720_deframer_init(&link->rx, on_frame, on_bad, link);
     link->write = write;
     link->write_ctx = write_ctx;
@@ -279,7 +277,7 @@ void mcp_link_put(mcp_link_t *link, const uint8_t *data, uint16_t len)
 {
     mcp_tx_slot_t *slot = link->out;
     if (len) { /* data may be NULL then */
-        memcpy(slot->wire + slot->size, data, len);
+        mcp_copy(slot->wire + slot->size, data, len);
     }
     slot->size = (uint16_t)(slot->size + len);
 }

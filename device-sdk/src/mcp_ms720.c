@@ -1,7 +1,5 @@
 /* mcp_ms720.c - the `ms720` frame: CRC-16/CCITT-FALSE, encoder and deframer (spec section 4). */
-#include <string.h>
-
-#include "mcp.h"
+#include "mcp_internal.h"
 
 #if MCP_MS720
 
@@ -27,12 +25,12 @@ size_t mcp_ms720_encode(uint8_t *out, uint8_t msg_type, uint32_t seq, const uint
                         size_t len)
 {
     uint16_t crc;
-    memcpy(out, SYNC, 4);
+    mcp_copy(out, SYNC, 4);
     mcp_put_u16(out + 4, (uint16_t)len);
     out[6] = msg_type;
     mcp_put_u32(out + 7, seq);
     if (len) {
-        memmove(out + MCP_MS720_HEADER, payload, len);
+        mcp_copy(out + MCP_MS720_HEADER, payload, len);
     }
     crc = mcp_crc16(MCP_CRC16_INIT, out + 4, len + 7);
     mcp_put_u16(out + MCP_MS720_HEADER + len, crc);
@@ -42,7 +40,7 @@ size_t mcp_ms720_encode(uint8_t *out, uint8_t msg_type, uint32_t seq, const uint
 void mcp_ms720_deframer_init(mcp_ms720_deframer_t *d, mcp_link_frame_fn on_frame,
                              mcp_bad_seq_fn on_bad, void *ctx)
 {
-    memset(d, 0, sizeof *d);
+    mcp_zero(d, sizeof *d);
     d->limit = MCP_MS720_MAX_PAYLOAD;
     d->timeout_ms = MCP_INTERFRAME_MS;
     d->on_frame = on_frame;
@@ -53,7 +51,7 @@ void mcp_ms720_deframer_init(mcp_ms720_deframer_t *d, mcp_link_frame_fn on_frame
 static void drop(mcp_ms720_deframer_t *d, uint16_t n)
 {
     d->len = (uint16_t)(d->len - n);
-    memmove(d->buf, d->buf + n, d->len);
+    mcp_copy(d->buf, d->buf + n, d->len);
 }
 
 /* As the `mcp` scan: emit, discard, and keep only the start of a frame (or of a sync word). */
@@ -62,7 +60,7 @@ static uint16_t scan(mcp_ms720_deframer_t *d)
     uint16_t consumed = 0;
     while (d->len) {
         uint16_t head = d->len < 4 ? d->len : 4;
-        if (memcmp(d->buf, SYNC, head) != 0) {
+        if (!mcp_same(d->buf, SYNC, head)) {
             /* cannot start a sync word: discard it */
             d->stats.discarded_bytes++;
             consumed++;
@@ -133,13 +131,8 @@ void mcp_ms720_deframer_feed(mcp_ms720_deframer_t *d, const uint8_t *data, size_
     }
     held = d->len != 0;
     d->stats.bytes_in += (uint32_t)len;
-    while (len) {
-        size_t room = sizeof d->buf - d->len;
-        size_t take = len < room ? len : room;
-        memcpy(d->buf + d->len, data, take);
-        d->len = (uint16_t)(d->len + take);
-        data += take;
-        len -= take;
+    while (len--) {
+        d->buf[d->len++] = *data++;
         if (scan(d)) {
             moved = 1;
         }

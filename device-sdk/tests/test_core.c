@@ -578,6 +578,24 @@ static void test_write(void)
     CHECK(strcmp(name, "caf\xc3\xa9") == 0);
     memcpy(p + 2, "\xc3\x28", 2); /* invalid UTF-8 */
     CHECK_EQ(write_status(p, 4), MCP_E_BAD_PAYLOAD);
+    {
+        /* overlong, surrogate, above U+10FFFF, a stray continuation, cut short, NUL */
+        static const char *const bad[] = {"\xc0\x80", "\xe0\x80\x80", "\xed\xa0\x80",
+                                          "\xf4\x90\x80\x80", "\x80", "\xe2\x82", "a\0b"};
+        static const uint8_t lengths[] = {2, 3, 3, 4, 1, 2, 3};
+        static const char *const good[] = {"\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xed\x9f\xbf",
+                                           "\xf4\x8f\xbf\xbf", ""};
+        size_t i;
+        for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            memcpy(p + 2, bad[i], lengths[i]);
+            CHECK_EQ(write_status(p, (uint16_t)(2 + lengths[i])), MCP_E_BAD_PAYLOAD);
+        }
+        for (i = 0; i < sizeof good / sizeof good[0]; i++) {
+            memcpy(p + 2, good[i], strlen(good[i]));
+            CHECK_EQ(write_status(p, (uint16_t)(2 + strlen(good[i]))), MCP_OK);
+            CHECK(strcmp(name, good[i]) == 0);
+        }
+    }
     memset(p + 2, 'x', 33); /* too long */
     CHECK_EQ(write_status(p, 35), MCP_E_BAD_PAYLOAD);
     memset(p + 2, 'x', 32);
