@@ -43,10 +43,18 @@
 #define MCP_MS720 0
 #endif
 
-/* ms720: frames sent and not yet acknowledged, and frames received ahead of a missing one
- * that are held for in-order delivery (1 .. 32). Each costs a frame buffer both ways. */
+/* ms720: frames sent and not yet acknowledged (1 .. 32): 1 on a small MCU. Each costs a
+ * frame buffer, MCP_MAX_PAYLOAD + 30 bytes of RAM. */
 #ifndef MCP_MS720_WINDOW
 #define MCP_MS720_WINDOW 4
+#endif
+
+/* ms720: frames received that wait to be delivered in order, or for a send slot to answer
+ * them with (1 .. 32): as many as the other end may send at once (the gateway's
+ * max_in_flight, the conformance kit's 8). A frame further ahead is not acknowledged, so it
+ * is sent again. Each costs MCP_MAX_PAYLOAD + 16 bytes of RAM. */
+#ifndef MCP_MS720_HOLD
+#define MCP_MS720_HOLD 8
 #endif
 
 /* ms720: an unacknowledged frame is sent again after this long, up to this many times. */
@@ -72,6 +80,9 @@
 #endif
 #if MCP_MS720_WINDOW < 1 || MCP_MS720_WINDOW > 32
 #error "MCP_MS720_WINDOW must be 1..32"
+#endif
+#if MCP_MS720_HOLD < 1 || MCP_MS720_HOLD > 32
+#error "MCP_MS720_HOLD must be 1..32"
 #endif
 
 /* ------------------------------------------------------------------ constants */
@@ -250,7 +261,7 @@ typedef void (*mcp_deliver_fn)(void *ctx, uint32_t seq, const uint8_t *payload,
 
 /* The reliable link (spec section 4), sans-IO. Receiving: every control/data frame taken
  * is acknowledged with an ACK of its seq; duplicates are acknowledged again and dropped;
- * frames are held (up to MCP_MS720_WINDOW seqs ahead of the next expected one) and
+ * frames are held (up to MCP_MS720_HOLD seqs ahead of the next expected one) and
  * delivered in seq order, each once a send slot is free to answer it with; a frame further
  * ahead is not acknowledged, so the sender sends it again. A held frame that waited longer
  * than the sender could keep resending the missing one skips the gap. A CRC failure with
@@ -271,7 +282,10 @@ typedef struct {
     uint8_t have_nacked;
     uint32_t last_nacked;
     mcp_tx_slot_t tx[MCP_MS720_WINDOW];
-    mcp_rx_slot_t held[MCP_MS720_WINDOW];
+    mcp_rx_slot_t held[MCP_MS720_HOLD];
+    uint8_t refusing;     /* frames were refused for want of room since refused_at */
+    uint32_t refused_at;
+    uint32_t refused_seq; /* the nearest of them */
     mcp_tx_slot_t *out; /* the frame being built */
 } mcp_link_t;
 

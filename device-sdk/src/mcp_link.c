@@ -57,7 +57,7 @@ static mcp_tx_slot_t *sent_slot(mcp_link_t *link, uint32_t seq)
 static mcp_rx_slot_t *held_slot(mcp_link_t *link, uint32_t seq)
 {
     uint8_t i;
-    for (i = 0; i < MCP_MS720_WINDOW; i++) {
+    for (i = 0; i < MCP_MS720_HOLD; i++) {
         if (link->held[i].used && link->held[i].seq == seq) {
             return &link->held[i];
         }
@@ -86,6 +86,7 @@ static void drain(mcp_link_t *link)
             if (!mcp_link_free(link)) {
                 return;
             }
+            link->refusing = 0; /* the missing frame came: refusals start over */
             next->used = 0;
             link->expected++;
             link->deliver(link->ctx, next->seq, next->payload, next->len);
@@ -95,7 +96,7 @@ static void drain(mcp_link_t *link)
             /* the nearest held seq, if one has waited long enough */
             uint32_t nearest = 0;
             uint8_t stale = 0, any = 0, i;
-            for (i = 0; i < MCP_MS720_WINDOW; i++) {
+            for (i = 0; i < MCP_MS720_HOLD; i++) {
                 mcp_rx_slot_t *h = &link->held[i];
                 if (!h->used) {
                     continue;
@@ -105,6 +106,14 @@ static void drain(mcp_link_t *link)
                 }
                 any = 1;
                 stale |= (uint8_t)due(link->now, h->arrived + GAP_MS);
+            }
+            if (link->refusing && due(link->now, link->refused_at + GAP_MS)) {
+                /* frames were refused for want of room all along: go on from the nearest */
+                link->refusing = 0;
+                if (!any || link->refused_seq - link->expected < nearest - link->expected) {
+                    nearest = link->refused_seq;
+                }
+                any = stale = 1;
             }
             if (!any || !stale) {
                 return;
@@ -145,21 +154,30 @@ static void take(mcp_link_t *link, uint32_t seq, const uint8_t *payload, uint16_
     }
     if (ahead >= SEQ_WINDOW) { /* far from everything: a new sequence */
         link->stats.restarts++;
-        for (i = 0; i < MCP_MS720_WINDOW; i++) {
+        for (i = 0; i < MCP_MS720_HOLD; i++) {
             link->held[i].used = 0;
         }
         link->expected = start_of(link, seq);
         ahead = seq - link->expected;
     }
-    if (ahead < MCP_MS720_WINDOW) {
-        for (i = 0; i < MCP_MS720_WINDOW && !slot; i++) {
+    if (ahead < MCP_MS720_HOLD) {
+        for (i = 0; i < MCP_MS720_HOLD && !slot; i++) {
             if (!link->held[i].used) {
                 slot = &link->held[i];
             }
         }
     }
     if (!slot) {
+        /* Not acknowledged: sent again later. If the expected frame never comes, the
+         * refusals start the gap timer as held frames would (see drain). */
         link->stats.refused++;
+        if (!link->refusing || seq - link->expected < link->refused_seq - link->expected) {
+            link->refused_seq = seq;
+        }
+        if (!link->refusing) {
+            link->refused_at = link->now;
+            link->refusing = 1;
+        }
         return;
     }
     if (ahead) {

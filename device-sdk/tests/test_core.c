@@ -764,7 +764,7 @@ static void test_link_window(void)
     /* a frame further ahead than the window can hold is not acknowledged (sent again) */
     {
         uint8_t frame[32];
-        size_t n = mcp_ms720_encode(frame, MCP_MSG_DATA, dev.link.expected + MCP_MS720_WINDOW,
+        size_t n = mcp_ms720_encode(frame, MCP_MSG_DATA, dev.link.expected + MCP_MS720_HOLD,
                                     (const uint8_t *)"\x02", 1);
         int acks = wire.acks;
         mcp_device_feed(&dev, frame, n, clock_ms);
@@ -773,6 +773,26 @@ static void test_link_window(void)
     }
     gateway_ack_all();
     CHECK(mcp_device_can_send(&dev));
+}
+
+/* The expected frame never comes and the frames behind it find no room: after the gap
+ * time the link goes on from the nearest refused one (it comes again and is taken). */
+static void test_link_refusals_skip_a_gap(void)
+{
+    uint8_t frame[32];
+    size_t n;
+    uint32_t far;
+    start();
+    registered();
+    far = dev.link.expected + MCP_MS720_HOLD;
+    n = mcp_ms720_encode(frame, MCP_MSG_DATA, far, (const uint8_t *)"\x02", 1);
+    mcp_device_feed(&dev, frame, n, clock_ms);
+    CHECK_EQ(dev.link.stats.refused, 1);
+    advance(MCP_MS720_RETRANSMIT_MS * (MCP_MS720_RETRIES + 2));
+    CHECK_EQ(dev.link.expected, far);
+    CHECK_EQ(dev.link.stats.gaps_skipped, MCP_MS720_HOLD);
+    mcp_device_feed(&dev, frame, n, clock_ms); /* sent again: taken now */
+    CHECK(last_is(MCP_PONG));
 }
 
 static void test_link_bad_crc_nacked(void)
@@ -845,6 +865,7 @@ int main(void)
     run("link: retransmits, then gives up", test_link_retransmits_then_gives_up);
     run("link: a NACK resends at once", test_link_nack_resends_now);
     run("link: the window", test_link_window);
+    run("link: refusals skip a gap", test_link_refusals_skip_a_gap);
     run("link: a bad CRC is NACKed", test_link_bad_crc_nacked);
     run("link: the seq wraps", test_link_seq_wraps);
     run("link: a new sequence", test_link_restart);
