@@ -16,6 +16,8 @@
  * FIFO and feeds the AVR's UART only while the UART says it has room (xon/xoff), so a
  * large write into the pty waits in the pty and that FIFO instead of overrunning the
  * UART; the firmware still has to read at line rate (a ring buffer behind an RX ISR).
+ * Output: the part's FIFO towards the pty drops bytes when full, so the core pauses while
+ * it is more than half full (a burst after the host stalled the process, a slow reader).
  * The library's chatter (uart_pty's printf lines) goes to stderr, not stdout.
  *
  * Build: gcc -std=c99 -O2 -Wall -Wextra -Werror -pedantic -isystem /usr/include/simavr \
@@ -81,6 +83,26 @@ static void usage(void)
 
 static uart_pty_t uart_pty; /* zeroed: xon starts off until the UART asks for bytes */
 
+/* Bytes the firmware sent that uart_pty's thread has not written to the pty yet. Its FIFO
+ * drops bytes when full, so the core waits while it is more than half full. */
+static unsigned tx_backlog(void)
+{
+    const uart_pty_fifo_t *f = &uart_pty.port[0].in;
+    return ((unsigned)f->write + uart_pty_fifo_fifo_size - f->read) &
+           (uart_pty_fifo_fifo_size - 1u);
+}
+
+/* Wait (up to 50 ms) for the pty side to take the backlog; nobody reading the pty, the
+ * firmware goes on and its output is lost, as on a real board with nothing listening. */
+static void drain_tx(void)
+{
+    int i;
+    for (i = 0; i < 250 && tx_backlog() > uart_pty_fifo_fifo_size / 4u && !stop_signal; i++) {
+        struct timespec ts = {0, 200000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const char *mcu = NULL;
@@ -119,6 +141,7 @@ int main(int argc, char **argv)
 
     /* simavr printf()s to stdout (the loader, uart_pty): send all that to stderr until
      * the pty line; stdout is ours. */
+    setvbuf(stdout, NULL, _IOLBF, 0); /* the library's lines and ours in order */
     fflush(stdout);
     saved_stdout = dup(STDOUT_FILENO);
     dup2(STDERR_FILENO, STDOUT_FILENO);
@@ -198,7 +221,11 @@ int main(int argc, char **argv)
             return 1;
         }
         if (avr->cycle >= next_check) {
-            uint64_t sim = avr->cycle - start_cycle;
+            uint64_t sim;
+            if (tx_backlog() > uart_pty_fifo_fifo_size / 2u) {
+                drain_tx();
+            }
+            sim = avr->cycle - start_cycle;
             uint64_t due = start + sim / hz * 1000000000u + sim % hz * 1000000000u / hz;
             if (due > now_ns()) {
                 sleep_until_ns(due);

@@ -138,7 +138,9 @@ static void uart_init(void)
     UART0_CTL = 0;
     UART0_IBRD = div64 / 64u;
     UART0_FBRD = div64 % 64u;
-    UART0_LCRH = LCRH_WLEN8 | LCRH_FEN; /* 8N1, FIFOs on (writing LCRH latches the divisor) */
+    /* 8N1, FIFOs on (writing LCRH latches the divisor). Turning the FIFO on empties it, in
+     * QEMU too: a byte that arrived before board_init is lost, as on any UART. */
+    UART0_LCRH = LCRH_WLEN8 | LCRH_FEN;
     UART0_IFLS = 0;                     /* RX interrupt at 1/8 full; RT catches the rest */
     UART0_RSR = 0;
     UART0_ICR = 0x7FFu;
