@@ -4,14 +4,13 @@ symlink that follows it across restarts (as a udev name follows a replugged devi
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
+from tests.emulators import QEMU_PTY, SIMAVR_PTY_LINE, Emulator
 from tests.harness import lacking
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +23,6 @@ TARGETS = {
     "qemu": ("lm3s6965", ("arm-none-eabi-gcc", "qemu-system-arm", "make")),
     "simavr": ("atmega328p", ("avr-gcc", "make", "gcc")),
 }
-_PTY = re.compile(rb"(/dev/pts/\d+)")
 
 
 @functools.cache
@@ -55,23 +53,30 @@ def command(target: str, frames: str, uid: str, variant: str = "") -> list[str]:
     return [str(BUILD / "tools" / "simavr_pty"), str(BUILD / "atmega328p" / f"{name}.elf")]
 
 
+#: the line naming the pty: QEMU's, or the posix firmware's and simavr_pty's "pty PATH"
+_PTY_LINE = {"qemu": QEMU_PTY, "posix": SIMAVR_PTY_LINE, "simavr": SIMAVR_PTY_LINE}
+
+
 class Firmware:
-    """``async with Firmware(target, frames, link)``: the firmware running, its serial port
-    at ``link`` (a symlink to the current pty); ``restart()`` kills it and starts it again
-    (a new pty: the symlink moves), ``stop()`` kills it (the symlink goes)."""
+    """``async with Firmware(target, frames, link)``: the firmware running (an
+    ``tests.emulators.Emulator``), its serial port at ``link``, a symlink to the current pty;
+    ``restart()`` kills it and starts it again (a new pty: the symlink moves), ``stop()``
+    kills it (the symlink goes)."""
 
     def __init__(self, target: str, frames: str, link: Path, *, variant: str = "",
                  uid: str = "c0ffee0000000001") -> None:
         self.target, self.frames, self.link, self.uid = target, frames, link, uid
         self.variant = variant
-        self.tty = ""
-        self._proc: asyncio.subprocess.Process | None = None
-        self._output = bytearray()
-        self._pump: asyncio.Task[None] | None = None
+        self.emulator = Emulator(command(target, frames, uid, variant), _PTY_LINE[target])
 
     @property
     def path(self) -> str:
         return str(self.link)
+
+    @property
+    def output(self) -> str:
+        """What the firmware (or its emulator) printed."""
+        return "".join(self.emulator.output)
 
     async def __aenter__(self) -> Firmware:
         await self.start()
@@ -80,52 +85,17 @@ class Firmware:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def start(self, timeout: float = 20.0) -> None:
-        self._output.clear()
-        self._proc = await asyncio.create_subprocess_exec(
-            *command(self.target, self.frames, self.uid, self.variant),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True)
-        self._pump = asyncio.create_task(self._read(self._proc), name=f"{self.target} output")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not (found := _PTY.search(self._output)):
-            if self._proc.returncode is not None or loop.time() > deadline:
-                raise AssertionError(f"{self.target} firmware gave no pty: "
-                                     f"{self._output.decode(errors='replace')}")
-            await asyncio.sleep(0.02)
-        self.tty = found.group(1).decode()
+    async def start(self) -> None:
+        tty = await self.emulator.start()
         self.link.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.link.with_name(f".{self.link.name}.tmp")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        tmp.symlink_to(self.tty)
+        tmp.symlink_to(tty)
         tmp.replace(self.link)
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        while chunk := await proc.stdout.read(4096):
-            self._output += chunk
-
-    @property
-    def output(self) -> str:
-        """What the firmware (or its emulator) printed."""
-        return self._output.decode(errors="replace")
-
     async def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        if self._pump is not None:
-            await self._pump
+        await self.emulator.stop()
         with contextlib.suppress(FileNotFoundError):
             self.link.unlink()
 
