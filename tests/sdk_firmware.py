@@ -40,9 +40,11 @@ def built(target: str) -> None:
     assert done.returncode == 0, f"make {make_target} failed:\n{done.stdout}{done.stderr}"
 
 
-def command(target: str, frames: str, uid: str, variant: str = "") -> list[str]:
+def command(target: str, frames: str, uid: str, variant: str = "",
+            eeprom: Path | None = None) -> list[str]:
     """How to run a target's env-sensor firmware of the ``frames`` profile (``variant``
-    "noisy": the ms720 build with 40 resends)."""
+    "noisy": the ms720 build with 40 resends); simavr keeps the chip's EEPROM in
+    ``eeprom`` across restarts, as a chip does across resets."""
     built(target)
     name = f"env-sensor-{frames}" + (f"-{variant}" if variant else "")
     if target == "posix":
@@ -50,7 +52,9 @@ def command(target: str, frames: str, uid: str, variant: str = "") -> list[str]:
     if target == "qemu":
         return ["qemu-system-arm", "-M", "lm3s6965evb", "-display", "none", "-monitor", "none",
                 "-serial", "pty", "-kernel", str(BUILD / "lm3s6965" / f"{name}.elf")]
-    return [str(BUILD / "tools" / "simavr_pty"), str(BUILD / "atmega328p" / f"{name}.elf")]
+    keep = ["-e", str(eeprom)] if eeprom is not None else []
+    return [str(BUILD / "tools" / "simavr_pty"), *keep,
+            str(BUILD / "atmega328p" / f"{name}.elf")]
 
 
 #: the line naming the pty: QEMU's, or the posix firmware's and simavr_pty's "pty PATH"
@@ -67,7 +71,9 @@ class Firmware:
                  uid: str = "c0ffee0000000001") -> None:
         self.target, self.frames, self.link, self.uid = target, frames, link, uid
         self.variant = variant
-        self.emulator = Emulator(command(target, frames, uid, variant), _PTY_LINE[target])
+        eeprom = link.with_name(f"{link.name}.eeprom")
+        self.emulator = Emulator(command(target, frames, uid, variant, eeprom),
+                                 _PTY_LINE[target])
 
     @property
     def path(self) -> str:

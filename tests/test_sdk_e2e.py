@@ -135,3 +135,26 @@ async def test_ms720_through_a_line_corrupting_5_percent_of_bytes_loses_no_statu
         assert status == expected_status(status["uptime_s"])
     assert relay.corrupted["to_gateway"] > 0.03 * relay.passed["to_gateway"], relay.corrupted
     assert relay.corrupted["to_device"] > 0.03 * relay.passed["to_device"], relay.corrupted
+
+
+@pytest.mark.parametrize("target", ["posix", "simavr"])
+async def test_a_reset_while_the_gateway_keeps_the_line_open_is_a_new_ms720_sequence(
+        tmp_path, broker, client, target):
+    """An Uno's USB bridge keeps the tty open while the chip resets: the gateway's link sees
+    the device's seqs start over without a reopen. The firmware's first seq differs from
+    boot to boot (posix: time and pid; the ATmega328P: a boot counter in EEPROM x 2^20),
+    so the gateway takes them as a new sequence, not as duplicates of the old one.
+    (QEMU's lm3s6965 has no entropy nor non-volatile memory the port could use: its first
+    seq is a constant, see device-sdk/README.md.)"""
+    async with Firmware(target, "ms720", tmp_path / "fw") as firmware, \
+            NoisyRelay(firmware.path, tmp_path / "links" / NAME, rate=0.0) as relay, \
+            gateway_on(tmp_path, broker, str(tmp_path / "links" / NAME), "ms720"):
+        await wait_for(lambda: len(statuses(client)) >= 2, timeout=20, what="STATUS")
+        seen = len(statuses(client))
+        await firmware.restart()  # the reset; the gateway's port stays open
+        relay.attach(firmware.emulator.path)
+        await wait_for(lambda: any(s["uptime_s"] <= 2 for s in statuses(client)[seen:]),
+                       timeout=15, what="the rebooted device's STATUS")
+    after = [s["uptime_s"] for s in statuses(client)[seen:]]
+    reboot = next(i for i, uptime in enumerate(after) if uptime <= 2)
+    assert after[reboot:] == list(range(after[reboot], after[reboot] + len(after) - reboot))

@@ -33,8 +33,10 @@ void board_uid(uint8_t uid[8]);
  * poll(2) on posix. Called when the loop has nothing to do. */
 void board_idle(void);
 
-/* A number that differs from boot to boot when the board can tell (posix: time and pid);
- * the SDK uses it for its first ms720 seq. Boards with no entropy return a constant. */
+/* A number that differs from boot to boot (posix: time and pid; ATmega328P: a boot
+ * counter in EEPROM x 2^20); the example uses it for its first ms720 seq, so a reset the
+ * gateway did not see (the line kept open) starts a new sequence. A board with neither
+ * entropy nor non-volatile memory returns a constant (lm3s6965 under QEMU). */
 uint32_t board_entropy(void);
 
 #endif

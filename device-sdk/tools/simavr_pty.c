@@ -38,6 +38,7 @@
 
 #include <sim_avr.h>
 #include <sim_elf.h>
+#include <avr_eeprom.h>
 #include <avr_uart.h>
 #include <parts/uart_pty.h>
 
@@ -77,11 +78,67 @@ static void sleep_until_ns(uint64_t t)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: simavr_pty [-m MCU] [-f HZ] FIRMWARE.elf\n");
+    fprintf(stderr, "usage: simavr_pty [-m MCU] [-f HZ] [-e EEPROM_FILE] FIRMWARE.elf\n"
+                    "  -e: the EEPROM's contents are read from the file at start (if it\n"
+                    "      exists) and written back at exit, so they survive a restart\n");
     exit(2);
 }
 
 static uart_pty_t uart_pty; /* zeroed: xon starts off until the UART asks for bytes */
+
+/* -e FILE: the EEPROM kept in a file across runs, as a chip keeps it across power cycles */
+static const char *eeprom_file;
+
+/* The simulated EEPROM itself (AVR_IOCTL_EEPROM_GET with no buffer hands out its memory;
+ * its size checks differ between simavr versions, so no size is asked for), or NULL. */
+static uint8_t *eeprom_memory(avr_t *avr, uint32_t *size)
+{
+    avr_eeprom_desc_t desc;
+    memset(&desc, 0, sizeof desc);
+    avr_ioctl(avr, AVR_IOCTL_EEPROM_GET, &desc); /* returns -1 even when it worked */
+    *size = avr->e2end + 1u;
+    return desc.ee;
+}
+
+static int eeprom_load(avr_t *avr)
+{
+    uint32_t size;
+    uint8_t *ee;
+    FILE *f;
+    if (!eeprom_file) {
+        return 0;
+    }
+    ee = eeprom_memory(avr, &size);
+    if (!ee) {
+        fprintf(stderr, "simavr_pty: this MCU has no EEPROM to keep in %s\n", eeprom_file);
+        return 1;
+    }
+    f = fopen(eeprom_file, "rb");
+    if (f) { /* no file yet: the EEPROM is erased (0xFF), as a new chip's */
+        size_t n = fread(ee, 1, size, f);
+        (void)n;
+        fclose(f);
+    }
+    return 0;
+}
+
+static int eeprom_save(avr_t *avr)
+{
+    uint32_t size;
+    uint8_t *ee;
+    FILE *f;
+    if (!eeprom_file) {
+        return 0;
+    }
+    ee = eeprom_memory(avr, &size);
+    f = fopen(eeprom_file, "wb");
+    if (!ee || !f || fwrite(ee, 1, size, f) != size || fclose(f) != 0) {
+        fprintf(stderr, "simavr_pty: cannot write the EEPROM to %s: %s\n", eeprom_file,
+                strerror(errno));
+        return 1;
+    }
+    return 0;
+}
 
 /* Bytes the firmware sent that uart_pty's thread has not written to the pty yet. Its FIFO
  * drops bytes when full, so the core waits while it is more than half full. */
@@ -117,8 +174,11 @@ int main(int argc, char **argv)
     uint64_t start, hz;
     avr_cycle_count_t start_cycle, next_check, step;
 
-    while ((opt = getopt(argc, argv, "m:f:h")) != -1) {
+    while ((opt = getopt(argc, argv, "m:f:e:h")) != -1) {
         switch (opt) {
+        case 'e':
+            eeprom_file = optarg;
+            break;
         case 'm':
             mcu = optarg;
             break;
@@ -172,6 +232,9 @@ int main(int argc, char **argv)
     avr_load_firmware(avr, &fw);
     avr->frequency = fw.frequency;
     avr->sleep = no_sleep;
+    if (eeprom_load(avr) != 0) {
+        return 1;
+    }
 
     uart_pty_init(avr, &uart_pty);
     uart_pty_connect(&uart_pty, '0');
@@ -218,6 +281,7 @@ int main(int argc, char **argv)
                                         "or a break)"
                                       : "crashed (cpu_Crashed)",
                     (unsigned long long)avr->cycle, (unsigned)avr->pc);
+            eeprom_save(avr);
             return 1;
         }
         if (avr->cycle >= next_check) {
@@ -234,5 +298,5 @@ int main(int argc, char **argv)
         }
     }
     fprintf(stderr, "simavr_pty: signal %d, exiting\n", (int)stop_signal);
-    return 0;
+    return eeprom_save(avr);
 }

@@ -9,7 +9,10 @@
  * board_idle sleeps in idle mode (the UART and Timer0 keep running and wake it).
  *
  * The ATmega328P has no readable serial number: board_uid is a constant made up for this
- * port, and board_entropy a constant.
+ * port. board_entropy counts boots in EEPROM (address 0, a u16; 100 000 writes, so as
+ * many boots) and returns count x 2^20: each boot's first ms720 seq is a million past the
+ * last one's, so a gateway that kept the line open across a reset (an Uno's USB bridge
+ * does) sees a new sequence, not duplicates of the old one.
  *
  * simavr note: its UART model tells a connected part (uart_pty) that there is room for
  * more input only when the firmware reads UDR0 or UCSR0A while its input FIFO is empty.
@@ -20,6 +23,7 @@
 #define F_CPU 16000000UL
 #endif
 
+#include <avr/eeprom.h>
 #include <avr/interrupt.h>
 #include <avr/io.h>
 #include <avr/sleep.h>
@@ -139,7 +143,11 @@ void board_idle(void)
     }
 }
 
+#define BOOT_COUNT ((uint16_t *)0) /* EEPROM address 0 */
+
 uint32_t board_entropy(void)
 {
-    return 0x4D333238UL; /* "M328": no entropy source used on this chip */
+    uint16_t boots = (uint16_t)(eeprom_read_word(BOOT_COUNT) + 1u); /* erased: 0xFFFF -> 0 */
+    eeprom_update_word(BOOT_COUNT, boots);
+    return (uint32_t)boots << 20;
 }
