@@ -140,6 +140,10 @@ class Probe:
         self.records: list[Record] = []
         #: what was received (frames, link frames, discarded bytes), in order
         self.received: list[Record] = []
+        #: the deframer's counters when the first frame came, and when: bytes before it may
+        #: be the tail of a frame the device was sending as the port opened (FRM-1)
+        self.before_first_frame: dict[str, int] | None = None
+        self.first_frame_at: float | None = None
         #: answer every PING from the device with PONG
         self.answer_pings = True
         #: ms720: acknowledge every data or control frame the device sends
@@ -314,6 +318,9 @@ class Probe:
         """Record what the framing found in ``data``, and answer it."""
         now = self.now()
         discarded = self.framing.counters()["discarded_bytes"] - discarded_before
+        if self.before_first_frame is None and seen:
+            self.before_first_frame = self.framing.counters()
+            self.first_frame_at = now
         if discarded:
             self._receive(Record(now, "rx", data, f"{discarded} of these {len(data)} bytes "
                                  f"are no valid frame (discarded{how})", link="raw"))
