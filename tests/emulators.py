@@ -42,20 +42,20 @@ START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 
 
-def _need_program(name: str) -> str:
+def need_program(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         lacking(f"{name} is not installed")
     return path
 
 
-def _need_simavr() -> None:
+def need_simavr() -> None:
     if not Path("/usr/include/simavr/sim_avr.h").exists():
         lacking("simavr's headers are not installed (libsimavr-dev)")
     for lib in ("simavr", "simavrparts"):
         if ctypes.util.find_library(lib) is None:
             lacking(f"lib{lib} is not installed (libsimavr-dev, libsimavrparts1)")
-    _need_program("cc")
+    need_program("cc")
 
 
 def _makefile_args() -> list[str]:
@@ -70,13 +70,13 @@ def build(target: str) -> Path:
     """``make -C device-sdk TARGET`` (a path under device-sdk, e.g.
     ``build/atmega328p/selftest.elf``); returns that file's path. A failed build fails the
     test with make's output."""
-    _need_program("make")
+    need_program("make")
     if "lm3s6965" in target:
-        _need_program("arm-none-eabi-gcc")
+        need_program("arm-none-eabi-gcc")
     if "atmega328p" in target:
-        _need_program("avr-gcc")
+        need_program("avr-gcc")
     if target.endswith("simavr_pty"):
-        _need_simavr()
+        need_simavr()
     proc = subprocess.run(
         ["make", "-C", str(SDK), *_makefile_args(), target],
         capture_output=True, text=True, timeout=300, check=False)
@@ -192,7 +192,7 @@ async def _running(emulator: Emulator) -> AsyncIterator[Emulator]:
 
 
 def qemu_argv(elf: Path) -> list[str]:
-    return [_need_program("qemu-system-arm"), "-M", "lm3s6965evb", "-display", "none",
+    return [need_program("qemu-system-arm"), "-M", "lm3s6965evb", "-display", "none",
             "-monitor", "none", "-serial", "pty", "-kernel", str(elf)]
 
 
@@ -209,7 +209,7 @@ async def simavr(elf: Path, harness: Path | None = None, mcu: str = "atmega328p"
     """ATmega firmware under simavr (device-sdk/tools/simavr_pty: real time, UART0 on a
     pty); the harness is built when not given."""
     if harness is None:
-        _need_simavr()
+        need_simavr()
         harness = await asyncio.to_thread(build, SIMAVR_PTY)
     argv = [str(harness), "-m", mcu, "-f", str(frequency), str(elf)]
     async with _running(Emulator(argv, SIMAVR_PTY_LINE, streams=("stdout",))) as emulator:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import shutil
 import subprocess
 from pathlib import Path
 
-from tests.emulators import QEMU_PTY, SIMAVR_PTY_LINE, Emulator
-from tests.harness import lacking
+from tests.emulators import QEMU_PTY, SIMAVR_PTY_LINE, Emulator, need_program, need_simavr
 
 ROOT = Path(__file__).resolve().parent.parent
 SDK = ROOT / "device-sdk"
@@ -30,11 +28,10 @@ def built(target: str) -> None:
     """Build a target's firmware (both frame profiles) once; a missing tool skips (fails
     under CI)."""
     make_target, tools = TARGETS[target]
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    if missing:
-        lacking(f"the {target} firmware needs {', '.join(missing)}")
-    if target == "simavr" and not Path("/usr/include/simavr/sim_avr.h").exists():
-        lacking("the simavr harness needs libsimavr-dev")
+    for tool in tools:
+        need_program(tool)
+    if target == "simavr":
+        need_simavr()
     done = subprocess.run(["make", "-s", "-C", str(SDK), make_target], capture_output=True,
                           text=True, timeout=300, check=False)
     assert done.returncode == 0, f"make {make_target} failed:\n{done.stdout}{done.stderr}"
