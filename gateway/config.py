@@ -18,7 +18,7 @@ import stat
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from gateway.bridge.embedded import url_problem as embedded_url_problem
@@ -30,10 +30,12 @@ from gateway.settings import (
     LIVE,
     RESTART,
     BrokerSettings,
+    HomeAssistantSettings,
     LinkSettings,
     QueueSettings,
     SerialSettings,
     SessionSettings,
+    SparkplugSettings,
     TransactionSettings,
     declared,
     keys_of,
@@ -44,6 +46,8 @@ from gateway.settings import (
     table_keys,
     toml_table,
 )
+
+G = TypeVar("G")
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: a character an id cannot hold (what is put in its place when one is made from a name)
@@ -56,7 +60,8 @@ KEYED_ACTIONS = ("read", "write")
 GATEWAY_ACTIONS = ("list_devices", "reload", "trace")
 GATEWAY_ALLOW_DEFAULT = ("list_devices",)
 #: what ``state_dir`` holds: each must be a file (or not there yet)
-STATE_FILES = {"spool.db": "the event queue", "node_ids.json": "the uid -> node_id map"}
+STATE_FILES = {"spool.db": "the event queue", "node_ids.json": "the uid -> node_id map",
+               "sparkplug.json": "the Sparkplug birth/death sequence (bdSeq)"}
 #: characters brokers refuse in MQTT strings (topics, client ids, user names): U+0000 is
 #: forbidden by the MQTT spec, and Mosquitto closes the connection of a client sending any
 #: other C0 or C1 control character too (the gateway would reconnect forever)
@@ -112,6 +117,9 @@ class GatewayConfig:
     ports: tuple[PortConfig, ...] = ()
     broker: BrokerSettings | None = field(default=None, metadata=RESTART)
     queue: QueueSettings = field(default_factory=QueueSettings, metadata=RESTART)
+    homeassistant: HomeAssistantSettings = field(default_factory=HomeAssistantSettings,
+                                                 metadata=RESTART)
+    sparkplug: SparkplugSettings = field(default_factory=SparkplugSettings, metadata=RESTART)
     stats_interval_s: float = setting(5.0, "how often the stats are published", unit="s",
                                       minimum=0.1, maximum=3600, reload="live")
     max_request_bytes: int = setting(65536, "a larger request body is answered invalid",
@@ -135,8 +143,9 @@ class GatewayConfig:
 
 #: every class that declares settings of the file (the docs name each of their keys)
 SETTING_GROUPS = (GatewayConfig, PortConfig, *nested_groups(PortConfig), BrokerSettings,
-                  QueueSettings)
+                  QueueSettings, HomeAssistantSettings, SparkplugSettings)
 _TOP_KEYS = {"gateway_id", "state_dir", "topic_prefix", "profiles_dir", "broker", "queue", "ports",
+             "homeassistant", "sparkplug",
              "max_request_bytes", "stats_interval_s", "metrics", "log_level", "log_format",
              "gateway_allow"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -582,16 +591,12 @@ def parse_config(data: dict[str, Any], source: str = "<config>", *,
         indexed.append((index, port))
     _same_device_errors(errors, indexed)
     broker = _broker(errors, data.get("broker"), gateway_id)
-    queue = QueueSettings()
-    raw_queue = data.get("queue", {})
-    if not isinstance(raw_queue, dict):
-        errors.add("queue", raw_queue, "is not a table")
-    else:
-        queue_keys = keys_of(QueueSettings)
-        for key in sorted(set(raw_queue) - set(queue_keys)):
-            errors.add(f"queue.{key}", raw_queue[key], "is an unknown key; expected "
-                       f"{', '.join(queue_keys[:-1])} or {queue_keys[-1]}")
-        queue = parse_group(QueueSettings, raw_queue, "queue", errors.add)
+    queue = _table_group(errors, data, "queue", QueueSettings)
+    homeassistant = _table_group(errors, data, "homeassistant", HomeAssistantSettings)
+    _check_topic(errors, "homeassistant.discovery_prefix", homeassistant.discovery_prefix)
+    sparkplug = _table_group(errors, data, "sparkplug", SparkplugSettings)
+    for name in ("group_id", "edge_node_id", "primary_host_id"):
+        _check_sparkplug_id(errors, f"sparkplug.{name}", getattr(sparkplug, name))
     numbers = parse_values(GatewayConfig, data, "", errors.add)  # the declared ones
     metrics = data.get("metrics")
     metrics_address = _metrics_address(errors, metrics) if metrics is not None else None
@@ -615,6 +620,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>", *,
         ports=tuple(ports),
         broker=broker,
         queue=queue,
+        homeassistant=homeassistant,
+        sparkplug=sparkplug,
         **numbers,
         metrics_address=metrics_address,
         log_level=log_level.upper(),
@@ -622,6 +629,34 @@ def parse_config(data: dict[str, Any], source: str = "<config>", *,
         gateway_allow=gateway_allow,
         warnings=tuple(errors.warnings),
     )
+
+
+def _table_group(errors: _Errors, data: dict[str, Any], name: str, cls: type[G]) -> G:
+    """A top-level table of one settings group (``[queue]``, ``[sparkplug]``...): its
+    unknown keys and bad values reported, defaults where it is absent or wrong."""
+    raw = data.get(name, {})
+    if not isinstance(raw, dict):
+        errors.add(name, raw, "is not a table")
+        return cls()
+    known = keys_of(cls)
+    for key in sorted(set(raw) - set(known)):
+        errors.add(f"{name}.{key}", raw[key], "is an unknown key; expected "
+                   f"{', '.join(known[:-1])} or {known[-1]}")
+    return parse_group(cls, raw, name, errors.add)
+
+
+def _check_topic(errors: _Errors, path: str, topic: str) -> None:
+    """A topic prefix: levels without wildcards, no empty level, not a $ topic."""
+    if not topic or topic.startswith("$") or any(
+            not level or "+" in level or "#" in level for level in topic.split("/")):
+        errors.add(path, topic, "is not a topic prefix; expected levels separated by /, "
+                   "without + or #, not starting with $")
+
+
+def _check_sparkplug_id(errors: _Errors, path: str, value: str | None) -> None:
+    """A Sparkplug group, edge node or host id: a topic level (no /, + or #)."""
+    if value is not None and any(c in value for c in "/+#"):
+        errors.add(path, value, "is not a Sparkplug id; it must not contain /, + or #")
 
 
 def _gateway_allow(errors: _Errors, data: dict[str, Any]) -> tuple[str, ...]:
@@ -659,6 +694,8 @@ def effective(config: GatewayConfig) -> dict[str, Any]:
     if config.broker is not None:
         doc["broker"] = toml_table(config.broker)  # not the password: it has no key
     doc["queue"] = toml_table(config.queue)
+    doc["homeassistant"] = toml_table(config.homeassistant)
+    doc["sparkplug"] = toml_table(config.sparkplug)
     doc["ports"] = [toml_table(port) for port in config.ports]
     return doc
 

@@ -396,3 +396,26 @@ class QueueSettings:
     commit_delay_s: float = setting(0.0, "how long writes wait for the broker's "
                                     "acknowledgements", key="commit_delay_ms", unit="ms",
                                     minimum=0, maximum=1000, scale=1000)
+
+
+@dataclass(frozen=True, slots=True)
+class HomeAssistantSettings:
+    """``[homeassistant]``: MQTT discovery, so Home Assistant shows every device by itself."""
+
+    enabled: bool = setting(False, "publish Home Assistant discovery configs")
+    discovery_prefix: str = setting("homeassistant", "Home Assistant's discovery prefix "
+                                    "(its MQTT integration's setting)")
+
+
+@dataclass(frozen=True, slots=True)
+class SparkplugSettings:
+    """``[sparkplug]``: the gateway as a Sparkplug B edge node, beside the native fabric."""
+
+    enabled: bool = setting(False, "run a Sparkplug B edge node")
+    group_id: str = setting("mcp", "the Sparkplug group id of this edge node")
+    #: None: the gateway id
+    edge_node_id: str | None = setting(None, "the edge node id", shown="the gateway id")
+    #: None: BIRTH as soon as connected
+    primary_host_id: str | None = setting(None, "the primary host application whose STATE "
+                                          "the node waits for before its BIRTH",
+                                          shown="none")
