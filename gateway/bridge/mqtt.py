@@ -216,6 +216,7 @@ class MqttConnection:
         on_ack: Callable[[int, int], None] = lambda mid, reason: None,
         on_error: Callable[[str], None] = lambda message: None,
         on_subscribed: Callable[[], None] = lambda: None,
+        on_connecting: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.host, self.port, self.tls = settings.endpoint()
@@ -227,6 +228,9 @@ class MqttConnection:
         self.on_error = on_error
         #: the broker acknowledged the last ``subscribe`` (its retained messages follow)
         self.on_subscribed = on_subscribed
+        #: called before every connection attempt (e.g. to ``set_will`` anew: Sparkplug's
+        #: NDEATH carries the bdSeq of the connection it is the will of)
+        self.on_connecting = on_connecting
         self.connected = False
         self._closing = False
         self.reconnects = 0
@@ -324,7 +328,12 @@ class MqttConnection:
             client.on_socket_open = client.on_socket_close = None
             client.on_socket_register_write = client.on_socket_unregister_write = None
 
+    def set_will(self, topic: str, body: bytes, *, qos: int = 1, retain: bool = True) -> None:
+        """The will of the next connection (the current one keeps the one it was made with)."""
+        self._client.will_set(topic, body, qos=qos, retain=retain)
+
     async def _connect_once(self) -> bool:
+        self.on_connecting()
         self._lost = self._loop.create_future()
         self._connected_future = self._loop.create_future()
         try:

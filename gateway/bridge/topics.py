@@ -49,6 +49,32 @@ class Topics:
         """A device's retained availability."""
         return f"{self.base}/devices/{device_id}/status"
 
+    def device_set(self, device_id: str, key: str) -> str:
+        """A plain-value write of one key (Home Assistant's ``number``/``text`` commands):
+        the body is the value itself (``500``, ``kitchen``), not an envelope."""
+        return f"{self.base}/devices/{device_id}/set/{key}"
+
+    def device_press(self, device_id: str, action: str) -> str:
+        """A plain command without arguments (a Home Assistant ``button``: ``ping``, or a
+        profile command whose request is empty); any body."""
+        return f"{self.base}/devices/{device_id}/press/{action}"
+
+    @property
+    def plain_command_filters(self) -> list[str]:
+        """Subscription filters of every device's plain-value commands."""
+        return [f"{self.base}/devices/+/set/+", f"{self.base}/devices/+/press/+"]
+
+    def plain_command_of(self, topic: str) -> tuple[str, str, str] | None:
+        """(device id, "set" or "press", key or action) of a plain-value command topic."""
+        head = f"{self.base}/devices/"
+        if not topic.startswith(head):
+            return None
+        parts = topic[len(head):].split("/")
+        if len(parts) == 3 and parts[1] in ("set", "press") and ID_PATTERN.fullmatch(parts[0]) \
+                and parts[2]:  # fmt: skip
+            return parts[0], parts[1], parts[2]
+        return None
+
     def device_event(self, device_id: str, name: str) -> str:
         """A device's events of one kind."""
         return f"{self.base}/devices/{device_id}/events/{name}"
