@@ -111,6 +111,15 @@ class FieldSpec:
         return None if self.scale is None else _decimals(self.scale)
 
     @property
+    def real_range(self) -> tuple[Any, Any] | None:
+        """The lowest and highest real value the wire type holds (scaled); None for floats
+        and what is not an integer."""
+        bounds = _TYPES[self.type][2]
+        if bounds is None:
+            return None
+        return self.from_wire(bounds[0]), self.from_wire(bounds[1])
+
+    @property
     def is_numeric(self) -> bool:
         """Integers and floats (not bool, text or bytes)."""
         return self.type not in _VARIABLE and self.type != "bool"
