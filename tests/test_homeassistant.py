@@ -1,0 +1,411 @@
+"""Home Assistant MQTT discovery: the configs built from profiles, and the discovery job on a
+real Mosquitto with simulated devices, read the way Home Assistant reads them (JSON configs,
+Jinja templates evaluated with jinja2)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from hypothesis import given
+from hypothesis import strategies as st
+
+from firmware_sim import Fleet, FleetSpec
+from gateway.app import Gateway
+from gateway.bridge.bridge import Bridge
+from gateway.bridge.homeassistant import (
+    HomeAssistantDiscovery,
+    device_class_of,
+    discovery_configs,
+    gateway_configs,
+    node_id,
+    readable,
+    state_class_of,
+)
+from gateway.bridge.topics import Topics
+from gateway.config import load_config
+from gateway.frames import ProfileRegistry
+from gateway.frames.profiles import FIELD_TYPES, FieldSpec, parse_profile
+from gateway.reload import Reloader
+from gateway.settings import HomeAssistantSettings
+from tests.harness import wait_for
+from tests.mqtt_helpers import Client
+
+P = "mcp/v1/test-gw"
+HA = "homeassistant"
+TOPICS = Topics("mcp/v1", "test-gw")
+COMPONENTS = ("sensor", "binary_sensor", "number", "text", "button")
+CONFIG_TOPIC = re.compile(rf"{HA}/({'|'.join(COMPONENTS)})/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+/config")
+FACTS = {"port": "sim-0", "profile": "env-sensor", "uid": "0102030405060708", "fw": "1.2.3",
+         "model": "env-sensor"}
+ENV = jinja2.Environment(undefined=jinja2.StrictUndefined)
+
+
+def render(template: str, body: bytes | str) -> str:
+    """A value template as Home Assistant evaluates it on a message's body."""
+    return ENV.from_string(template).render(value_json=json.loads(body))
+
+
+def available(config: dict[str, Any], retained: dict[str, bytes]) -> bool:
+    """Home Assistant's availability of an entity under ``availability_mode: all``, from the
+    retained messages on its availability topics."""
+    assert config["availability_mode"] == "all"
+    return all(render(a["value_template"], retained[a["topic"]]) == config["payload_available"]
+               for a in config["availability"])
+
+
+def env_configs(device_id: str = "sim-0", facts: dict[str, Any] = FACTS) -> dict[str, dict]:
+    profile = ProfileRegistry().get("env-sensor")
+    return discovery_configs(profile, device_id, facts, TOPICS, HA)
+
+
+# ---------------------------------------------------------------------------------------
+# The config builder
+
+
+def test_env_sensor_configs_name_our_topics_with_full_keys():
+    configs = env_configs()
+    node = "test-gw_sim-0"
+    assert set(configs) == {
+        f"{HA}/sensor/{node}/status_temperature_c/config",
+        f"{HA}/sensor/{node}/status_humidity_pct/config",
+        f"{HA}/sensor/{node}/status_battery_mv/config",
+        f"{HA}/sensor/{node}/status_uptime_s/config",
+        f"{HA}/number/{node}/key_interval_ms/config",
+        f"{HA}/text/{node}/key_name/config",
+        f"{HA}/button/{node}/ping/config",
+        f"{HA}/sensor/{node}/stats_rx_fps/config",
+        f"{HA}/sensor/{node}/stats_checksum_errors/config",
+    }
+    temperature = configs[f"{HA}/sensor/{node}/status_temperature_c/config"]
+    assert temperature["state_topic"] == f"{P}/devices/sim-0/events/status"
+    assert temperature["value_template"] == "{{ value_json.payload.temperature_c }}"
+    assert (temperature["unit_of_measurement"], temperature["device_class"],
+            temperature["state_class"]) == ("°C", "temperature", "measurement")
+    assert temperature["name"] == "Temperature"
+    assert temperature["unique_id"] == "test-gw_sim-0_status_temperature_c"
+    assert temperature["default_entity_id"] == "sensor.test_gw_sim_0_temperature_c"
+    assert temperature["device"] == {"identifiers": ["0102030405060708"], "name": "sim-0",
+                                     "model": "env-sensor", "sw_version": "1.2.3",
+                                     "via_device": "mcp-gateway_test-gw"}
+    assert temperature["availability"] == [
+        {"topic": f"{P}/status",
+         "value_template": "{{ 'offline' if value_json.state == 'offline' else 'online' }}"},
+        {"topic": f"{P}/devices/sim-0/status",
+         "value_template": "{{ 'online' if value_json.state == 'online' else 'offline' }}"}]
+    interval = configs[f"{HA}/number/{node}/key_interval_ms/config"]
+    assert interval["command_topic"] == f"{P}/devices/sim-0/set/interval_ms"
+    assert (interval["min"], interval["max"], interval["step"]) == (10, 3600000, 1)
+    assert "state_topic" not in interval  # optimistic: the gateway keeps no key values
+    name = configs[f"{HA}/text/{node}/key_name/config"]
+    assert (name["command_topic"], name["max"]) == (f"{P}/devices/sim-0/set/name", 32)
+    ping = configs[f"{HA}/button/{node}/ping/config"]
+    assert (ping["command_topic"], ping["payload_press"]) == (f"{P}/devices/sim-0/press/ping",
+                                                              "PRESS")
+    errors = configs[f"{HA}/sensor/{node}/stats_checksum_errors/config"]
+    assert errors["state_topic"] == f"{P}/stats"
+    assert errors["entity_category"] == "diagnostic"
+    stats = {"devices": {"sim-0": {"checksum_errors": 3, "rx_fps": 9.5}}}
+    assert render(errors["value_template"], json.dumps(stats)) == "3"
+    # Read-only keys are not commands; nothing is abbreviated.
+    assert not any("fw_build" in topic for topic in configs)
+    abbreviations = {"~", "stat_t", "cmd_t", "uniq_id", "dev", "avty", "avty_mode", "val_tpl",
+                     "unit_of_meas", "dev_cla", "stat_cla", "ent_cat", "o", "ids", "mdl"}
+    for config in configs.values():
+        assert not abbreviations & (set(config) | set(config["device"]))
+
+
+def test_without_a_uid_the_device_is_identified_by_gateway_and_device_id():
+    device = next(iter(env_configs(facts={"profile": "env-sensor"}).values()))["device"]
+    assert device == {"identifiers": ["test-gw_sim-0"], "name": "sim-0",
+                      "model": "env-sensor", "via_device": "mcp-gateway_test-gw"}
+
+
+def test_the_gateway_is_a_device_with_a_connectivity_sensor():
+    (topic, config), = gateway_configs(TOPICS, HA).items()
+    assert CONFIG_TOPIC.fullmatch(topic)
+    assert config["device"]["identifiers"] == ["mcp-gateway_test-gw"]
+    assert config["state_topic"] == f"{P}/status"
+    assert render(config["value_template"], '{"state":"degraded"}') == "ON"
+    assert render(config["value_template"], '{"state":"offline"}') == "OFF"
+
+
+def test_availability_needs_the_gateway_up_and_the_device_online():
+    """Availability mode all: a dead gateway's devices are unavailable even though their
+    retained status still says online; degraded still serves."""
+    config = env_configs()[f"{HA}/sensor/test-gw_sim-0/status_temperature_c/config"]
+    device_online = {f"{P}/devices/sim-0/status": b'{"state":"online","reason":"registered"}'}
+    assert available(config, {f"{P}/status": b'{"state":"online"}', **device_online})
+    assert available(config, {f"{P}/status": b'{"state":"degraded"}', **device_online})
+    assert not available(config, {f"{P}/status": b'{"state":"offline"}', **device_online})
+    assert not available(config, {f"{P}/status": b'{"state":"online"}',
+                                  f"{P}/devices/sim-0/status": b'{"state":"offline"}'})
+
+
+def test_device_and_state_classes_only_where_the_unit_and_name_are_sure():
+    def field(name: str, unit: str | None, kind: str = "u16", **extra: Any) -> FieldSpec:
+        return FieldSpec(name, kind, unit=unit, **extra)
+
+    assert device_class_of(field("humidity_pct", "%")) == "humidity"
+    assert device_class_of(field("battery_pct", "%")) == "battery"
+    assert device_class_of(field("duty_pct", "%")) is None  # a % of what?
+    assert device_class_of(field("supply_v", "V")) == "voltage"
+    assert device_class_of(field("reading", None)) is None
+    assert device_class_of(field("label", "°C", "utf8")) is None
+    assert state_class_of(field("uptime_s", "s", "u32")) == "total_increasing"
+    assert state_class_of(field("pulses_total", None, "u32")) == "total_increasing"
+    assert state_class_of(field("level", None)) == "measurement"
+    assert state_class_of(field("label", None, "utf8")) is None
+    overridden = field("level", "%", ha_device_class="moisture", ha_state_class="total")
+    assert (device_class_of(overridden), state_class_of(overridden)) == ("moisture", "total")
+    assert readable("temperature_c") == "Temperature"
+    assert readable("uptime_s") == "Uptime"
+    assert readable("door-open") == "Door open"
+    assert readable("s") == "S"
+
+
+def test_profile_overrides_reach_the_configs():
+    profile = parse_profile({"name": "meter", "events": [{"id": 0x20, "name": "status", "fields": [
+        {"name": "energy_wh", "type": "u32", "unit": "Wh", "ha_device_class": "energy",
+         "ha_state_class": "total_increasing", "ha_icon": "mdi:flash"},
+        {"name": "door", "type": "bool", "ha_device_class": "door"}]}]})
+    configs = discovery_configs(profile, "m", {}, TOPICS, HA)
+    energy = configs[f"{HA}/sensor/test-gw_m/status_energy_wh/config"]
+    assert (energy["device_class"], energy["state_class"], energy["icon"]) == \
+        ("energy", "total_increasing", "mdi:flash")
+    door = configs[f"{HA}/binary_sensor/test-gw_m/status_door/config"]
+    assert door["device_class"] == "door"
+    assert render(door["value_template"], '{"payload":{"door":true}}') == "ON"
+    assert render(door["value_template"], '{"payload":{"door":false}}') == "OFF"
+
+
+def test_node_ids_are_safe_and_do_not_collide():
+    assert node_id("gw", "sim-0") == "gw_sim-0"
+    dotted, underscored = node_id("gw", "a.b"), node_id("gw", "a_b")
+    assert dotted != underscored
+    assert re.fullmatch(r"[a-zA-Z0-9_-]+", dotted)
+
+
+ids = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True)
+names = st.from_regex(r"[A-Za-z0-9_-]{1,20}", fullmatch=True)
+units = st.sampled_from([None, "°C", "%", "mV", "V", "s", "ms", "hPa", "ppm", "frames", "m³"])
+
+
+@st.composite
+def profiles(draw: st.DrawFn) -> dict[str, Any]:
+    """Any valid profile table: STATUS fields of every type, keys ro and rw."""
+    def fields(count: int) -> list[dict[str, Any]]:
+        chosen = draw(st.lists(names, min_size=count, max_size=count, unique=True))
+        out = []
+        for i, name in enumerate(chosen):
+            kind = draw(st.sampled_from([t for t in FIELD_TYPES if t not in ("utf8", "bytes")]
+                                        if i < count - 1 else FIELD_TYPES))
+            entry: dict[str, Any] = {"name": name, "type": kind}
+            if kind in ("utf8", "bytes"):
+                entry["max_len"] = draw(st.integers(0, 1000))
+            elif kind != "bool":
+                entry["unit"] = draw(units)
+                if kind[0] in "ui" and draw(st.booleans()):
+                    entry["scale"] = draw(st.sampled_from([0.001, 0.01, 0.5, 10]))
+            out.append({k: v for k, v in entry.items() if v is not None})
+        return out
+
+    status = fields(draw(st.integers(0, 6)))
+    keys = [{"id": i, "access": draw(st.sampled_from(["ro", "rw"])), **spec}
+            for i, spec in enumerate(fields(draw(st.integers(0, 5))))]
+    return {"name": "any", "events": [{"id": 0x20, "name": "status", "fields": status}],
+            "keys": keys}
+
+
+@given(profiles(), ids, ids)
+def test_any_profile_gives_valid_distinct_topics_ids_and_templates(table, gateway_id, device_id):
+    """Whatever the profile and ids: config topics in HA's characters, one per entity (no
+    two entities share a topic or a unique id), JSON that round-trips, templates that
+    evaluate on our envelope, number ranges HA accepts."""
+    profile = parse_profile(table)
+    topics = Topics("mcp/v1", gateway_id)
+    configs = discovery_configs(profile, device_id, {}, topics, HA)
+    status = profile.events[0x20].layout.fields
+    writable = [k for k in profile.keys.values()
+                if k.writable and (k.field.is_numeric or k.field.type == "utf8")]
+    assert len(configs) == len(status) + len(writable) + 1 + 2
+    assert all(CONFIG_TOPIC.fullmatch(topic) for topic in configs)
+    unique_ids = [c["unique_id"] for c in configs.values()]
+    assert len(set(unique_ids)) == len(unique_ids)
+    payload = {f.name: (True if f.type == "bool" else 1) for f in status}
+    event = json.dumps({"payload": payload})
+    stats = json.dumps({"devices": {device_id: {"rx_fps": 1.5, "checksum_errors": 0}}})
+    for config in configs.values():
+        assert json.loads(json.dumps(config, ensure_ascii=False)) == config
+        if "value_template" in config:
+            source = stats if config["state_topic"] == topics.stats else event
+            assert render(config["value_template"], source) in ("1", "1.5", "0", "ON")
+        if "min" in config:
+            assert config["min"] <= config["max"]
+            assert config["step"] >= 0.001
+        assert config["device"]["via_device"] == f"mcp-gateway_{gateway_id}"
+
+
+# ---------------------------------------------------------------------------------------
+# On a broker, with simulated devices
+
+
+def _toml(tmp_path: Path, broker: Any, links: Path, names: list[str]) -> str:
+    lines = [f'gateway_id = "test-gw"\nstate_dir = "{tmp_path / "state"}"\n'
+             'stats_interval_s = 0.5\ngateway_allow = ["reload"]\n',
+             f'[broker]\nurl = "{broker.url}"\n',
+             f'[homeassistant]\nenabled = true\ndiscovery_prefix = "{HA}"\n']
+    lines += [f'[[ports]]\nname = "{n}"\npath = "{links / n}"\nallow = ["read", "write", "ping"]\n'
+              for n in names]
+    return "\n".join(lines)
+
+
+def attach(bridge: Bridge, gateway: Gateway) -> HomeAssistantDiscovery:
+    """The discovery job on a bridge's connection, wired as the bridge wires its jobs:
+    every connection, HA's birth topic, the devices' state changes, the PUBACKs."""
+    ha = HomeAssistantDiscovery(gateway, bridge.mqtt, bridge.topics,
+                                HomeAssistantSettings(enabled=True, discovery_prefix=HA))
+    mqtt, statuses, topics = bridge.mqtt, bridge.statuses, bridge.topics
+    take_request, take_status, status_acked = (bridge.request_server.take, statuses.take,
+                                               statuses.acked)
+
+    def connected() -> None:
+        bridge.publisher.connected()
+        statuses.connected()
+        ha.connected()
+        mqtt.subscribe([topics.device_requests_filter, topics.gateway_requests,
+                        *ha.subscriptions])
+
+    def take(event: Any) -> int | None:
+        mid = take_status(event)
+        ha.take(event)
+        return mid
+
+    def acked(mid: int) -> None:
+        status_acked(mid)
+        ha.acked(mid)
+
+    mqtt.on_connect = connected
+    mqtt.on_message = lambda message: ha.on_message(message) or take_request(message)
+    statuses.take = take  # type: ignore[method-assign]
+    statuses.acked = acked  # type: ignore[method-assign]
+    return ha
+
+
+@contextlib.asynccontextmanager
+async def ha_stack(tmp_path: Path, broker: Any, count: int = 2, interval_ms: int = 100):
+    links = tmp_path / "links"
+    spec = replace(FleetSpec(count=count, interval_ms=interval_ms), link_dir=links)
+    path = tmp_path / "gateway.toml"
+    async with Fleet(spec) as fleet:
+        path.write_text(_toml(tmp_path, broker, links, [d.name for d in fleet.devices]))
+        config = load_config(path)
+        gateway = Gateway(config)
+        async with Bridge(gateway, config) as bridge, gateway:
+            ha = attach(bridge, gateway)
+            Reloader(path, gateway, bridge)
+            await wait_for(lambda: bridge.mqtt.subscribed, timeout=10, what="subscribed")
+            yield fleet, gateway, bridge, ha, path
+
+
+def latest(client: Client, prefix: str) -> dict[str, bytes]:
+    """The latest body on each topic (an empty one: cleared)."""
+    return {m.topic: m.payload for m in client.on(prefix)}
+
+
+async def test_configs_of_two_devices_read_our_events_as_home_assistant_would(tmp_path, broker):
+    async with ha_stack(tmp_path, broker) as (_fleet, gateway, _bridge, _ha, _path):
+        await wait_for(lambda: all(s.node_id for s in gateway.devices.values()), what="online")
+        client = Client(broker.port, client_id="ha")
+        try:
+            client.subscribe(f"{HA}/#")
+            client.subscribe(f"{P}/#")
+            want = {f"{HA}/sensor/test-gw_{d}/status_temperature_c/config" for d in gateway.devices}
+            await wait_for(lambda: want <= set(latest(client, HA)), what="configs retained")
+            configs = {t: json.loads(b) for t, b in latest(client, HA).items() if b}
+            assert all(m.retain for m in client.on(HA))  # joined late: all of it retained
+            assert all(CONFIG_TOPIC.fullmatch(t) for t in configs)
+            for device_id in ("sim-0", "sim-1"):
+                node = f"test-gw_{device_id}"
+                mine = {t: c for t, c in configs.items() if f"/{node}/" in t}
+                assert len(mine) == 9
+                assert {c["device"]["identifiers"][0] for c in mine.values()} == \
+                    {gateway.device(device_id).hello["uid"]}
+                await wait_for(lambda d=device_id: client.on(f"{P}/devices/{d}/events/status"),
+                               what="an event")
+                event = client.on(f"{P}/devices/{device_id}/events/status")[-1]
+                decoded = json.loads(event.payload)["payload"]
+                for field in ("temperature_c", "humidity_pct", "battery_mv", "uptime_s"):
+                    sensor = mine[f"{HA}/sensor/{node}/status_{field}/config"]
+                    assert sensor["state_topic"] == event.topic
+                    assert render(sensor["value_template"], event.payload) == str(decoded[field])
+                assert 15.0 <= float(render(
+                    mine[f"{HA}/sensor/{node}/status_temperature_c/config"]["value_template"],
+                    event.payload)) <= 30.0  # the simulator's range: a decoded value
+                await wait_for(lambda: client.on(f"{P}/stats"), what="stats")
+                rx = mine[f"{HA}/sensor/{node}/stats_rx_fps/config"]
+                assert float(render(rx["value_template"], client.on(f"{P}/stats")[-1].payload)) \
+                    >= 0
+                status = latest(client, P)
+                assert available(mine[f"{HA}/button/{node}/ping/config"], status)
+            gateway_device = configs[f"{HA}/binary_sensor/mcp-gateway_test-gw/status/config"]
+            assert gateway_device["device"]["identifiers"] == ["mcp-gateway_test-gw"]
+        finally:
+            client.close()
+
+
+async def test_home_assistant_online_announces_everything_again(tmp_path, broker):
+    async with ha_stack(tmp_path, broker) as (_fleet, gateway, _bridge, ha, _path):
+        await wait_for(lambda: all(s.node_id for s in gateway.devices.values()), what="online")
+        client = Client(broker.port, client_id="ha")
+        try:
+            client.subscribe(f"{HA}/+/+/+/config")
+            await wait_for(lambda: len(latest(client, HA)) == 19, what="every config")
+            seen = len(client.on(HA))
+            published = ha.counters()["ha_configs_published"]
+            client.publish(f"{HA}/status", "offline")  # HA's will: nothing to do
+            client.publish(f"{HA}/status", "online")
+            await wait_for(lambda: len(client.on(HA)) >= seen + 19, what="configs again")
+            again = client.on(HA)[seen:]
+            assert {m.topic for m in again} == set(latest(client, HA))
+            assert all(m.payload for m in again)
+            assert ha.counters()["ha_configs_published"] == published + 19
+            assert ha.counters()["ha_births"] == 1
+        finally:
+            client.close()
+
+
+async def test_removing_a_device_clears_its_configs_and_only_its(tmp_path, broker):
+    async with ha_stack(tmp_path, broker) as (_fleet, gateway, bridge, ha, path):
+        await wait_for(lambda: all(s.node_id for s in gateway.devices.values()), what="online")
+        client = Client(broker.port, client_id="ha")
+        try:
+            client.subscribe(f"{HA}/#")
+            await wait_for(lambda: len(latest(client, HA)) == 19, what="every config")
+            path.write_text(_toml(tmp_path, broker, tmp_path / "links", ["sim-0"]))
+            assert bridge.reloader is not None
+            report = await bridge.reloader()
+            assert report.removed == ["sim-1"]
+
+            def cleared() -> bool:
+                now = latest(client, HA)
+                gone = {t for t, b in now.items() if not b}
+                return gone == {t for t in now if "/test-gw_sim-1/" in t}
+
+            await wait_for(cleared, what="sim-1's configs cleared")
+            await wait_for(lambda: not ha.retiring, what="the clears acknowledged")
+            assert ha.counters()["ha_configs_cleared"] == 9
+        finally:
+            client.close()
+        later = Client(broker.port, client_id="later")  # what the broker keeps now
+        try:
+            later.subscribe(f"{HA}/#")
+            await wait_for(lambda: len(latest(later, HA)) == 10, what="the retained configs")
+            assert not any("sim-1" in t for t in latest(later, HA))
+        finally:
+            later.close()
