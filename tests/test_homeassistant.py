@@ -34,7 +34,7 @@ from gateway.frames.profiles import FIELD_TYPES, FieldSpec, parse_profile
 from gateway.reload import Reloader
 from gateway.settings import HomeAssistantSettings
 from tests.harness import wait_for
-from tests.mqtt_helpers import Client
+from tests.mqtt_helpers import Client, Mosquitto
 
 P = "mcp/v1/test-gw"
 HA = "homeassistant"
@@ -409,3 +409,76 @@ async def test_removing_a_device_clears_its_configs_and_only_its(tmp_path, broke
             assert not any("sim-1" in t for t in latest(later, HA))
         finally:
             later.close()
+
+
+async def test_clears_the_broker_missed_are_sent_on_the_next_connection(tmp_path):
+    """A device removed while the broker is away: its configs are cleared once the gateway is
+    connected again (the broker keeps retained messages across its restart here)."""
+    broker = Mosquitto(tmp_path, extra=f"persistence true\npersistence_location {tmp_path}/\n")
+    broker.start()
+    try:
+        async with ha_stack(tmp_path, broker) as (_fleet, gateway, bridge, ha, path):
+            await wait_for(lambda: all(s.node_id for s in gateway.devices.values()),
+                           what="online")
+            client = Client(broker.port, client_id="ha")
+            try:
+                client.subscribe(f"{HA}/#")
+                await wait_for(lambda: len(latest(client, HA)) == 19, what="every config")
+                client.client.publish("test/persisted", b"1", qos=1,
+                                      retain=True).wait_for_publish(5)
+            finally:
+                client.close()
+            broker.stop()
+            await wait_for(lambda: not bridge.mqtt.connected, what="the broker gone")
+            path.write_text(_toml(tmp_path, broker, tmp_path / "links", ["sim-0"]))
+            assert bridge.reloader is not None
+            assert (await bridge.reloader()).removed == ["sim-1"]
+            assert len(ha.retiring) == 9
+            broker.start()
+            await wait_for(lambda: bridge.mqtt.connected and not ha.retiring, timeout=15,
+                           what="reconnected and the clears acknowledged")
+            later = Client(broker.port, client_id="later")
+            try:
+                later.subscribe("#")
+                await wait_for(lambda: later.on("test/persisted"), what="the broker kept "
+                               "retained messages across its restart")
+                await wait_for(lambda: len(latest(later, HA)) == 10, what="retained configs")
+                assert not any("sim-1" in t for t in latest(later, HA))
+            finally:
+                later.close()
+    finally:
+        broker.stop()
+
+
+async def test_glob_devices_are_announced_under_their_uid_ids_only(tmp_path, broker):
+    """A device of a glob port takes its ``uid-...`` id after HELLO (``DeviceRenamed``):
+    whatever its path id had is cleared, and its configs name the uid id's topics."""
+    links = tmp_path / "links"
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'gateway_id = "test-gw"\nstate_dir = "{tmp_path / "state"}"\n'
+                    f'[broker]\nurl = "{broker.url}"\n[homeassistant]\nenabled = true\n'
+                    f'[[ports]]\nname = "bus"\npath = "{links / "sim-*"}"\n')
+    config = load_config(path)
+    async with Fleet(FleetSpec(count=2, interval_ms=100, link_dir=links)) as fleet:
+        gateway = Gateway(config)
+        async with Bridge(gateway, config) as bridge, gateway:
+            attach(bridge, gateway)
+            uid_ids = {f"uid-{d.uid.hex()}" for d in fleet.devices}
+            await wait_for(lambda: set(gateway.devices) == uid_ids, what="uid ids")
+            late = Client(broker.port, client_id="late")
+            try:
+                late.subscribe(f"{HA}/#")
+
+                def standing() -> set[str]:
+                    """The node ids with configs the broker keeps (not cleared since)."""
+                    return {t.split("/")[2] for t, b in latest(late, HA).items() if b}
+
+                want = {f"test-gw_{d}" for d in uid_ids} | {"mcp-gateway_test-gw"}
+                await wait_for(lambda: standing() == want, what="configs under uid ids only")
+                for device_id in uid_ids:
+                    topic = f"{HA}/sensor/test-gw_{device_id}/status_uptime_s/config"
+                    config_body = json.loads(latest(late, HA)[topic])
+                    assert config_body["state_topic"] == f"{P}/devices/{device_id}/events/status"
+                    assert config_body["device"]["identifiers"] == [device_id[len("uid-"):]]
+            finally:
+                late.close()
