@@ -184,6 +184,21 @@ def test_profile_overrides_reach_the_configs():
     assert render(door["value_template"], '{"payload":{"door":false}}') == "OFF"
 
 
+def test_templates_reach_fields_named_like_dict_methods_or_not_identifiers():
+    """Jinja reads ``value_json.payload.items`` as the dict's method: such names (and names
+    that are no identifiers) are subscripted."""
+    profile = parse_profile({"name": "odd", "events": [{"id": 0x20, "name": "status", "fields": [
+        {"name": name, "type": "u8"} for name in ("items", "keys", "2nd", "a-b", "level")]}]})
+    configs = discovery_configs(profile, "m", {}, TOPICS, HA)
+    event = json.dumps({"payload": {"items": 1, "keys": 2, "2nd": 3, "a-b": 4, "level": 5}})
+    values = {name: render(configs[f"{HA}/sensor/test-gw_m/status_{name}/config"]
+                           ["value_template"], event)
+              for name in ("items", "keys", "2nd", "a-b", "level")}
+    assert values == {"items": "1", "keys": "2", "2nd": "3", "a-b": "4", "level": "5"}
+    level = configs[f"{HA}/sensor/test-gw_m/status_level/config"]["value_template"]
+    assert level == "{{ value_json.payload.level }}"
+
+
 def test_node_ids_are_safe_and_do_not_collide():
     assert node_id("gw", "sim-0") == "gw_sim-0"
     dotted, underscored = node_id("gw", "a.b"), node_id("gw", "a_b")
@@ -192,7 +207,8 @@ def test_node_ids_are_safe_and_do_not_collide():
 
 
 ids = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True)
-names = st.from_regex(r"[A-Za-z0-9_-]{1,20}", fullmatch=True)
+names = st.one_of(st.from_regex(r"[A-Za-z0-9_-]{1,20}", fullmatch=True),
+                  st.sampled_from(["items", "keys", "values", "get", "pop"]))
 units = st.sampled_from([None, "°C", "%", "mV", "V", "s", "ms", "hPa", "ppm", "frames", "m³"])
 
 

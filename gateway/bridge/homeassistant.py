@@ -208,8 +208,7 @@ def discovery_configs(profile: DeviceProfile, device_id: str, facts: dict[str, A
     if status is not None:
         state_topic = topics.device_event(device_id, status.name)
         for field in status.layout.fields:
-            value = f"value_json.payload.{field.name}" if field.name.isidentifier() \
-                else f"value_json.payload['{field.name}']"  # fmt: skip
+            value = _member("value_json.payload", field.name)
             if field.type == "bool":
                 add("binary_sensor", f"status_{field.name}", readable(field.name), field.name, {
                     "state_topic": state_topic,
@@ -269,6 +268,15 @@ def discovery_configs(profile: DeviceProfile, device_id: str, facts: dict[str, A
             "entity_category": "diagnostic",
         })
     return configs
+
+
+def _member(expression: str, name: str) -> str:
+    """``expression.name`` in a template, or ``expression['name']`` where a dot would not
+    reach the value: a name that is no identifier, or a dict method's (``items``, ``keys``:
+    Jinja tries the attribute first)."""
+    if name.isidentifier() and not hasattr(dict, name):
+        return f"{expression}.{name}"
+    return f"{expression}['{name}']"
 
 
 def _number_range(spec: FieldSpec) -> tuple[float, float]:
