@@ -19,7 +19,6 @@ from firmware_sim import Fleet, FleetSpec
 from gateway.app import Gateway
 from gateway.bridge.bridge import Bridge
 from gateway.bridge.homeassistant import (
-    HomeAssistantDiscovery,
     device_class_of,
     discovery_configs,
     gateway_configs,
@@ -32,7 +31,6 @@ from gateway.config import load_config
 from gateway.frames import ProfileRegistry
 from gateway.frames.profiles import FIELD_TYPES, FieldSpec, parse_profile
 from gateway.reload import Reloader
-from gateway.settings import HomeAssistantSettings
 from tests.harness import wait_for
 from tests.mqtt_helpers import Client, Mosquitto
 
@@ -281,38 +279,6 @@ def _toml(tmp_path: Path, broker: Any, links: Path, names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def attach(bridge: Bridge, gateway: Gateway) -> HomeAssistantDiscovery:
-    """The discovery job on a bridge's connection, wired as the bridge wires its jobs:
-    every connection, HA's birth topic, the devices' state changes, the PUBACKs."""
-    ha = HomeAssistantDiscovery(gateway, bridge.mqtt, bridge.topics,
-                                HomeAssistantSettings(enabled=True, discovery_prefix=HA))
-    mqtt, statuses, topics = bridge.mqtt, bridge.statuses, bridge.topics
-    take_request, take_status, status_acked = (bridge.request_server.take, statuses.take,
-                                               statuses.acked)
-
-    def connected() -> None:
-        bridge.publisher.connected()
-        statuses.connected()
-        ha.connected()
-        mqtt.subscribe([topics.device_requests_filter, topics.gateway_requests,
-                        *ha.subscriptions])
-
-    def take(event: Any) -> int | None:
-        mid = take_status(event)
-        ha.take(event)
-        return mid
-
-    def acked(mid: int) -> None:
-        status_acked(mid)
-        ha.acked(mid)
-
-    mqtt.on_connect = connected
-    mqtt.on_message = lambda message: ha.on_message(message) or take_request(message)
-    statuses.take = take  # type: ignore[method-assign]
-    statuses.acked = acked  # type: ignore[method-assign]
-    return ha
-
-
 @contextlib.asynccontextmanager
 async def ha_stack(tmp_path: Path, broker: Any, count: int = 2, interval_ms: int = 100):
     links = tmp_path / "links"
@@ -323,7 +289,8 @@ async def ha_stack(tmp_path: Path, broker: Any, count: int = 2, interval_ms: int
         config = load_config(path)
         gateway = Gateway(config)
         async with Bridge(gateway, config) as bridge, gateway:
-            ha = attach(bridge, gateway)
+            ha = bridge.homeassistant
+            assert ha is not None
             Reloader(path, gateway, bridge)
             await wait_for(lambda: bridge.mqtt.subscribed, timeout=10, what="subscribed")
             yield fleet, gateway, bridge, ha, path
@@ -383,15 +350,15 @@ async def test_home_assistant_online_announces_everything_again(tmp_path, broker
             client.subscribe(f"{HA}/+/+/+/config")
             await wait_for(lambda: len(latest(client, HA)) == 19, what="every config")
             seen = len(client.on(HA))
-            published = ha.counters()["ha_configs_published"]
+            published = ha.counters()["configs_published"]
             client.publish(f"{HA}/status", "offline")  # HA's will: nothing to do
             client.publish(f"{HA}/status", "online")
             await wait_for(lambda: len(client.on(HA)) >= seen + 19, what="configs again")
             again = client.on(HA)[seen:]
             assert {m.topic for m in again} == set(latest(client, HA))
             assert all(m.payload for m in again)
-            assert ha.counters()["ha_configs_published"] == published + 19
-            assert ha.counters()["ha_births"] == 1
+            assert ha.counters()["configs_published"] == published + 19
+            assert ha.counters()["births"] == 1
         finally:
             client.close()
 
@@ -415,7 +382,7 @@ async def test_removing_a_device_clears_its_configs_and_only_its(tmp_path, broke
 
             await wait_for(cleared, what="sim-1's configs cleared")
             await wait_for(lambda: not ha.retiring, what="the clears acknowledged")
-            assert ha.counters()["ha_configs_cleared"] == 9
+            assert ha.counters()["configs_cleared"] == 9
         finally:
             client.close()
         later = Client(broker.port, client_id="later")  # what the broker keeps now
@@ -477,8 +444,7 @@ async def test_glob_devices_are_announced_under_their_uid_ids_only(tmp_path, bro
     config = load_config(path)
     async with Fleet(FleetSpec(count=2, interval_ms=100, link_dir=links)) as fleet:
         gateway = Gateway(config)
-        async with Bridge(gateway, config) as bridge, gateway:
-            attach(bridge, gateway)
+        async with Bridge(gateway, config), gateway:
             uid_ids = {f"uid-{d.uid.hex()}" for d in fleet.devices}
             await wait_for(lambda: set(gateway.devices) == uid_ids, what="uid ids")
             late = Client(broker.port, client_id="late")

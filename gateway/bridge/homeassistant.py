@@ -430,5 +430,5 @@ class HomeAssistantDiscovery:
 
     def counters(self) -> dict[str, int]:
         """For the stats: configs published, clears published, HA births answered."""
-        return {"ha_configs_published": self.published, "ha_configs_cleared": self.cleared,
-                "ha_births": self.births}
+        return {"configs_published": self.published, "configs_cleared": self.cleared,
+                "births": self.births}
