@@ -4,9 +4,12 @@ Jinja templates evaluated with jinja2)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
+import signal
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,11 +36,13 @@ from gateway.frames.profiles import FIELD_TYPES, FieldSpec, parse_profile
 from gateway.reload import Reloader
 from tests.harness import wait_for
 from tests.mqtt_helpers import Client, Mosquitto
+from tests.test_bridge import request
 
+BIN = Path(sys.executable).parent
 P = "mcp/v1/test-gw"
 HA = "homeassistant"
 TOPICS = Topics("mcp/v1", "test-gw")
-COMPONENTS = ("sensor", "binary_sensor", "number", "text", "button")
+COMPONENTS = ("sensor", "binary_sensor", "number", "switch", "text", "button")
 CONFIG_TOPIC = re.compile(rf"{HA}/({'|'.join(COMPONENTS)})/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+/config")
 FACTS = {"port": "sim-0", "profile": "env-sensor", "uid": "0102030405060708", "fw": "1.2.3",
          "model": "env-sensor"}
@@ -182,6 +187,17 @@ def test_profile_overrides_reach_the_configs():
     assert render(door["value_template"], '{"payload":{"door":false}}') == "OFF"
 
 
+def test_a_writable_bool_key_is_a_switch_sending_on_and_off():
+    profile = parse_profile({"name": "relay", "keys": [
+        {"id": 1, "name": "relay_on", "type": "bool", "access": "rw", "ha_icon": "mdi:power"},
+        {"id": 2, "name": "blob", "type": "bytes", "access": "rw"}]})
+    configs = discovery_configs(profile, "r", {}, TOPICS, HA)
+    switch = configs[f"{HA}/switch/test-gw_r/key_relay_on/config"]
+    assert (switch["command_topic"], switch["payload_on"], switch["payload_off"],
+            switch["icon"]) == (f"{P}/devices/r/set/relay_on", "ON", "OFF", "mdi:power")
+    assert not any("blob" in topic for topic in configs)  # bytes: no control
+
+
 def test_templates_reach_fields_named_like_dict_methods_or_not_identifiers():
     """Jinja reads ``value_json.payload.items`` as the dict's method: such names (and names
     that are no identifiers) are subscripted."""
@@ -246,7 +262,7 @@ def test_any_profile_gives_valid_distinct_topics_ids_and_templates(table, gatewa
     configs = discovery_configs(profile, device_id, {}, topics, HA)
     status = profile.events[0x20].layout.fields
     writable = [k for k in profile.keys.values()
-                if k.writable and (k.field.is_numeric or k.field.type == "utf8")]
+                if k.writable and k.field.type != "bytes"]
     assert len(configs) == len(status) + len(writable) + 1 + 2
     assert all(CONFIG_TOPIC.fullmatch(topic) for topic in configs)
     unique_ids = [c["unique_id"] for c in configs.values()]
@@ -464,3 +480,101 @@ async def test_glob_devices_are_announced_under_their_uid_ids_only(tmp_path, bro
                     assert config_body["device"]["identifiers"] == [device_id[len("uid-"):]]
             finally:
                 late.close()
+
+
+async def test_controls_written_as_home_assistant_writes_them_reach_the_device(tmp_path,
+                                                                               broker):
+    """A ``number`` command is the plain value on its command topic (``250``), a ``text``
+    the text, a ``button`` its ``payload_press``: each lands on the device."""
+    async with ha_stack(tmp_path, broker) as (fleet, gateway, bridge, _ha, _path):
+        await wait_for(lambda: all(s.node_id for s in gateway.devices.values()), what="online")
+        client = Client(broker.port, client_id="ha")
+        try:
+            client.subscribe(f"{HA}/#")
+            client.subscribe("replies/#")
+            node = "test-gw_sim-0"
+            wanted = [f"{HA}/{c}/{node}/{o}/config" for c, o in (
+                ("number", "key_interval_ms"), ("text", "key_name"), ("button", "ping"))]
+            await wait_for(lambda: set(wanted) <= set(latest(client, HA)), what="controls")
+            number, text, button = (json.loads(latest(client, HA)[t]) for t in wanted)
+            client.publish(number["command_topic"], "250")
+            _, answer = await wait_for_read(client, "interval_ms", 250)
+            assert answer["payload"]["unit"] == "ms"
+            client.publish(text["command_topic"], "kitchen")
+            await wait_for(lambda: fleet.devices[0].settings[2] == "kitchen", what="name")
+            pongs = bridge.request_server.counters()["plain_commands"]
+            client.publish(button["command_topic"], button["payload_press"])
+            await wait_for(lambda: bridge.request_server.counters()["plain_commands"] > pongs,
+                           what="the ping carried out")
+            assert bridge.request_server.counters()["plain_commands_failed"] == 0
+        finally:
+            client.close()
+
+
+async def wait_for_read(client: Client, key: str, value: Any) -> tuple[Any, dict]:
+    """Read ``key`` of sim-0 with requests until it says ``value`` (a write is carried out
+    after its command is taken: the first read may come first)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while True:
+        message, answer = await request(client, f"{P}/devices/sim-0/requests",
+                                        {"action": "read", "payload": {"key": key}})
+        if answer["status"] == "ok" and answer["payload"]["value"] == value:
+            return message, answer
+        assert loop.time() < deadline, f"{key} still {answer}"
+
+
+async def test_a_killed_gateway_makes_its_devices_unavailable(tmp_path, broker):
+    """A SIGKILL: the devices' retained statuses still say online, but the gateway's will
+    says offline, and under ``availability_mode: all`` every device entity is unavailable;
+    the gateway's own connectivity sensor says off."""
+    links = tmp_path / "links"
+    async with Fleet(FleetSpec(count=2, interval_ms=200, link_dir=links)) as fleet:
+        path = tmp_path / "gateway.toml"
+        path.write_text(_toml(tmp_path, broker, links, [d.name for d in fleet.devices]))
+        gateway = await asyncio.create_subprocess_exec(
+            BIN / "mcp-gateway", "run", "--config", str(path),
+            stderr=asyncio.subprocess.DEVNULL)
+        client = Client(broker.port, client_id="ha")
+        try:
+            client.subscribe(f"{HA}/#")
+            client.subscribe(f"{P}/#")
+
+            def entities() -> dict[str, dict]:
+                return {t: json.loads(b) for t, b in latest(client, HA).items()
+                        if b and "/test-gw_sim-" in t}
+
+            def all_available() -> bool:
+                now = latest(client, P)
+                return len(entities()) == 18 and all(
+                    available(c, now) for c in entities().values())
+
+            await wait_for(all_available, timeout=15, what="every device entity available")
+            gateway.send_signal(signal.SIGKILL)
+            await gateway.wait()
+            await wait_for(lambda: json.loads(latest(client, P)[f"{P}/status"])["state"]
+                           == "offline", timeout=15, what="the gateway's will")
+        finally:
+            if gateway.returncode is None:
+                gateway.kill()
+                await gateway.wait()
+            client.close()
+        late = Client(broker.port, client_id="late")  # Home Assistant starting now
+        try:
+            late.subscribe(f"{HA}/#")
+            late.subscribe(f"{P}/#")
+            statuses = {f"{P}/status", f"{P}/devices/sim-0/status", f"{P}/devices/sim-1/status"}
+            await wait_for(lambda: len(latest(late, HA)) == 19 and statuses <= set(
+                latest(late, P)), what="the retained configs and statuses")
+            retained = latest(late, P)
+            for device_id in ("sim-0", "sim-1"):
+                status = json.loads(retained[f"{P}/devices/{device_id}/status"])
+                assert status["state"] == "online"  # what the will overrides
+            configs = [json.loads(b) for b in latest(late, HA).values()]
+            devices = [c for c in configs if "availability" in c]
+            assert len(devices) == 18
+            assert not any(available(c, retained) for c in devices)
+            (connectivity,) = [c for c in configs if "availability" not in c]
+            assert render(connectivity["value_template"], retained[f"{P}/status"]) == "OFF"
+        finally:
+            late.close()

@@ -3,7 +3,7 @@
 For each device the gateway publishes retained discovery configs on
 ``{discovery_prefix}/{component}/{node_id}/{object_id}/config``, built from its profile
 (``discovery_configs``): a ``sensor`` per STATUS field (reading our event envelope), a
-``number`` or ``text`` per read-write key (written through the plain-value command topic
+``number``, ``switch`` or ``text`` per read-write key (written through the plain-value command topic
 ``.../set/KEY``), a ``button`` for ``ping`` and two diagnostic sensors from the stats. The
 gateway itself is a device too (``gateway_configs``): each device's ``via_device``.
 
@@ -240,6 +240,15 @@ def discovery_configs(profile: DeviceProfile, device_id: str, facts: dict[str, A
                 "step": _step(spec),
                 "mode": "box",
                 "unit_of_measurement": spec.unit,
+                "device_class": spec.ha_device_class,
+                "icon": spec.ha_icon,
+                "optimistic": True,
+            })
+        elif spec.type == "bool":
+            add("switch", f"key_{key.name}", readable(key.name), key.name, {
+                "command_topic": topics.device_set(device_id, key.name),
+                "payload_on": "ON",
+                "payload_off": "OFF",
                 "device_class": spec.ha_device_class,
                 "icon": spec.ha_icon,
                 "optimistic": True,
