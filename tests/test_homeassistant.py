@@ -285,13 +285,17 @@ def test_any_profile_gives_valid_distinct_topics_ids_and_templates(table, gatewa
 # On a broker, with simulated devices
 
 
-def _toml(tmp_path: Path, broker: Any, links: Path, names: list[str]) -> str:
+def _toml(tmp_path: Path, broker: Any, links: Path, names: list[str],
+          profiles: dict[str, str] | None = None) -> str:
+    """A configuration with HA discovery on, one port per name (``profiles``: a port's
+    profile other than env-sensor, from ``tmp_path / "profiles"``)."""
     lines = [f'gateway_id = "test-gw"\nstate_dir = "{tmp_path / "state"}"\n'
+             f'profiles_dir = "{tmp_path / "profiles"}"\n'
              'stats_interval_s = 0.5\ngateway_allow = ["reload"]\n',
              f'[broker]\nurl = "{broker.url}"\n',
              f'[homeassistant]\nenabled = true\ndiscovery_prefix = "{HA}"\n']
     lines += [f'[[ports]]\nname = "{n}"\npath = "{links / n}"\nallow = ["read", "write", "ping"]\n'
-              for n in names]
+              f'profile = "{(profiles or {}).get(n, "env-sensor")}"\n' for n in names]
     return "\n".join(lines)
 
 
@@ -577,3 +581,37 @@ async def test_a_killed_gateway_makes_its_devices_unavailable(tmp_path, broker):
             assert render(connectivity["value_template"], retained[f"{P}/status"]) == "OFF"
         finally:
             late.close()
+
+
+async def test_a_profile_change_clears_what_the_new_profile_does_not_have(tmp_path, broker):
+    """A reload gives sim-0 a profile without the ``name`` key: its text config is cleared,
+    the rest published again (the device keeps its id, so the same topics)."""
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "lean.toml").write_text(
+        'name = "lean"\n[[events]]\nid = 0x20\nname = "status"\nfields = [\n'
+        '  { name = "temperature_c", type = "i16", scale = 0.01, unit = "°C" },\n'
+        '  { name = "humidity_pct", type = "u16", scale = 0.01, unit = "%" },\n'
+        '  { name = "battery_mv", type = "u16", unit = "mV" },\n'
+        '  { name = "uptime_s", type = "u32", unit = "s" },\n]\n'
+        '[[keys]]\nid = 1\nname = "interval_ms"\ntype = "u32"\naccess = "rw"\n'
+        'min = 10\nmax = 3600000\n')
+    async with ha_stack(tmp_path, broker, count=1) as (_fleet, gateway, bridge, ha, path):
+        await wait_for(lambda: gateway.device("sim-0").node_id, what="online")
+        client = Client(broker.port, client_id="ha")
+        try:
+            client.subscribe(f"{HA}/#")
+            text = f"{HA}/text/test-gw_sim-0/key_name/config"
+            await wait_for(lambda: latest(client, HA).get(text), what="the text config")
+            path.write_text(_toml(tmp_path, broker, tmp_path / "links", ["sim-0"],
+                                  profiles={"sim-0": "lean"}))
+            assert bridge.reloader is not None
+            assert (await bridge.reloader()).restarted == ["sim-0"]
+            await wait_for(lambda: latest(client, HA).get(text) == b"", what="text cleared")
+            await wait_for(lambda: not ha.retiring, what="the clear acknowledged")
+            now = latest(client, HA)
+            assert {t for t, b in now.items() if not b} == {text}
+            assert json.loads(now[f"{HA}/number/test-gw_sim-0/key_interval_ms/config"])[
+                "command_topic"] == f"{P}/devices/sim-0/set/interval_ms"
+        finally:
+            client.close()
