@@ -289,6 +289,7 @@ def _toml(tmp_path: Path, broker: Any, links: Path, names: list[str],
           profiles: dict[str, str] | None = None) -> str:
     """A configuration with HA discovery on, one port per name (``profiles``: a port's
     profile other than env-sensor, from ``tmp_path / "profiles"``)."""
+    (tmp_path / "profiles").mkdir(exist_ok=True)
     lines = [f'gateway_id = "test-gw"\nstate_dir = "{tmp_path / "state"}"\n'
              f'profiles_dir = "{tmp_path / "profiles"}"\n'
              'stats_interval_s = 0.5\ngateway_allow = ["reload"]\n',
@@ -587,7 +588,7 @@ async def test_a_profile_change_clears_what_the_new_profile_does_not_have(tmp_pa
     """A reload gives sim-0 a profile without the ``name`` key: its text config is cleared,
     the rest published again (the device keeps its id, so the same topics)."""
     profiles = tmp_path / "profiles"
-    profiles.mkdir()
+    profiles.mkdir()  # (before the first configuration is written)
     (profiles / "lean.toml").write_text(
         'name = "lean"\n[[events]]\nid = 0x20\nname = "status"\nfields = [\n'
         '  { name = "temperature_c", type = "i16", scale = 0.01, unit = "°C" },\n'
