@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
 
 from tests.mqtt_helpers import Mosquitto
+
+# No deadline per example: it is a wall-clock assert, and a loaded machine (CI's 2 cores
+# beside emulators and brokers) failed a pure codec test with it once.
+settings.register_profile("mcp", deadline=None)
+settings.load_profile("mcp")
 
 
 @pytest.fixture

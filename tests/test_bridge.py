@@ -47,13 +47,13 @@ def config_for(tmp_path: Path, mosquitto: Mosquitto, names: list[str], links: Pa
 
 
 @contextlib.asynccontextmanager
-async def stack(tmp_path, mosquitto, spec=None, **extra):
+async def stack(tmp_path, mosquitto, spec=None, outputs=(), **extra):
     links = tmp_path / "links"
     spec = replace(spec or FleetSpec(count=2, interval_ms=100), link_dir=links)
     async with Fleet(spec) as fleet:
         config = config_for(tmp_path, mosquitto, [d.name for d in fleet.devices], links, **extra)
         gateway = Gateway(config)
-        async with Bridge(gateway, config) as bridge, gateway:
+        async with Bridge(gateway, config, outputs=outputs) as bridge, gateway:
             # Requests published before the bridge's SUBACK would reach nobody.
             await wait_for(lambda: bridge.mqtt.subscribed, timeout=10,
                            what="the bridge subscribed to requests")

@@ -4,8 +4,11 @@ their loops in one TaskGroup, stopped in order.
 The jobs, one module each: ``publisher`` (events through the spool to MQTT, the window,
 PUBACKs, backpressure, the queue's write failures), ``statuses`` (the gateway's and devices'
 retained statuses), ``requests`` (the request server) with ``actions`` (the gateway-level
-actions), and ``stats``. This module only builds them from the configuration, wires the
-connection's hooks to them and owns their lifetime.
+actions), and ``stats``; the opt-in integrations beside the native fabric, from the same
+events: ``homeassistant`` (MQTT discovery, on the native connection) and ``sparkplug`` (a
+Sparkplug B edge node on a connection of its own, an extra output of the publisher: one
+queue for both). This module only builds them from the configuration, wires the
+connections' hooks to them and owns their lifetime.
 
 If a loop (or a callback it schedules) fails, the gateway stops with an ERROR instead of
 stalling silently. At a stop the devices' last statuses and the gateway's ``offline`` are
@@ -17,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from gateway.app import Gateway, ReloadReport
 from gateway.bridge.actions import GatewayActions
-from gateway.bridge.mqtt import BrokerSettings, MqttConnection
-from gateway.bridge.publisher import EventPublisher
+from gateway.bridge.mqtt import BrokerSettings, Message, MqttConnection
+from gateway.bridge.publisher import EventOutput, EventPublisher
 from gateway.bridge.requests import RequestServer
 from gateway.bridge.spool import Spool
 from gateway.bridge.stats import StatsReporter
@@ -31,6 +34,11 @@ from gateway.bridge.statuses import OFFLINE, RetainedStatuses
 from gateway.bridge.topics import Topics
 from gateway.config import GatewayConfig
 from gateway.errors import BridgeTaskFailed
+from gateway.session import DeviceRenamed, StateChange
+
+if TYPE_CHECKING:
+    from gateway.bridge.homeassistant import HomeAssistantDiscovery
+    from gateway.bridge.sparkplug import SparkplugNode
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +50,9 @@ class Bridge:
     """``async with Bridge(gateway, config):`` around ``async with gateway:``."""
 
     def __init__(self, gateway: Gateway, config: GatewayConfig,
-                 settings: BrokerSettings | None = None) -> None:
+                 settings: BrokerSettings | None = None, *,
+                 outputs: Sequence[EventOutput] = ()) -> None:
+        """``outputs``: extra outputs of the queue besides the configured integrations."""
         broker = settings or config.broker
         assert broker is not None
         self.gateway = gateway
@@ -65,23 +75,47 @@ class Bridge:
 
         self.mqtt = MqttConnection(self.settings, will=(self.topics.status, OFFLINE))
         self.statuses = RetainedStatuses(self.mqtt, self.topics, on_forget=self._forget)
-        self.publisher = EventPublisher(
-            gateway, self.spool, self.mqtt, self.topics, self.statuses,
-            gateway_id=config.gateway_id, commit_delay_s=config.queue.commit_delay_s,
-            on_states_changed=self._states_changed, on_other_ack=self._on_other_ack,
-            on_failure=self._fail)
         #: the fabric's requests: intake, checks, device sends, gateway actions, answers
         self.actions = GatewayActions(gateway)
         self.request_server = RequestServer(gateway, config, self.topics, self.mqtt,
                                             self.actions)
+        # The integrations, each imported only when it is enabled (Sparkplug's protobuf is
+        # not loaded by a gateway that does not speak it).
+        self.homeassistant: HomeAssistantDiscovery | None = None
+        if config.homeassistant.enabled:
+            from gateway.bridge.homeassistant import HomeAssistantDiscovery  # noqa: PLC0415
+            self.homeassistant = HomeAssistantDiscovery(gateway, self.mqtt, self.topics,
+                                                        config.homeassistant)
+        self.sparkplug: SparkplugNode | None = None
+        outputs = list(outputs)
+        if config.sparkplug.enabled:
+            from gateway.bridge.sparkplug import SparkplugNode  # noqa: PLC0415
+            self.sparkplug = SparkplugNode(
+                gateway, config, self.settings, submit=self.request_server.submit,
+                stats=lambda: self.stats_reporter.last_stats or {},
+                on_change=self._output_changed, on_failure=self._fail)
+            outputs.append(self.sparkplug)
+        self.publisher = EventPublisher(
+            gateway, self.spool, self.mqtt, self.topics, self.statuses,
+            gateway_id=config.gateway_id, commit_delay_s=config.queue.commit_delay_s,
+            on_states_changed=self._states_changed, on_other_ack=self._on_other_ack,
+            on_failure=self._fail, on_device_change=self._device_changed, outputs=outputs)
+        integrations = {}
+        if self.homeassistant is not None:
+            integrations["homeassistant"] = self.homeassistant.counters
+        if self.sparkplug is not None:
+            integrations["sparkplug"] = self.sparkplug.counters
         self.stats_reporter = StatsReporter(
             gateway, config, mqtt=self.mqtt, topics=self.topics, publisher=self.publisher,
-            statuses=self.statuses, request_server=self.request_server)
+            statuses=self.statuses, request_server=self.request_server,
+            integrations=integrations)
         # The connection's hooks: each goes straight to the job it is for.
         self.mqtt.on_connect = self._on_connect
         self.mqtt.on_disconnect = self.publisher.disconnected
-        self.mqtt.on_message = self.request_server.take
+        self.mqtt.on_message = self._on_message
         self.mqtt.on_ack = self.publisher.on_ack
+        #: the Sparkplug node's connection, run beside the native one
+        self._sparkplug_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifetime
 
@@ -91,6 +125,10 @@ class Bridge:
         # others at once, and the connection must stay up to publish the offline statuses.
         self._mqtt_task = asyncio.create_task(self.mqtt.run(), name="bridge-mqtt")
         self._mqtt_task.add_done_callback(self._task_done)
+        if self.sparkplug is not None:  # outside the group too: its NDEATH goes at the stop
+            self._sparkplug_task = asyncio.create_task(self.sparkplug.run(),
+                                                       name="bridge-sparkplug")
+            self._sparkplug_task.add_done_callback(self._task_done)
         self._group = asyncio.TaskGroup()
         await self._group.__aenter__()
         for coro, name in ((self.publisher.collect(), "collect"),
@@ -125,6 +163,8 @@ class Bridge:
                         async with asyncio.timeout(_SHUTDOWN_ACK_S):
                             await self._final_done.wait()
                 await self.mqtt.disconnect()
+            if self.sparkplug is not None:
+                await self.sparkplug.stop()
         finally:
             await self._stop_tasks(exc_type, exc, tb)
 
@@ -133,10 +173,13 @@ class Bridge:
         """Cancel and await every task; raise the failures of the group's, if any."""
         assert self._group is not None
         assert self._mqtt_task is not None
-        for task in [self._mqtt_task, *self._tasks]:
+        connections = [self._mqtt_task]
+        if self._sparkplug_task is not None:
+            connections.append(self._sparkplug_task)
+        for task in [*connections, *self._tasks]:
             task.cancel()
         try:
-            await asyncio.gather(self._mqtt_task, self.request_server.close(),
+            await asyncio.gather(*connections, self.request_server.close(),
                                  return_exceptions=True)
             # A CancelledError may be the group's own (a loop failed): the group takes it and
             # raises the failure instead. Any other exception of the body passes through.
@@ -174,11 +217,33 @@ class Bridge:
     def _on_connect(self) -> None:
         self.publisher.connected()
         self.statuses.connected()
-        self.mqtt.subscribe([self.topics.device_requests_filter, self.topics.gateway_requests])
+        topics = [self.topics.device_requests_filter, self.topics.gateway_requests,
+                  *self.topics.plain_command_filters]
+        if self.homeassistant is not None:
+            self.homeassistant.connected()
+            topics += self.homeassistant.subscriptions
+        self.mqtt.subscribe(topics)
+
+    def _on_message(self, message: Message) -> None:
+        if self.homeassistant is not None and self.homeassistant.on_message(message):
+            return  # Home Assistant's birth: it re-announces
+        self.request_server.take(message)
+
+    def _output_changed(self) -> None:
+        self.publisher.output_changed()  # built after the node: looked up when called
+
+    def _device_changed(self, event: StateChange | DeviceRenamed) -> None:
+        """A device's state change, in order with its events: the integrations' births."""
+        if self.homeassistant is not None:
+            self.homeassistant.take(event)
+        if self.sparkplug is not None:
+            self.sparkplug.device_changed(event)
 
     def _on_other_ack(self, mid: int) -> None:
-        """The PUBACK of a publish that is not an event: a status's."""
+        """The PUBACK of a publish that is not an event: a status's, a discovery config's."""
         self.statuses.acked(mid)
+        if self.homeassistant is not None:
+            self.homeassistant.acked(mid)
         if mid in self._final_acks:
             self._final_acks.discard(mid)
             if not self._final_acks:

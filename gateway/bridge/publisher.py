@@ -12,9 +12,10 @@ disk takes them again.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from gateway.app import Gateway
 from gateway.bridge.envelope import event_body, mark_replayed
@@ -25,7 +26,7 @@ from gateway.bridge.topics import Topics
 from gateway.errors import SpoolWriteFailed
 from gateway.frames import Command
 from gateway.logs import Recurring
-from gateway.session import DeviceEvent, TelemetryEvent
+from gateway.session import DeviceEvent, DeviceRenamed, StateChange, TelemetryEvent
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,53 @@ RETRY_MAX_S = 5.0
 RECOVERED_AFTER_S = 5.0
 
 
+class EventOutput(Protocol):
+    """Another way the queued events leave besides the native fabric (Sparkplug B): it is
+    handed every event in queue order, each once, while ``ready``. It takes an event
+    synchronously (Sparkplug publishes at QoS 0: there is no PUBACK to wait for), so how far
+    it has got is one id. When it is not ready, the queue keeps what it has not taken."""
+
+    @property
+    def ready(self) -> bool:
+        """It may take events now (connected, and born where that applies)."""
+        ...
+
+    def take(self, row: SpooledEvent, historical: bool) -> None:
+        """One queued event; ``historical``: it waited out this output's outage."""
+        ...
+
+
+class _Cursor:
+    """How far an extra output has taken the queue."""
+
+    __slots__ = ("output", "replay_upto", "upto", "was_ready")
+
+    def __init__(self, output: EventOutput) -> None:
+        self.output = output
+        #: every event with an id up to this has been taken
+        self.upto = 0
+        #: events with ids up to this waited out this output's outage
+        self.replay_upto = 0
+        self.was_ready = False
+
+    def take(self, row: SpooledEvent) -> None:
+        self.output.take(row, row.replayed or row.id <= self.replay_upto)
+        self.upto = row.id
+
+
+class _Held:
+    """An event the broker acknowledged that an extra output has not taken yet (heap order)."""
+
+    __slots__ = ("id", "row")
+
+    def __init__(self, row: SpooledEvent) -> None:
+        self.id = row.id
+        self.row = row
+
+    def __lt__(self, other: _Held) -> bool:
+        return self.id < other.id
+
+
 class EventPublisher:
     """``collect`` and ``send`` are its loops (bridge tasks); ``connected``, ``disconnected``
     and ``on_ack`` are the connection's hooks."""
@@ -53,7 +101,10 @@ class EventPublisher:
                  statuses: RetainedStatuses, *, gateway_id: str, commit_delay_s: float,
                  on_states_changed: Callable[[], None],
                  on_other_ack: Callable[[int], None],
-                 on_failure: Callable[[str, BaseException], None]) -> None:
+                 on_failure: Callable[[str, BaseException], None],
+                 on_device_change: Callable[[StateChange | DeviceRenamed], None] = (
+                     lambda event: None),
+                 outputs: Sequence[EventOutput] = ()) -> None:
         self.gateway = gateway
         self.subscription = gateway.subscribe()  # before the gateway starts: nothing missed
         self.spool = spool
@@ -69,6 +120,13 @@ class EventPublisher:
         self._on_other_ack = on_other_ack
         #: a scheduled callback failed: the bridge stops (as when a loop fails)
         self._on_failure = on_failure
+        #: every device state change, in order with the events (the integrations' births)
+        self._on_device_change = on_device_change
+        #: the extra outputs (Sparkplug): an event leaves the queue once the broker has
+        #: acknowledged it on the native fabric and every one of them has taken it
+        self._cursors = [_Cursor(output) for output in outputs]
+        #: acknowledged events an extra output has not taken yet (a heap by id)
+        self._held: list[_Held] = []
         self.published = 0
         #: events the broker refused (MQTT 5 PUBACK reason code >= 0x80)
         self.rejected = 0
@@ -140,36 +198,46 @@ class EventPublisher:
                 if event.cmd_id == Command.STATUS:
                     latest[event.device_id] = event.fields
             else:
+                if rows:  # the events before a state change leave before it does
+                    self._queue(rows)
+                    rows = []
                 states_changed = True
                 mid = self.statuses.take(event)
                 if mid is not None:
                     status_mids.append(mid)
+                if not isinstance(event, StateChange) or event.state != "connecting":
+                    self._on_device_change(event)
         if states_changed:
             self._on_states_changed()
         if rows:
-            # Staged, sent, then written, all in this loop turn: the disk is off the
-            # latency path, and no PUBACK can be handled before the rows are on disk.
-            # Whether an event is replayed is decided when it is sent (``_replay_upto``).
-            spool.append(rows, replayed=False, commit=False)
-            self._publish_some()
-            delay = self._commit_delay_s
-            if self._retry_s is not None:
-                pass  # the disk refuses writes: the retry timer writes them when it can
-            elif delay > 0:
-                self._schedule_commit(delay)  # acked by then: never written at all
-            else:
-                self._commit()
-            self._backpressure()
+            self._queue(rows)
         return status_mids
 
+    def _queue(self, rows: list[tuple[str, bytes, str, int]]) -> None:
+        # Staged, sent, then written, all in this loop turn: the disk is off the latency
+        # path, and no PUBACK can be handled before the rows are on disk. Whether an event
+        # is replayed is decided when it is sent (``_replay_upto``).
+        self.spool.append(rows, replayed=False, commit=False)
+        self._publish_some()
+        delay = self._commit_delay_s
+        if self._retry_s is not None:
+            pass  # the disk refuses writes: the retry timer writes them when it can
+        elif delay > 0:
+            self._schedule_commit(delay)  # acked by then: never written at all
+        else:
+            self._commit()
+        self._backpressure()
+
     def _backpressure(self) -> None:
-        # During an outage the queue is what absorbs events: hold reads only while connected.
+        # During an outage the queue is what absorbs events: hold reads only while every
+        # output is up (one that is down, an extra one too, is an outage).
         count = self.spool.count
-        if self.mqtt.connected and count > SPOOL_HOLD:
+        up = self.mqtt.connected and all(c.output.ready for c in self._cursors)
+        if up and count > SPOOL_HOLD:
             if not self._holding:
                 self._holding = True
                 self.gateway.hold_reading("bridge", hold=True)
-        elif self._holding and (count < SPOOL_HOLD // 2 or not self.mqtt.connected):
+        elif self._holding and (count < SPOOL_HOLD // 2 or not up):
             self._holding = False
             self.gateway.hold_reading("bridge", hold=False)
 
@@ -183,31 +251,75 @@ class EventPublisher:
             self._publish_some()
 
     def _publish_some(self) -> None:
+        try:
+            self._publish_native()
+        finally:
+            self.peak_in_flight = max(self.peak_in_flight, len(self._in_flight))
+            self.mqtt.flush()
+        if self._cursors:
+            self._catch_up()
+
+    def _publish_native(self) -> None:
         mqtt = self.mqtt
         in_flight = self._in_flight
         spool = self.spool
-        try:
-            window = self.window
-            while mqtt.connected and len(in_flight) < window:
-                rows = spool.peek(self._last_sent, window - len(in_flight))
-                if not rows:
+        window = self.window
+        while mqtt.connected and len(in_flight) < window:
+            before = self._last_sent
+            rows = spool.peek(before, window - len(in_flight))
+            if not rows:
+                return
+            replay_upto = self._replay_upto
+            # While the queue's writes fail, events from this id on are only in memory.
+            unwritten = spool.first_unwritten if spool.error is not None else None
+            # Extra outputs that have taken everything sent so far take these as they go.
+            live = [c for c in self._cursors if c.upto >= before and c.output.ready]
+            for row in rows:
+                body = mark_replayed(row.body) if row.replayed or row.id <= replay_upto \
+                    else row.body  # fmt: skip
+                mid = mqtt.publish_event(row.topic.encode(), body)
+                if mid is None:
                     return
-                replay_upto = self._replay_upto
-                # While the queue's writes fail, events from this id on are only in memory.
-                unwritten = spool.first_unwritten if spool.error is not None else None
+                in_flight[mid] = row
+                self._last_sent = row.id
+                if unwritten is not None and row.id >= unwritten:
+                    self.not_durable += 1
+                for cursor in live:
+                    if row.id > cursor.upto:
+                        cursor.take(row)
+
+    def _catch_up(self) -> None:
+        """Extra outputs behind the native sends (back after their own outage) or ahead of
+        them (the native connection is down) read the queue themselves, a batch per turn."""
+        advanced = False
+        for cursor in self._cursors:
+            for _ in range(_BATCH // 100):
+                if not cursor.output.ready or (
+                        self.mqtt.connected and cursor.upto >= self._last_sent):
+                    break  # not ready, or live: it goes along with the native sends
+                rows = self.spool.peek(cursor.upto, 100)
+                if not rows:
+                    break
                 for row in rows:
-                    body = mark_replayed(row.body) if row.replayed or row.id <= replay_upto \
-                        else row.body  # fmt: skip
-                    mid = mqtt.publish_event(row.topic.encode(), body)
-                    if mid is None:
-                        return
-                    in_flight[mid] = row
-                    self._last_sent = row.id
-                    if unwritten is not None and row.id >= unwritten:
-                        self.not_durable += 1
-        finally:
-            self.peak_in_flight = max(self.peak_in_flight, len(in_flight))
-            mqtt.flush()
+                    cursor.take(row)
+                    if not cursor.output.ready:
+                        break
+                advanced = True
+            else:
+                self._wake.set()  # more to catch up: the next turn goes on
+        if advanced or self._held:
+            self._release()
+
+    def output_changed(self) -> None:
+        """An extra output became ready (born) or stopped being ready: after an outage of
+        its own, what it had not taken is marked historical; reads hold or resume."""
+        for cursor in self._cursors:
+            ready = cursor.output.ready
+            if ready and cursor.was_ready:
+                cursor.replay_upto = self.spool.last_id
+            cursor.was_ready = cursor.was_ready or ready
+        self._backpressure()
+        self._wake.set()
 
     def on_ack(self, mid: int, reason: int) -> None:
         """A PUBACK (the connection's hook): an event leaves the queue; any other mid goes
@@ -229,12 +341,32 @@ class EventPublisher:
     def _flush_acks(self) -> None:
         acked, self._acked = self._acked, []
         if acked:
-            self.spool.remove(acked)
             self.published += len(acked)
+            if self._cursors:
+                # An event stays queued until every extra output has taken it too.
+                upto = min(c.upto for c in self._cursors)
+                held = self._held
+                for row in acked:
+                    if row.id > upto:
+                        heapq.heappush(held, _Held(row))
+                acked = [row for row in acked if row.id <= upto]
+            self.spool.remove(acked)
             # Deletes ride along with the next batch's commit, or go within COMMIT_DELAY_S:
             # a crash before that only sends them again (at least once).
             self._schedule_commit(COMMIT_DELAY_S)
             self._wake.set()
+            self._backpressure()
+
+    def _release(self) -> None:
+        """Acknowledged events every extra output has now taken leave the queue."""
+        held = self._held
+        upto = min(c.upto for c in self._cursors)
+        done = []
+        while held and held[0].id <= upto:
+            done.append(heapq.heappop(held).row)
+        if done:
+            self.spool.remove(done)
+            self._schedule_commit(COMMIT_DELAY_S)
             self._backpressure()
 
     def _schedule_commit(self, delay: float) -> None:

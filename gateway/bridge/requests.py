@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -45,8 +46,13 @@ MAX_INTAKE_BYTES = 4 * 1024 * 1024
 #: requests served per loop turn before the serving loop lets the rest of the gateway run
 _SLICE = 128
 
-#: where an answer goes: (topic, MQTT 5 correlation data), or (None, None): nowhere asked
-Address = tuple[str | None, bytes | None]
+#: an integration's request is answered to a function: ``done(status, payload, error)``
+Done = Callable[[str, dict[str, Any], tuple[Any, str] | None], None]
+#: where an answer goes: (topic, MQTT 5 correlation data), (None, None): nowhere asked, or
+#: an integration's ``Done``
+Address = tuple[str | None, bytes | None] | Done
+#: a plain-value command's body is at most this long (a number, a short text)
+MAX_PLAIN_BYTES = 1024
 
 
 class TokenBucket:
@@ -98,6 +104,11 @@ class RequestServer:
         self.invalid = 0
         self.busy = 0
         self.withheld = 0
+        #: plain-value commands (``set``/``press`` topics) taken, and those not carried out
+        self.plain = 0
+        self.plain_failed = 0
+        #: requests of the integrations (Sparkplug DCMD)
+        self.submitted = 0
         self._loop = asyncio.get_running_loop()
         self._intake: deque[tuple[Message, float]] = deque()
         self._intake_bytes = 0
@@ -110,6 +121,7 @@ class RequestServer:
         self._refused = Recurring(log, "request not carried out and not answered: its reply "
                                   "topic is one the gateway never publishes a response to")
         self._bad = Recurring(log, "invalid request", level=logging.INFO)
+        self._plain_bad = Recurring(log, "plain-value command not carried out")
 
     # ------------------------------------------------------------------ intake
 
@@ -189,11 +201,26 @@ class RequestServer:
     def counters(self) -> dict[str, int]:
         """The request counters of ``{p}/{gw}/stats`` (under ``mqtt``)."""
         return {"requests": self.received, "invalid_requests": self.invalid,
-                "requests_busy": self.busy, "requests_withheld": self.withheld}
+                "requests_busy": self.busy, "requests_withheld": self.withheld,
+                "plain_commands": self.plain, "plain_commands_failed": self.plain_failed}
+
+    def submit(self, device_id: str, action: str, payload: dict[str, Any], *, via: str,
+               done: Done) -> None:
+        """A request of an integration (a Sparkplug DCMD): the fabric's checks (profile,
+        the port's ``allow`` list, its rate limit), answered to ``done(status, payload,
+        error)`` (a response's status word, payload and ``(code, message)``) instead of a
+        topic; ``via`` is its source."""
+        self.submitted += 1
+        request = RequestEnvelope(action=action, payload=dict(payload), source=via)
+        self._serve_device_id(device_id, request, done, self._loop.time())
 
     # ------------------------------------------------------------------ serving
 
     def _serve(self, message: Message, started: float) -> None:
+        plain = self.topics.plain_command_of(message.topic)
+        if plain is not None:
+            self._serve_plain(message, *plain, started)
+            return
         try:
             request = parse_request(message.payload, max_bytes=self.config.max_request_bytes)
         except InvalidEnvelope as exc:
@@ -214,11 +241,60 @@ class RequestServer:
         else:
             self._serve_device(message.topic, request, address, started)
 
+    def _serve_plain(self, message: Message, device_id: str, kind: str, name: str,
+                     started: float) -> None:
+        """A plain-value command (Home Assistant's): ``set/KEY`` writes the body's value to
+        the key, ``press/ACTION`` runs an action without arguments; then the same path as a
+        request without a reply topic. What is not carried out is logged and counted."""
+        self.plain += 1
+        topic = message.topic
+
+        def done(status: str, payload: dict[str, Any], error: tuple[Any, str] | None) -> None:
+            if status != "ok":
+                self.plain_failed += 1
+                self._plain_bad.occurred(f"{topic}: {status}: {error[1] if error else ''}")
+
+        if kind == "press":
+            request = RequestEnvelope(action=name, payload={}, source="plain")
+        else:
+            try:
+                value = self._plain_value(device_id, name, message.payload)
+            except InvalidRequest as exc:
+                self.invalid += 1
+                done("invalid", {}, ("invalid", str(exc)))
+                return
+            request = RequestEnvelope(action="write", payload={"key": name, "value": value},
+                                      source="plain")
+        self._serve_device_id(device_id, request, done, started)
+
+    def _plain_value(self, device_id: str, key_name: str, body: bytes) -> Any:
+        """The value a plain-value command's body means for the key's type."""
+        if len(body) > MAX_PLAIN_BYTES:
+            raise InvalidRequest(f"the value is {len(body)} bytes; the limit is "
+                                 f"{MAX_PLAIN_BYTES}")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(f"the value is not UTF-8: {exc.reason}") from None
+        try:
+            profile = self.gateway.device(device_id).profile
+        except UnknownDevice:
+            return text  # answered unknown_device on the request path
+        try:
+            spec = profile.key(key_name).field
+        except KeyError as exc:
+            raise InvalidRequest(exc.args[0]) from None
+        return plain_value(spec.type, spec.scale, text)
+
     def _serve_device(self, topic: str, request: RequestEnvelope, address: Address,
                       started: float) -> None:
         device_id = self.topics.device_of_request_topic(topic)
+        self._serve_device_id(device_id or "", request, address, started)
+
+    def _serve_device_id(self, device_id: str, request: RequestEnvelope, address: Address,
+                         started: float) -> None:
         try:
-            session = self.gateway.device(device_id or "")
+            session = self.gateway.device(device_id)
         except UnknownDevice as exc:
             self._answer(address, request, "unknown_device", started,
                          error=("unknown_device", str(exc)))
@@ -240,7 +316,6 @@ class RequestServer:
                 "forbidden", f"action {request.action!r}{on_key} is not allowed on "
                 f"{device_id}; allowed: {allow}"))
             return
-        assert device_id is not None  # the session was found by it
         bucket = self._buckets.get(device_id)
         if bucket is None:
             bucket = self._buckets[device_id] = TokenBucket(port.rate_limit, self._loop.time)
@@ -328,6 +403,8 @@ class RequestServer:
     def _withhold(self, request_topic: str, address: Address) -> bool:
         """True (counted, logged) if the reply topic is one the gateway never publishes to:
         such a request is neither carried out nor answered."""
+        if callable(address):
+            return False
         reply_to = address[0]
         why = self.topics.reply_refusal(reply_to) if reply_to is not None else None
         if why is None:
@@ -345,6 +422,12 @@ class RequestServer:
     def _answer(self, address: Address, request: RequestEnvelope,
                 status: str, started: float, *, payload: dict[str, Any] | None = None,
                 error: tuple[Any, str] | None = None) -> None:
+        if callable(address):  # an integration's request
+            try:
+                address(status, payload or {}, error)
+            except Exception:
+                log.exception("an integration's answer to %s failed", request.action)
+            return
         reply_to, correlation = address
         if reply_to is None:
             return  # carried out and counted; nobody asked for an answer
@@ -353,3 +436,44 @@ class RequestServer:
         body = response_body(request, self.config.gateway_id, status, payload=payload,
                              error=error, latency_ms=(self._loop.time() - started) * 1000)
         self.mqtt.publish_response(reply_to, body, correlation)
+
+
+_TRUE = ("1", "true", "on", "yes")
+_FALSE = ("0", "false", "off", "no")
+
+
+def plain_value(kind: str, scale: float | None, text: str) -> Any:
+    """A plain-value command's text as a value of a field type (``InvalidRequest`` if it is
+    not one): numbers as Home Assistant sends them (``250``, ``21.5``), ON/OFF for bool,
+    text as it is."""
+    if kind == "utf8":
+        return text
+    word = text.strip()
+    if kind == "bool":
+        if word.lower() in _TRUE:
+            return True
+        if word.lower() in _FALSE:
+            return False
+        raise InvalidRequest(f"{word!r} is not on or off")
+    if kind == "bytes":
+        try:
+            return bytes.fromhex(word)
+        except ValueError:
+            raise InvalidRequest(f"{word!r} is not hex bytes") from None
+    whole = kind.startswith(("u", "i")) and scale is None
+    if whole:
+        try:
+            return int(word)  # exact, however large
+        except ValueError:
+            pass  # "250.0" (Home Assistant's number sends floats) is whole too
+    try:
+        number = float(word)
+    except ValueError:
+        raise InvalidRequest(f"{word!r} is not a number") from None
+    if not math.isfinite(number):
+        raise InvalidRequest(f"{word!r} is not a finite number")
+    if whole:
+        if not number.is_integer():
+            raise InvalidRequest(f"{word!r} is not a whole number")
+        return int(number)
+    return number

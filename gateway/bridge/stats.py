@@ -33,7 +33,8 @@ class StatsReporter:
 
     def __init__(self, gateway: Gateway, config: GatewayConfig, *, mqtt: MqttConnection,
                  topics: Topics, publisher: EventPublisher, statuses: RetainedStatuses,
-                 request_server: RequestServer) -> None:
+                 request_server: RequestServer,
+                 integrations: dict[str, Callable[[], dict[str, Any]]] | None = None) -> None:
         self.gateway = gateway
         self.config = config
         self.mqtt = mqtt
@@ -41,6 +42,8 @@ class StatsReporter:
         self.publisher = publisher
         self.statuses = statuses
         self.request_server = request_server
+        #: the enabled integrations' counters, by name (``homeassistant``, ``sparkplug``)
+        self.integrations = integrations or {}
         self._loop = asyncio.get_running_loop()
         self._last_rx: dict[str, tuple[float, int]] = {}
         #: the stats of the last interval (what Prometheus scrapes)
@@ -90,7 +93,9 @@ class StatsReporter:
             devices[name]["rx_fps"] = round(rate, 1)
             devices[name].update((k, v) for k, v in counters.items() if k.startswith("link_"))
         publisher = self.publisher
+        integrations = {name: counters() for name, counters in self.integrations.items()}
         return {
+            **integrations,
             "uptime_s": round(time.time() - self.statuses.started_at, 1),
             "devices": devices,
             "mqtt": {
