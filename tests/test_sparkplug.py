@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from firmware_sim import Fleet, FleetSpec
 from gateway.app import Gateway
+from gateway.bridge.bridge import Bridge
 from gateway.bridge.envelope import event_body
 from gateway.bridge.sparkplug import STATE_FILE, BdSeqFile, SparkplugNode
 from gateway.bridge.sparkplug_payload import DataType, MetricSpec, encode_payload
@@ -667,3 +668,179 @@ async def test_ndeath_with_the_matching_bdseq_after_sigkill(tmp_path, broker, sp
     assert all(m.qos == 1 and not m.retain for m in wills)
     assert json.loads((state / STATE_FILE).read_text())["bdSeq"] == 1
 
+
+
+# ---------------------------------------------------------------------------------------
+# End to end: the node as the bridge runs it (``[sparkplug] enabled = true``)
+
+
+@contextlib.asynccontextmanager
+async def bridge_stack(tmp_path, broker, *, count=2, interval_ms=100, sparkplug=None,
+                       ports=None):
+    links = tmp_path / "links"
+    spec = replace(FleetSpec(count=count, interval_ms=interval_ms), link_dir=links)
+    async with Fleet(spec) as fleet:
+        config = parse_config({
+            "gateway_id": NODE,
+            "state_dir": str(tmp_path / "state"),
+            "stats_interval_s": 0.5,
+            "broker": {"url": broker.url},
+            "sparkplug": {"enabled": True, **(sparkplug or {})},
+            "ports": [{"name": d.name, "path": str(links / d.name), "request_timeout_s": 0.3,
+                       "retries": 1, **(ports or {})} for d in fleet.devices],
+        })
+        gateway = Gateway(config)
+        async with Bridge(gateway, config) as bridge, gateway:
+            assert bridge.sparkplug is not None
+            yield fleet, gateway, bridge, bridge.sparkplug
+
+
+@pytest.fixture
+def native(broker):
+    client = Client(broker.port, client_id="native-sub")
+    client.subscribe(f"{P}/#")
+    yield client
+    client.close()
+
+
+async def test_e2e_births_and_ddata_match_the_native_events(tmp_path, broker, spb, native):
+    """Through the bridge: NBIRTH/DBIRTH with every metric and datatype; each DDATA carries
+    the values of the native event on ``{p}/{gw}/devices/{dev}/events/status`` with the same
+    arrival time; seq contiguous; the node's counters in the gateway's stats."""
+    async with bridge_stack(tmp_path, broker, interval_ms=20) as (_fleet, _gw, bridge, node):
+        await wait_for(lambda: len(of(spb, "DDATA", "sim-1")) >= 50, timeout=20, what="DDATA")
+        for device in ("sim-0", "sim-1"):
+            dbirth = of(spb, "DBIRTH", device)[0].by_name()
+            for name, kind in {**STATUS_FIELDS, **KEYS}.items():
+                assert dbirth[name].datatype == kind, name
+            events = {round(e["timestamp"] * 1000): e["payload"]
+                      for e in native.json_on(f"{P}/devices/{device}/events/status")}
+            names = {m.alias: (m.name, m.datatype) for m in of(spb, "DBIRTH", device)[0].metrics}
+            ddata = of(spb, "DDATA", device)
+            assert ddata
+            for payload in ddata:
+                for metric in payload.metrics:
+                    name, kind = names[metric.alias]
+                    assert metric.value(kind) == events[metric.timestamp][name.split("/")[1]]
+        assert of(spb, "NBIRTH")[0].by_name()["bdSeq"].value() == node.bdseq
+        assert_seq_contiguous(node_messages(spb))
+        await wait_for(lambda: "sparkplug" in (bridge.stats_reporter.last_stats or {}),
+                       what="the node's counters in the stats")
+        assert bridge.stats_reporter.last_stats["sparkplug"]["messages"]["DDATA"] > 0
+
+
+async def test_e2e_a_dcmd_write_lands_and_a_forbidden_one_does_not(tmp_path, broker, spb):
+    """The DCMD goes through the fabric's allow list: ``write:interval_ms`` lands on the device
+    (read back), ``name`` is not allowed and the device keeps its name."""
+    ports = {"allow": ["read", "ping", "write:interval_ms"]}
+    async with bridge_stack(tmp_path, broker, ports=ports) as (fleet, gateway, _bridge, node):
+        await wait_for(lambda: node.ready and len(of(spb, "DBIRTH", "sim-0")), timeout=10,
+                       what="births")
+        birth = of(spb, "DBIRTH", "sim-0")[0].by_name()
+        host = Client(broker.port)
+        host.publish(f"{SP}/DCMD/{NODE}/sim-0", wire.command(
+            [wire.command_metric(300, wire.UINT32, alias=birth["keys/interval_ms"].alias)],
+            int(time.time() * 1000)))
+        alias = birth["keys/interval_ms"].alias
+        await wait_for(lambda: [m.value(wire.UINT32) for p in of(spb, "DDATA", "sim-0")
+                                for m in p.metrics if m.alias == alias] == [300],
+                       what="the written value as DDATA")
+        assert fleet.device("sim-0").settings[1] == 300
+        read = await gateway.device("sim-0").request("read", {"key": "interval_ms"})
+        assert read.value == 300
+        host.publish(f"{SP}/DCMD/{NODE}/sim-0", wire.command(
+            [wire.command_metric("renamed", wire.STRING, name="keys/name")], 1))
+        await wait_for(lambda: node.writes_failed == 1, what="the forbidden write")
+        assert fleet.device("sim-0").settings[2] != "renamed"
+        host.close()
+
+
+async def test_e2e_rebirth_ncmd(tmp_path, broker, spb):
+    async with bridge_stack(tmp_path, broker) as (_fleet, _gw, _bridge, node):
+        await wait_for(lambda: node.ready and len(of(spb, "DBIRTH", "sim-1")), timeout=10,
+                       what="births")
+        host = Client(broker.port)
+        host.publish(f"{SP}/NCMD/{NODE}", wire.command(
+            [wire.command_metric(True, wire.BOOLEAN, name="Node Control/Rebirth")], 1))
+        await wait_for(lambda: len(of(spb, "NBIRTH")) == 2 and len(of(spb, "DBIRTH", "sim-0"))
+                       == 2 and len(of(spb, "DBIRTH", "sim-1")) == 2, what="the rebirth")
+        await wait_for(lambda: node_messages(spb)[-1][0] == "DDATA", what="data again")
+        assert_seq_contiguous(node_messages(spb))
+        host.close()
+
+
+async def test_e2e_a_broker_outage_brings_the_waited_events_as_historical(tmp_path, broker):
+    """The node's own outage: the queue holds what it has not taken; after the new NBIRTH
+    and DBIRTHs those come first, is_historical, then live ones."""
+    async with bridge_stack(tmp_path, broker, interval_ms=50) as (_fleet, _gw, bridge, node):
+        await wait_for(lambda: node.ready, timeout=10, what="births")
+        broker.stop()
+        await wait_for(lambda: not node.ready and not bridge.mqtt.connected, what="outage")
+        await wait_for(lambda: bridge.spool.count >= 20, what="events to queue up")
+        broker.start()
+        host = Client(broker.port, client_id="sparkplug-host-e2e")
+        host.subscribe("spBv1.0/#")
+        await wait_for(lambda: len([p for p in of(host, "DDATA", "sim-0")
+                                    if not p.metrics[0].is_historical]) >= 3, timeout=20,
+                       what="live data after the outage")
+        kinds = [(k, bool(p.metrics) and p.metrics[0].is_historical)
+                 for k, _, p in node_messages(host)]
+        assert [k for k, _ in kinds[:3]] == ["NBIRTH", "DBIRTH", "DBIRTH"]
+        first_live = next(i for i, (k, h) in enumerate(kinds) if k == "DDATA" and not h)
+        assert first_live - 3 >= 10, "the waited events"
+        assert all(h for _, h in kinds[3:first_live])
+        assert_seq_contiguous(node_messages(host))
+        host.close()
+
+
+async def test_e2e_no_birth_until_the_primary_host_is_online(tmp_path, broker, spb):
+    host = Client(broker.port, client_id="scada-e2e")
+    sparkplug = {"primary_host_id": "scada"}
+    async with bridge_stack(tmp_path, broker, sparkplug=sparkplug) as (_f, _g, bridge, node):
+        await wait_for(lambda: node.mqtt.subscribed and bridge.mqtt.subscribed, timeout=10,
+                       what="both connections subscribed")
+        await wait_for(lambda: bridge.spool.count >= 5 or bridge.publisher.published >= 5,
+                       what="native events flowing")
+        assert not of(spb, "NBIRTH")
+        assert not node.ready
+        host.client.publish("spBv1.0/STATE/scada",
+                            json.dumps({"online": True, "timestamp": int(time.time() * 1000)}),
+                            qos=1, retain=True).wait_for_publish(5)
+        await wait_for(lambda: node.ready and of(spb, "DDATA", "sim-0"), timeout=10,
+                       what="births and data after STATE online")
+        # the events that waited for the host came too, after the births (in this run the
+        # node was never born before: the publisher does not count that as an outage, so
+        # they are not historical)
+        born = of(spb, "NBIRTH")[0].timestamp
+        assert any(m.timestamp < born for p in of(spb, "DDATA", "sim-0") for m in p.metrics)
+        assert_seq_contiguous(node_messages(spb))
+    host.close()
+
+
+async def test_e2e_ndeath_after_sigkill_of_the_gateway(tmp_path, broker, spb):
+    """``mcp-gateway run`` killed with SIGKILL: the broker publishes its NDEATH (the will) with
+    the bdSeq of its NBIRTH; the DBIRTHs came before."""
+    links = tmp_path / "links"
+    async with Fleet(FleetSpec(count=2, interval_ms=200, link_dir=links)):
+        config = tmp_path / "gw.toml"
+        text = (f'gateway_id = "{NODE}"\nstate_dir = "{tmp_path / "state"}"\n'
+                f'[broker]\nurl = "{broker.url}"\n[sparkplug]\nenabled = true\n')
+        for name in ("sim-0", "sim-1"):
+            text += f'\n[[ports]]\nname = "{name}"\npath = "{links / name}"\n'
+        config.write_text(text)
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "mcp-gateway"), "run", "--config", str(config),
+            stderr=asyncio.subprocess.DEVNULL)
+        try:
+            await wait_for(lambda: len(of(spb, "DBIRTH", "sim-0")) and of(spb, "DBIRTH", "sim-1")
+                           and of(spb, "DDATA", "sim-0"), timeout=20, what="births and data")
+            proc.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(proc.wait(), 10)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await wait_for(lambda: of(spb, "NDEATH"), timeout=10, what="the will")
+    bdseq = of(spb, "NBIRTH")[0].by_name()["bdSeq"].value()
+    assert of(spb, "NDEATH")[0].by_name()["bdSeq"].value() == bdseq
+    assert not of(spb, "DDEATH", "sim-0")  # killed: no word of its own, the will says it all
