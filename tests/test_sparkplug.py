@@ -567,10 +567,12 @@ async def test_with_a_primary_host_no_birth_until_its_state_is_online(tmp_path, 
     host = Client(broker.port, client_id="scada")
     async with node_stack(tmp_path, broker, sparkplug={"primary_host_id": "scada"}) as stack:
         await wait_for(lambda: stack.node.mqtt.subscribed, timeout=10, what="subscribed")
-        await asyncio.sleep(0)  # nothing to wait for: the node must not birth on its own
+        # time passes (events come and wait), and the node does not birth on its own
+        await wait_for(lambda: len(stack.feeder.waiting) >= 5, what="events waiting")
+        assert not of(spb, "NBIRTH")
         host.client.publish("spBv1.0/STATE/scada", b'{"online": "yes", "timestamp": 1}',
                             qos=1, retain=True).wait_for_publish(5)
-        await wait_for(lambda: stack.node.messages["STATE"] == 1, what="the bad STATE")
+        await wait_for(lambda: stack.node.received["STATE"] == 1, what="the bad STATE")
         assert not of(spb, "NBIRTH")
         assert not stack.node.ready
         stamp = int(time.time() * 1000)
@@ -584,7 +586,7 @@ async def test_with_a_primary_host_no_birth_until_its_state_is_online(tmp_path, 
         host.client.publish("spBv1.0/STATE/scada",
                             json.dumps({"online": False, "timestamp": stamp - 1}),
                             qos=1, retain=True).wait_for_publish(5)
-        await wait_for(lambda: stack.node.messages["STATE"] == 3, what="the old STATE")
+        await wait_for(lambda: stack.node.received["STATE"] == 3, what="the old STATE")
         assert stack.node.ready
         host.client.publish("spBv1.0/STATE/scada",
                             json.dumps({"online": False, "timestamp": stamp + 1}),
@@ -767,6 +769,21 @@ async def test_e2e_rebirth_ncmd(tmp_path, broker, spb):
         await wait_for(lambda: node_messages(spb)[-1][0] == "DDATA", what="data again")
         assert_seq_contiguous(node_messages(spb))
         host.close()
+
+
+async def test_e2e_a_clean_stop_says_ddeath_for_each_device_then_ndeath(tmp_path, broker, spb):
+    """At a stop the devices' last state changes (gateway_stopped) come first: a DDEATH each,
+    then the node's own NDEATH with its bdSeq."""
+    async with bridge_stack(tmp_path, broker) as (_fleet, _gw, _bridge, node):
+        await wait_for(lambda: node.ready and len(of(spb, "DBIRTH", "sim-1")), timeout=10,
+                       what="births")
+        bdseq = node.bdseq
+    await wait_for(lambda: of(spb, "NDEATH"), what="NDEATH")
+    tail = [(k, d) for k, d, _ in node_messages(spb) if k != "DDATA"][-3:]
+    assert sorted(tail[:2]) == [("DDEATH", "sim-0"), ("DDEATH", "sim-1")]
+    assert tail[2] == ("NDEATH", "")
+    assert of(spb, "NDEATH")[0].by_name()["bdSeq"].value() == bdseq
+    assert_seq_contiguous(node_messages(spb))
 
 
 async def test_e2e_a_broker_outage_brings_the_waited_events_as_historical(tmp_path, broker):

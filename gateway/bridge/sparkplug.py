@@ -224,8 +224,11 @@ class SparkplugNode:
         self._ready = False
         self._stopping = False
         self._restart = asyncio.Event()
+        #: messages sent, by type (NDEATH: the ones the node sent itself, not the will)
         self.messages: dict[str, int] = dict.fromkeys(
-            ("NBIRTH", "DBIRTH", "DDATA", "DDEATH", "NDEATH", "NCMD", "DCMD", "STATE"), 0)
+            ("NBIRTH", "DBIRTH", "DDATA", "DDEATH", "NDEATH"), 0)
+        #: messages received, by type
+        self.received: dict[str, int] = dict.fromkeys(("NCMD", "DCMD", "STATE"), 0)
         self.skipped_events = 0
         self.historical_events = 0
         self.rebirths = 0
@@ -258,6 +261,7 @@ class SparkplugNode:
             "ready": self._ready,
             "connected": self.mqtt.connected,
             "messages": dict(self.messages),
+            "received": dict(self.received),
             "skipped_events": self.skipped_events,
             "historical_events": self.historical_events,
             "rebirths": self.rebirths,
@@ -490,16 +494,16 @@ class SparkplugNode:
     def _message(self, message: Message) -> None:
         topic = message.topic
         if topic == self.state_topic:
-            self.messages["STATE"] += 1
+            self.received["STATE"] += 1
             self._host_state(message.payload)
             return
         if topic == self.ncmd_topic:
-            self.messages["NCMD"] += 1
+            self.received["NCMD"] += 1
             self._node_command(message.payload)
             return
         prefix = f"{self._base}/DCMD/{self.node_id}/"
         if topic.startswith(prefix):
-            self.messages["DCMD"] += 1
+            self.received["DCMD"] += 1
             self._device_command(topic[len(prefix):], message.payload)
 
     def _refuse(self, detail: str) -> None:
