@@ -678,9 +678,10 @@ async def test_ndeath_with_the_matching_bdseq_after_sigkill(tmp_path, broker, sp
 
 @contextlib.asynccontextmanager
 async def bridge_stack(tmp_path, broker, *, count=2, interval_ms=100, sparkplug=None,
-                       ports=None):
+                       ports=None, fleet_spec=None):
     links = tmp_path / "links"
-    spec = replace(FleetSpec(count=count, interval_ms=interval_ms), link_dir=links)
+    spec = replace(fleet_spec or FleetSpec(count=count, interval_ms=interval_ms),
+                   link_dir=links)
     async with Fleet(spec) as fleet:
         config = parse_config({
             "gateway_id": NODE,
@@ -754,6 +755,34 @@ async def test_e2e_a_dcmd_write_lands_and_a_forbidden_one_does_not(tmp_path, bro
             [wire.command_metric("renamed", wire.STRING, name="keys/name")], 1))
         await wait_for(lambda: node.writes_failed == 1, what="the forbidden write")
         assert fleet.device("sim-0").settings[2] != "renamed"
+        host.close()
+
+
+async def test_e2e_a_write_the_device_nacks_republishes_its_real_value(tmp_path, broker, spb):
+    """The device refuses a write the gateway's profile allows (its firmware takes at most
+    500 ms: a profile of its own): the refusal is logged and counted, the key is read back
+    and the device's real value is published as DDATA."""
+    firmware = tmp_path / "firmware-profiles"
+    firmware.mkdir()
+    builtin = (Path(__file__).parent.parent / "gateway/frames/builtin_profiles/env-sensor.toml")
+    firmware.joinpath("env-sensor.toml").write_text(
+        builtin.read_text().replace("max = 3600000", "max = 500")
+        .replace("default = 1000\n", "default = 100\n"))
+    spec = FleetSpec(count=1, interval_ms=100, profile_dirs=(firmware,))
+    ports = {"allow": ["read", "write:interval_ms"]}
+    async with bridge_stack(tmp_path, broker, ports=ports, fleet_spec=spec) as (
+            fleet, _gateway, _bridge, node):
+        await wait_for(lambda: node.ready and len(of(spb, "DBIRTH", "sim-0")), timeout=10,
+                       what="births")
+        alias = of(spb, "DBIRTH", "sim-0")[0].by_name()["keys/interval_ms"].alias
+        host = Client(broker.port)
+        host.publish(f"{SP}/DCMD/{NODE}/sim-0", wire.command(
+            [wire.command_metric(1000, wire.UINT32, alias=alias)], 1))
+        await wait_for(lambda: [m.value(wire.UINT32) for p in of(spb, "DDATA", "sim-0")
+                                for m in p.metrics if m.alias == alias] == [100],
+                       what="the real value after the NACK")
+        assert node.writes_failed == 1
+        assert fleet.device("sim-0").settings[1] == 100
         host.close()
 
 
