@@ -283,14 +283,16 @@ class SparkplugNode:
                 await asyncio.wait({connection, restart}, return_when=asyncio.FIRST_COMPLETED)
                 if connection.done():
                     connection.result()  # its failure, if any, stops the bridge
+                    if self._stopping:
+                        return  # ``stop`` disconnected it
                     raise RuntimeError("the Sparkplug connection ended by itself")
                 self._publish_ndeath()
                 await self.mqtt.disconnect()
             finally:
                 restart.cancel()
                 connection.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await connection
+                # gather, not a suppressed await: a cancellation of this task goes through
+                await asyncio.gather(connection, restart, return_exceptions=True)
             self._session_over()
             self.mqtt = self._connection()
 
@@ -311,14 +313,14 @@ class SparkplugNode:
             return
         event = _decode_event(row.body)
         stamp = _ms(event.timestamp)
-        values = self._values.setdefault(device_id, {})
         specs = []
+        seen = []
         for field, value in event.payload.items():
             name = f"{event.action}/{field}"
             metric = metrics.get(name)
             if metric is None:
                 continue  # not in its profile (a log event, a field of another version)
-            values[name] = (value, stamp)
+            seen.append((name, value))
             specs.append(MetricSpec(value, metric.datatype, alias=metric.alias,
                                     timestamp_ms=stamp, historical=historical,
                                     with_datatype=False))
@@ -331,6 +333,10 @@ class SparkplugNode:
             self.skipped_events += 1
             self._bad_value.occurred(f"{row.topic}: {exc}")
             return
+        # the device's latest values, for its next DBIRTH (only values that encode)
+        values = self._values.setdefault(device_id, {})
+        for name, value in seen:
+            values[name] = (value, stamp)
         if historical:
             self.historical_events += 1
 
@@ -410,7 +416,8 @@ class SparkplugNode:
         if not self.mqtt.connected or self._stopping:
             return
         now = _ms(time.time())
-        metrics = [MetricSpec(self.bdseq, DataType.INT64, name=BDSEQ, timestamp_ms=now),
+        metrics = [MetricSpec(self.bdseq, DataType.INT64, name=BDSEQ,
+                              alias=self._alias("", BDSEQ), timestamp_ms=now),
                    # no alias for Rebirth (the specification)
                    MetricSpec(False, DataType.BOOLEAN, name=REBIRTH, timestamp_ms=now)]
         for name, value in _flatten(self._stats(), "Gateway"):
@@ -548,7 +555,7 @@ class SparkplugNode:
                 except ValueError as exc:
                     self._refuse(f"NCMD {REBIRTH}: {exc}")
                     continue
-                if rebirth:
+                if rebirth and self._birthed:  # (else the session's BIRTH is still to come)
                     self.rebirths += 1
                     log.info("Sparkplug: rebirth requested")
                     self._birth()
