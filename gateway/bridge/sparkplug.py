@@ -648,6 +648,7 @@ def _flatten(stats: dict[str, Any], prefix: str) -> list[tuple[str, int | float 
         name = f"{prefix}/{key}"
         if isinstance(value, dict):
             out.extend(_flatten(value, name))
-        elif isinstance(value, bool | int | float):
+        elif isinstance(value, bool | float) or (
+                isinstance(value, int) and -(2**63) <= value < 2**64):  # what UInt64/Int64 hold
             out.append((name, value))
     return out
