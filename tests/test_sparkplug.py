@@ -678,7 +678,7 @@ async def test_ndeath_with_the_matching_bdseq_after_sigkill(tmp_path, broker, sp
 
 @contextlib.asynccontextmanager
 async def bridge_stack(tmp_path, broker, *, count=2, interval_ms=100, sparkplug=None,
-                       ports=None, fleet_spec=None):
+                       ports=None, fleet_spec=None, glob=False):
     links = tmp_path / "links"
     spec = replace(fleet_spec or FleetSpec(count=count, interval_ms=interval_ms),
                    link_dir=links)
@@ -689,8 +689,9 @@ async def bridge_stack(tmp_path, broker, *, count=2, interval_ms=100, sparkplug=
             "stats_interval_s": 0.5,
             "broker": {"url": broker.url},
             "sparkplug": {"enabled": True, **(sparkplug or {})},
-            "ports": [{"name": d.name, "path": str(links / d.name), "request_timeout_s": 0.3,
-                       "retries": 1, **(ports or {})} for d in fleet.devices],
+            "ports": [{"name": "bus", "path": str(links / "sim-*")}] if glob else [
+                {"name": d.name, "path": str(links / d.name), "request_timeout_s": 0.3,
+                 "retries": 1, **(ports or {})} for d in fleet.devices],
         })
         gateway = Gateway(config)
         async with Bridge(gateway, config) as bridge, gateway:
@@ -784,6 +785,23 @@ async def test_e2e_a_write_the_device_nacks_republishes_its_real_value(tmp_path,
         assert node.writes_failed == 1
         assert fleet.device("sim-0").settings[1] == 100
         host.close()
+
+
+async def test_e2e_a_glob_ports_device_is_born_under_its_uid_id(tmp_path, broker, spb):
+    """A glob port's device takes its ``uid-<hex>`` id after HELLO (DeviceRenamed): the node
+    births it under that id, and its data goes there; the path id, if it was ever born, died
+    before (a DDEATH of the old id on a rename)."""
+    async with bridge_stack(tmp_path, broker, count=1, glob=True) as (fleet, _g, _b, node):
+        uid_id = f"uid-{fleet.devices[0].uid.hex()}"
+        await wait_for(lambda: node.ready and len(of(spb, "DDATA", uid_id)) >= 3, timeout=15,
+                       what="data under the uid id")
+        assert of(spb, "DBIRTH", uid_id)[0].by_name()["Properties/uid"].value() == \
+            fleet.devices[0].uid.hex()
+        others = {d for k, d, _ in node_messages(spb) if d not in ("", uid_id)}
+        for other in others:
+            kinds = [k for k, d, _ in node_messages(spb) if d == other]
+            assert kinds[-1] == "DDEATH", other
+        assert_seq_contiguous(node_messages(spb))
 
 
 async def test_e2e_rebirth_ncmd(tmp_path, broker, spb):
