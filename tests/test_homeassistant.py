@@ -286,7 +286,7 @@ def test_any_profile_gives_valid_distinct_topics_ids_and_templates(table, gatewa
 
 
 def _toml(tmp_path: Path, broker: Any, links: Path, names: list[str],
-          profiles: dict[str, str] | None = None) -> str:
+          profiles: dict[str, str] | None = None, extra: str = "") -> str:
     """A configuration with HA discovery on, one port per name (``profiles``: a port's
     profile other than env-sensor, from ``tmp_path / "profiles"``)."""
     (tmp_path / "profiles").mkdir(exist_ok=True)
@@ -294,19 +294,21 @@ def _toml(tmp_path: Path, broker: Any, links: Path, names: list[str],
              f'profiles_dir = "{tmp_path / "profiles"}"\n'
              'stats_interval_s = 0.5\ngateway_allow = ["reload"]\n',
              f'[broker]\nurl = "{broker.url}"\n',
-             f'[homeassistant]\nenabled = true\ndiscovery_prefix = "{HA}"\n']
+             f'[homeassistant]\nenabled = true\ndiscovery_prefix = "{HA}"\n', extra]
     lines += [f'[[ports]]\nname = "{n}"\npath = "{links / n}"\nallow = ["read", "write", "ping"]\n'
               f'profile = "{(profiles or {}).get(n, "env-sensor")}"\n' for n in names]
     return "\n".join(lines)
 
 
 @contextlib.asynccontextmanager
-async def ha_stack(tmp_path: Path, broker: Any, count: int = 2, interval_ms: int = 100):
+async def ha_stack(tmp_path: Path, broker: Any, count: int = 2, interval_ms: int = 100,
+                   extra: str = ""):
     links = tmp_path / "links"
     spec = replace(FleetSpec(count=count, interval_ms=interval_ms), link_dir=links)
     path = tmp_path / "gateway.toml"
     async with Fleet(spec) as fleet:
-        path.write_text(_toml(tmp_path, broker, links, [d.name for d in fleet.devices]))
+        path.write_text(_toml(tmp_path, broker, links, [d.name for d in fleet.devices],
+                              extra=extra))
         config = load_config(path)
         gateway = Gateway(config)
         async with Bridge(gateway, config) as bridge, gateway:
@@ -614,5 +616,29 @@ async def test_a_profile_change_clears_what_the_new_profile_does_not_have(tmp_pa
             assert {t for t, b in now.items() if not b} == {text}
             assert json.loads(now[f"{HA}/number/test-gw_sim-0/key_interval_ms/config"])[
                 "command_topic"] == f"{P}/devices/sim-0/set/interval_ms"
+        finally:
+            client.close()
+
+
+async def test_beside_sparkplug_the_configs_and_their_events_are_the_same(tmp_path, broker):
+    """Both integrations on: discovery still names the native topics, whose events (one
+    queue for every output) the templates read."""
+    async with ha_stack(tmp_path, broker, extra="[sparkplug]\nenabled = true\n") as (
+            _fleet, gateway, bridge, _ha, _path):
+        assert bridge.sparkplug is not None
+        await wait_for(lambda: all(s.node_id for s in gateway.devices.values()), what="online")
+        client = Client(broker.port, client_id="ha")
+        try:
+            client.subscribe(f"{HA}/#")
+            client.subscribe(f"{P}/devices/+/events/status")
+            await wait_for(lambda: len(latest(client, HA)) == 19, what="every config")
+            await wait_for(lambda: client.on(f"{P}/devices/sim-1/events/status"), what="event")
+            event = client.on(f"{P}/devices/sim-1/events/status")[-1]
+            sensor = json.loads(latest(client, HA)[
+                f"{HA}/sensor/test-gw_sim-1/status_battery_mv/config"])
+            assert sensor["state_topic"] == event.topic
+            assert render(sensor["value_template"], event.payload) == \
+                str(json.loads(event.payload)["payload"]["battery_mv"])
+            assert bridge.stats()["homeassistant"]["configs_published"] == 19
         finally:
             client.close()
