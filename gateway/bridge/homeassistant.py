@@ -3,9 +3,10 @@
 For each device the gateway publishes retained discovery configs on
 ``{discovery_prefix}/{component}/{node_id}/{object_id}/config``, built from its profile
 (``discovery_configs``): a ``sensor`` per STATUS field (reading our event envelope), a
-``number``, ``switch`` or ``text`` per read-write key (written through the plain-value command topic
-``.../set/KEY``), a ``button`` for ``ping`` and two diagnostic sensors from the stats. The
-gateway itself is a device too (``gateway_configs``): each device's ``via_device``.
+``number``, ``switch`` or ``text`` per read-write key (written through the plain-value
+command topic ``.../set/KEY``), a ``button`` for ``ping`` and two diagnostic sensors from
+the stats. The gateway itself is a device too (``gateway_configs``): each device's
+``via_device``.
 
 Configs are published afresh on every connection and whenever Home Assistant says
 ``online`` on ``{discovery_prefix}/status`` (its birth: it may have lost them). A device id
