@@ -92,7 +92,7 @@ class Bridge:
             from gateway.bridge.sparkplug import SparkplugNode  # noqa: PLC0415
             self.sparkplug = SparkplugNode(
                 gateway, config, self.settings, submit=self.request_server.submit,
-                stats=lambda: self.stats_reporter.last_stats or {},
+                stats=self._node_stats,
                 on_change=self._output_changed, on_failure=self._fail)
             outputs.append(self.sparkplug)
         self.publisher = EventPublisher(
@@ -228,6 +228,11 @@ class Bridge:
         if self.homeassistant is not None and self.homeassistant.on_message(message):
             return  # Home Assistant's birth: it re-announces
         self.request_server.take(message)
+
+    def _node_stats(self) -> dict[str, Any]:
+        """The stats for a Sparkplug NBIRTH: the last interval's, or (before the first
+        interval is over) taken now."""
+        return self.stats_reporter.last_stats or self.stats_reporter.stats()
 
     def _output_changed(self) -> None:
         self.publisher.output_changed()  # built after the node: looked up when called
