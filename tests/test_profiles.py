@@ -235,3 +235,40 @@ def test_invalid_toml_and_mismatched_names(tmp_path):
 def test_profile_tables_parse_from_python_too():
     profile = parse_profile({"name": "tiny", "keys": [{"id": 1, "name": "k", "type": "bool"}]})
     assert profile.key(1).encode(True) == b"\x01"
+
+
+def test_home_assistant_overrides_are_optional_checked_strings():
+    """Profile format: ``ha_device_class``, ``ha_state_class`` (measurement, total,
+    total_increasing) and ``ha_icon`` (``set:name``) on fields and keys."""
+    profile = parse_profile({
+        "name": "meter",
+        "events": [{"id": 0x20, "name": "status", "fields": [
+            {"name": "energy_wh", "type": "u32", "unit": "Wh", "ha_device_class": "energy",
+             "ha_state_class": "total_increasing", "ha_icon": "mdi:flash-outline"},
+            {"name": "plain", "type": "u8"},
+        ]}],
+        "keys": [{"id": 1, "name": "limit_w", "type": "u16", "access": "rw",
+                  "ha_device_class": "power", "ha_icon": "mdi:gauge"}],
+    })
+    energy, plain = profile.events[0x20].layout.fields
+    assert (energy.ha_device_class, energy.ha_state_class, energy.ha_icon) == \
+        ("energy", "total_increasing", "mdi:flash-outline")
+    assert (plain.ha_device_class, plain.ha_state_class, plain.ha_icon) == (None, None, None)
+    assert profile.key("limit_w").field.ha_icon == "mdi:gauge"
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("ha_device_class = ''", "ha_device_class: expected a non-empty string"),
+    ("ha_device_class = 7", "ha_device_class: expected a non-empty string, got 7"),
+    ("ha_device_class = 'Temperature'", "is not a Home Assistant device class"),
+    ("ha_state_class = 'sum'", "ha_state_class: 'sum': expected one of measurement, total, "
+                               "total_increasing"),
+    ("ha_icon = 'thermometer'", "ha_icon: 'thermometer' is not an icon"),
+    ("ha_icon = 'mdi:'", "is not an icon"),
+])
+def test_bad_home_assistant_overrides_name_the_key_path(tmp_path, override, message):
+    (tmp_path / "x.toml").write_text(f"name='x'\n[[keys]]\nid=1\nname='a'\ntype='u8'\n{override}")
+    with pytest.raises(ProfileError) as info:
+        ProfileRegistry([tmp_path]).get("x")
+    assert f"keys[0].{override.split()[0]}: " in str(info.value)
+    assert message in str(info.value)

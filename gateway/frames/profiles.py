@@ -12,6 +12,7 @@ from __future__ import annotations
 import decimal
 import functools
 import math
+import re
 import struct
 import tomllib
 from collections.abc import Mapping
@@ -63,7 +64,14 @@ _TYPES: dict[str, tuple[Construct, str | None, tuple[int, int] | None]] = {
 FIELD_TYPES = tuple(_TYPES)
 _F32 = struct.Struct("<f")
 _VARIABLE = ("utf8", "bytes")
-_FIELD_KEYS = {"name", "type", "scale", "unit", "min", "max", "max_len", "description", "sim"}
+_FIELD_KEYS = {"name", "type", "scale", "unit", "min", "max", "max_len", "description", "sim",
+               "ha_device_class", "ha_state_class", "ha_icon"}
+#: Home Assistant's sensor state classes (``ha_state_class``)
+HA_STATE_CLASSES = ("measurement", "total", "total_increasing")
+#: ``ha_icon``: an icon set and a name, as Home Assistant writes them (``mdi:thermometer``)
+_HA_ICON = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*:[a-z0-9]+(-[a-z0-9]+)*")
+#: ``ha_device_class``: Home Assistant's device classes are lower-case words with ``_``
+_HA_DEVICE_CLASS = re.compile(r"[a-z][a-z0-9_]*")
 _KEY_KEYS = _FIELD_KEYS | {"id", "access", "default"}
 _EVENT_KEYS = {"id", "name", "fields", "description"}
 _COMMAND_KEYS = {"id", "name", "request", "response", "description"}
@@ -92,6 +100,24 @@ class FieldSpec:
     description: str = ""
     #: simulator hint: "uptime" or {"start", "drift", "min", "max"}
     sim: str | dict[str, float] | None = None
+    #: Home Assistant discovery overrides (None: derived from the unit and name where sure)
+    ha_device_class: str | None = None
+    ha_state_class: str | None = None
+    ha_icon: str | None = None
+
+    @property
+    def decimals(self) -> int | None:
+        """Decimal places of a scaled value (0.01 -> 2), None without a scale."""
+        return None if self.scale is None else _decimals(self.scale)
+
+    @property
+    def real_range(self) -> tuple[Any, Any] | None:
+        """The lowest and highest real value the wire type holds (scaled); None for floats
+        and what is not an integer."""
+        bounds = _TYPES[self.type][2]
+        if bounds is None:
+            return None
+        return self.from_wire(bounds[0]), self.from_wire(bounds[1])
 
     @property
     def is_numeric(self) -> bool:
@@ -391,7 +417,26 @@ class _Checker:
             max_len=max_len,
             description=table.get("description", ""),
             sim=self.sim_hint(table.get("sim"), f"{path}.sim"),
+            **self.home_assistant(table, path),
         )
+
+    def home_assistant(self, table: dict[str, Any], path: str) -> dict[str, str]:
+        """The ``ha_*`` overrides of a field, checked."""
+        found = {k: self.string(table[k], f"{path}.{k}")
+                 for k in ("ha_device_class", "ha_state_class", "ha_icon") if k in table}
+        device_class = found.get("ha_device_class")
+        if device_class is not None and not _HA_DEVICE_CLASS.fullmatch(device_class):
+            raise self.fail(f"{path}.ha_device_class", f"{device_class!r} is not a Home "
+                            "Assistant device class (lower-case letters, digits and _)")
+        state_class = found.get("ha_state_class")
+        if state_class is not None and state_class not in HA_STATE_CLASSES:
+            raise self.fail(f"{path}.ha_state_class", f"{state_class!r}: expected one of "
+                            f"{', '.join(HA_STATE_CLASSES)}")
+        icon = found.get("ha_icon")
+        if icon is not None and not _HA_ICON.fullmatch(icon):
+            raise self.fail(f"{path}.ha_icon", f"{icon!r} is not an icon; expected a set and "
+                            "a name, like mdi:thermometer")
+        return found
 
     def sim_hint(self, raw: Any, path: str) -> str | dict[str, float] | None:
         if raw is None or raw == "uptime":
