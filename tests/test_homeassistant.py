@@ -286,7 +286,8 @@ def test_any_profile_gives_valid_distinct_topics_ids_and_templates(table, gatewa
 
 
 def _toml(tmp_path: Path, broker: Any, links: Path, names: list[str],
-          profiles: dict[str, str] | None = None, extra: str = "") -> str:
+          profiles: dict[str, str] | None = None, extra: str = "",
+          allow: tuple[str, ...] = ("read", "write", "ping")) -> str:
     """A configuration with HA discovery on, one port per name (``profiles``: a port's
     profile other than env-sensor, from ``tmp_path / "profiles"``)."""
     (tmp_path / "profiles").mkdir(exist_ok=True)
@@ -295,20 +296,20 @@ def _toml(tmp_path: Path, broker: Any, links: Path, names: list[str],
              'stats_interval_s = 0.5\ngateway_allow = ["reload"]\n',
              f'[broker]\nurl = "{broker.url}"\n',
              f'[homeassistant]\nenabled = true\ndiscovery_prefix = "{HA}"\n', extra]
-    lines += [f'[[ports]]\nname = "{n}"\npath = "{links / n}"\nallow = ["read", "write", "ping"]\n'
+    lines += [f'[[ports]]\nname = "{n}"\npath = "{links / n}"\nallow = {json.dumps(list(allow))}\n'
               f'profile = "{(profiles or {}).get(n, "env-sensor")}"\n' for n in names]
     return "\n".join(lines)
 
 
 @contextlib.asynccontextmanager
 async def ha_stack(tmp_path: Path, broker: Any, count: int = 2, interval_ms: int = 100,
-                   extra: str = ""):
+                   extra: str = "", allow: tuple[str, ...] = ("read", "write", "ping")):
     links = tmp_path / "links"
     spec = replace(FleetSpec(count=count, interval_ms=interval_ms), link_dir=links)
     path = tmp_path / "gateway.toml"
     async with Fleet(spec) as fleet:
         path.write_text(_toml(tmp_path, broker, links, [d.name for d in fleet.devices],
-                              extra=extra))
+                              extra=extra, allow=allow))
         config = load_config(path)
         gateway = Gateway(config)
         async with Bridge(gateway, config) as bridge, gateway:
@@ -584,6 +585,39 @@ async def test_a_killed_gateway_makes_its_devices_unavailable(tmp_path, broker):
             assert render(connectivity["value_template"], retained[f"{P}/status"]) == "OFF"
         finally:
             late.close()
+
+
+async def test_controls_appear_only_where_the_allow_list_lets_them_work(tmp_path, broker):
+    """A number, text or button the port's ``allow`` list would refuse is not announced; a
+    reload that allows (or forbids) one announces (or clears) it at once."""
+    async with ha_stack(tmp_path, broker, count=1, allow=("read",)) as (
+            _fleet, gateway, bridge, ha, path):
+        await wait_for(lambda: gateway.device("sim-0").node_id, what="online")
+        client = Client(broker.port, client_id="ha")
+        number = f"{HA}/number/test-gw_sim-0/key_interval_ms/config"
+        text = f"{HA}/text/test-gw_sim-0/key_name/config"
+        button = f"{HA}/button/test-gw_sim-0/ping/config"
+        try:
+            client.subscribe(f"{HA}/#")
+            await wait_for(lambda: len(latest(client, HA)) == 7, what="sensors and gateway")
+            assert not {number, text, button} & set(latest(client, HA))
+
+            async def reload_with(allow: tuple[str, ...]) -> None:
+                path.write_text(_toml(tmp_path, broker, tmp_path / "links", ["sim-0"],
+                                      allow=allow))
+                assert bridge.reloader is not None
+                assert (await bridge.reloader()).updated == ["sim-0"]
+
+            await reload_with(("read", "ping", "write:interval_ms"))
+            await wait_for(lambda: latest(client, HA).get(number) and latest(client, HA).get(
+                button), what="the number and the button announced")
+            assert text not in latest(client, HA)
+            await reload_with(("read",))
+            await wait_for(lambda: latest(client, HA).get(number) == b"" and latest(
+                client, HA).get(button) == b"", what="the number and the button cleared")
+            await wait_for(lambda: not ha.retiring, what="the clears acknowledged")
+        finally:
+            client.close()
 
 
 async def test_a_profile_change_clears_what_the_new_profile_does_not_have(tmp_path, broker):

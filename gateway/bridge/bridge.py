@@ -85,7 +85,7 @@ class Bridge:
         if config.homeassistant.enabled:
             from gateway.bridge.homeassistant import HomeAssistantDiscovery  # noqa: PLC0415
             self.homeassistant = HomeAssistantDiscovery(gateway, self.mqtt, self.topics,
-                                                        config.homeassistant)
+                                                        config.homeassistant, config)
         self.sparkplug: SparkplugNode | None = None
         outputs = list(outputs)
         if config.sparkplug.enabled:
@@ -280,6 +280,8 @@ class Bridge:
         self.config = config
         self.request_server.apply(config)
         self.stats_reporter.apply(config)
+        if self.homeassistant is not None:
+            self.homeassistant.apply(config)
 
     def stats(self) -> dict[str, Any]:
         """The ``{p}/{gw}/stats`` body."""

@@ -23,12 +23,15 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway import __version__
 from gateway.app import Gateway, UnknownDevice
 from gateway.bridge.mqtt import Message, MqttConnection
+from gateway.bridge.requests import allowed
 from gateway.bridge.topics import Topics
+from gateway.config import GatewayConfig, PortConfig
 from gateway.frames.commands import Command
 from gateway.frames.profiles import DeviceProfile, FieldSpec
 from gateway.logs import Recurring
@@ -167,9 +170,16 @@ def gateway_configs(topics: Topics, prefix: str) -> dict[str, dict[str, Any]]:
     }}
 
 
+#: may the fabric ask ``action`` (on the key named ``key``) of a device? (its port's allow list)
+May = Callable[[str, str | None], bool]
+
+
 def discovery_configs(profile: DeviceProfile, device_id: str, facts: dict[str, Any],
-                      topics: Topics, prefix: str) -> dict[str, dict[str, Any]]:
-    """Every discovery config of one device: config topic -> config (full key names)."""
+                      topics: Topics, prefix: str, *,
+                      may: May = lambda action, key: True) -> dict[str, dict[str, Any]]:
+    """Every discovery config of one device: config topic -> config (full key names).
+    Controls only where ``may`` (the port's allow list) lets them work: a ``write:KEY``
+    control per key allowed, ``ping`` if allowed."""
     gateway_id = topics.gateway_id
     node = node_id(gateway_id, device_id)
     device = _without_none({
@@ -230,7 +240,7 @@ def discovery_configs(profile: DeviceProfile, device_id: str, facts: dict[str, A
 
     for key in profile.keys.values():
         spec = key.field
-        if not key.writable:
+        if not key.writable or not may("write", key.name):
             continue
         if spec.is_numeric:
             low, high = _number_range(spec)
@@ -262,11 +272,12 @@ def discovery_configs(profile: DeviceProfile, device_id: str, facts: dict[str, A
                 "icon": spec.ha_icon,
             })
 
-    add("button", "ping", "Ping", "ping", {
-        "command_topic": topics.device_press(device_id, "ping"),
-        "payload_press": "PRESS",
-        "entity_category": "diagnostic",
-    })
+    if may("ping", None):
+        add("button", "ping", "Ping", "ping", {
+            "command_topic": topics.device_press(device_id, "ping"),
+            "payload_press": "PRESS",
+            "entity_category": "diagnostic",
+        })
 
     quoted = device_id.replace("\\", "\\\\").replace("'", "\\'")
     for counter, name, unit, state_class in _DIAGNOSTICS:
@@ -317,11 +328,15 @@ class HomeAssistantDiscovery:
     arrives on ``subscriptions``, ``acked`` for PUBACKs of non-event publishes."""
 
     def __init__(self, gateway: Gateway, mqtt: MqttConnection, topics: Topics,
-                 settings: HomeAssistantSettings) -> None:
+                 settings: HomeAssistantSettings, config: GatewayConfig) -> None:
         self.gateway = gateway
         self.mqtt = mqtt
         self.topics = topics
         self.prefix = settings.discovery_prefix
+        #: the ports by name: their allow lists say which controls are announced
+        self._ports: Mapping[str, PortConfig] = {p.name: p for p in config.ports}
+        #: the facts of each device last announced (to announce it again after a reload)
+        self._facts: dict[str, dict[str, Any]] = {}
         self._birth_topic = f"{self.prefix}/status"
         self._gateway = {t: encode_config(c)
                          for t, c in gateway_configs(topics, self.prefix).items()}
@@ -363,22 +378,41 @@ class HomeAssistantDiscovery:
             return
         if event.state != "online":
             return
+        self._facts[event.device_id] = event.facts
+        self._announce_device(event.device_id)
+
+    def _announce_device(self, device_id: str) -> None:
         try:
-            profile = self.gateway.device(event.device_id).profile
+            session = self.gateway.device(device_id)
         except UnknownDevice:
-            self._unknown.occurred(event.device_id)
+            self._unknown.occurred(device_id)
             return
+        port = self._ports.get(session.settings.port_name)
+
+        def may(action: str, key: str | None) -> bool:
+            return port is not None and allowed(port, action, key)
+
         configs = {topic: encode_config(config) for topic, config in discovery_configs(
-            profile, event.device_id, event.facts, self.topics, self.prefix).items()}
-        old = self._devices.get(event.device_id, {})
-        self._devices[event.device_id] = configs
+            session.profile, device_id, self._facts.get(device_id, {}), self.topics,
+            self.prefix, may=may).items()}
+        old = self._devices.get(device_id, {})
+        self._devices[device_id] = configs
         for topic in old.keys() - configs.keys():
-            self._retire(topic)  # the profile has changed: what it no longer has goes
+            self._retire(topic)  # the profile or the allow list changed: what went goes
         for topic, body in configs.items():
+            if old.get(topic) == body and topic not in self._retiring:
+                continue  # the same config again: nothing for HA to do
             self._retiring.pop(topic, None)
             self._publish(topic, body)
 
+    def apply(self, config: GatewayConfig) -> None:
+        """A reloaded configuration: controls follow the new allow lists at once."""
+        self._ports = {p.name: p for p in config.ports}
+        for device_id in list(self._devices):
+            self._announce_device(device_id)
+
     def _retire_device(self, device_id: str) -> None:
+        self._facts.pop(device_id, None)
         for topic in self._devices.pop(device_id, {}):
             self._retire(topic)
 
