@@ -417,6 +417,16 @@ class MqttConnection:
             return None
         return self._client.publish_lean(topic, body)
 
+    def publish_qos0(self, topic: bytes, body: bytes) -> bool:
+        """Queue a QoS 0 publish (not retained, no properties) without paho's per-message
+        objects (``_Client.publish_lean``: ~20 us less per message); it goes out within
+        this loop turn. False when not connected."""
+        if not self.connected or self._client.publish_lean(topic, body, qos=0) is None:
+            return False
+        if self._flush_soon is None:
+            self._flush_soon = self._loop.call_soon(self._flush_responses)
+        return True
+
     def publish_response(self, topic: str, body: bytes,
                          correlation_data: bytes | None = None) -> int | None:
         """Queue a response (QoS 1, not retained) without paho's per-message objects (~7 KB

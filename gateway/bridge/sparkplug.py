@@ -430,8 +430,9 @@ class SparkplugNode:
             metrics.append(MetricSpec(value, kind, name=name, alias=self._alias("", name),
                                       timestamp_ms=now))
         self.seq = 0
-        self.mqtt.publish(self._topic("NBIRTH"), encode_payload(metrics, timestamp_ms=now, seq=0),
-                          qos=0, retain=False)
+        # Every message of a session goes the same (lean) way, so they leave in order.
+        self.mqtt.publish_qos0(self._topic("NBIRTH").encode(),
+                               encode_payload(metrics, timestamp_ms=now, seq=0))
         self.messages["NBIRTH"] += 1
         self._birthed = True
         self._born.clear()
@@ -493,7 +494,7 @@ class SparkplugNode:
         seq = (self.seq + 1) % 256
         body = encode_payload(specs, timestamp_ms=_ms(time.time()), seq=seq)
         self.seq = seq
-        self.mqtt.publish(self._topic(kind, device_id), body, qos=0, retain=False)
+        self.mqtt.publish_qos0(self._topic(kind, device_id).encode(), body)
         self.messages[kind] += 1
 
     # ------------------------------------------------------------------ commands
