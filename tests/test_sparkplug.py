@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import math
+import random
 import signal
 import struct
 import sys
@@ -908,3 +909,47 @@ async def test_e2e_ndeath_after_sigkill_of_the_gateway(tmp_path, broker, spb):
     bdseq = of(spb, "NBIRTH")[0].by_name()["bdSeq"].value()
     assert of(spb, "NDEATH")[0].by_name()["bdSeq"].value() == bdseq
     assert not of(spb, "DDEATH", "sim-0")  # killed: no word of its own, the will says it all
+
+
+async def test_hostile_commands_are_refused_and_the_node_goes_on(tmp_path, broker, spb):
+    """Whatever arrives on NCMD, DCMD and STATE (random bytes, payloads of the right shape
+    with wrong names, aliases, datatypes and values) is refused and counted, never a crash:
+    afterwards the node still streams and a Rebirth still works."""
+    rng = random.Random(17)
+    garbage = [rng.randbytes(rng.randrange(0, 80)) for _ in range(60)]
+    shaped = [wire.command([wire.command_metric(value, datatype, name=name, alias=alias)],
+                           rng.randrange(2**40))
+              for value, datatype, name, alias in (
+                  (True, wire.BOOLEAN, "Node Control/Reboot", None),
+                  ("x", wire.STRING, "keys/interval_ms", None),  # a string for a u32
+                  (2**40, wire.UINT64, "keys/interval_ms", None),  # beyond u32
+                  (5, wire.UINT32, None, 999_999),  # no such alias
+                  (5, wire.UINT32, "status/temperature_c", None),  # not a key
+                  (5, wire.UINT32, "keys/fw_build", None),  # read-only
+                  (True, wire.BOOLEAN, None, None))]  # neither name nor alias
+    async with node_stack(tmp_path, broker) as stack:
+        await wait_for(lambda: stack.node.ready and len(of(spb, "DBIRTH", "sim-1")),
+                       timeout=10, what="births")
+        host = Client(broker.port)
+        try:
+            for body in [*garbage, *shaped]:
+                host.publish(f"{SP}/NCMD/{NODE}", body)
+                host.publish(f"{SP}/DCMD/{NODE}/sim-0", body)
+                host.publish(f"{SP}/DCMD/{NODE}/nobody", body)
+            received = 3 * (len(garbage) + len(shaped))
+            await wait_for(lambda: stack.node.counters()["received"].get("NCMD", 0)
+                           + stack.node.counters()["received"].get("DCMD", 0) == received,
+                           timeout=15, what="every command taken")
+            # no write reached the device: every one was refused before the request path,
+            # or by it (the out-of-range ones are the request path's invalid)
+            assert all(payload.get("key") != "fw_build" for _, _, payload, _ in stack.submitted)
+            data = len(of(spb, "DDATA", "sim-0"))
+            await wait_for(lambda: len(of(spb, "DDATA", "sim-0")) > data + 3,
+                           what="data still flowing")
+            host.publish(f"{SP}/NCMD/{NODE}", wire.command(
+                [wire.command_metric(True, wire.BOOLEAN, name="Node Control/Rebirth")],
+                int(time.time() * 1000)))
+            await wait_for(lambda: len(of(spb, "NBIRTH")) == 2, what="a rebirth still works")
+            assert stack.node.ready
+        finally:
+            host.close()
