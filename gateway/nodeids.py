@@ -13,7 +13,6 @@ import asyncio
 import heapq
 import json
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -23,7 +22,7 @@ from typing import Any
 
 from gateway.errors import NodeIdsExhausted
 from gateway.logs import Recurring
-from gateway.statefiles import aside_path
+from gateway.statefiles import aside_path, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -183,22 +182,7 @@ class NodeIdStore:
                           for uid, (node_id, seen) in items)
         text = f'{{"version": {FILE_VERSION}, "nodes": {{\n{body}\n}}}}\n'
         with self._write_lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            try:
-                with tmp.open("w", encoding="utf-8") as out:
-                    out.write(text)
-                    out.flush()
-                    os.fsync(out.fileno())
-                tmp.replace(self.path)
-            except OSError:
-                tmp.unlink(missing_ok=True)
-                raise
-            directory = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)  # the rename itself survives a power cut
-            finally:
-                os.close(directory)
+            write_atomically(self.path, text)
             self.writes += 1
 
     # ------------------------------------------------------------------ reading

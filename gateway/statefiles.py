@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from pathlib import Path
 
@@ -17,3 +18,26 @@ def aside_path(path: Path) -> Path:
             return aside
         aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
     raise AssertionError("unreachable")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a crash or a power cut leaves the old file or
+    the new one, never a mix: a temporary file beside it, fsync, rename, fsync of the
+    directory (the rename itself survives). ``OSError`` if the disk refuses (the temporary
+    file is removed; the old file stays)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from gateway.config import GatewayConfig
 from gateway.frames.profiles import DeviceProfile, FieldSpec
 from gateway.logs import Recurring
 from gateway.session import DeviceRenamed, DeviceState, StateChange
-from gateway.statefiles import aside_path
+from gateway.statefiles import aside_path, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -152,23 +151,7 @@ class BdSeqFile:
         return value
 
     def _write(self, value: int) -> None:
-        """Atomically: a temporary file, fsync, rename, fsync of the directory."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        try:
-            with tmp.open("w", encoding="utf-8") as out:
-                out.write(json.dumps({"version": _FILE_VERSION, "bdSeq": value}) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-            tmp.replace(self.path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_atomically(self.path, json.dumps({"version": _FILE_VERSION, "bdSeq": value}) + "\n")
 
 
 class _Event(msgspec.Struct):
