@@ -480,8 +480,11 @@ async def test_glob_devices_are_announced_under_their_uid_ids_only(tmp_path, bro
 
                 want = {f"test-gw_{d}" for d in uid_ids} | {"mcp-gateway_test-gw"}
                 await wait_for(lambda: standing() == want, what="configs under uid ids only")
-                for device_id in uid_ids:
-                    topic = f"{HA}/sensor/test-gw_{device_id}/status_uptime_s/config"
+                topics = {d: f"{HA}/sensor/test-gw_{d}/status_uptime_s/config" for d in uid_ids}
+                # a node id stands once its first config has come: wait for the one read here
+                await wait_for(lambda: all(latest(late, HA).get(t) for t in topics.values()),
+                               what="the uptime configs")
+                for device_id, topic in topics.items():
                     config_body = json.loads(latest(late, HA)[topic])
                     assert config_body["state_topic"] == f"{P}/devices/{device_id}/events/status"
                     assert config_body["device"]["identifiers"] == [device_id[len("uid-"):]]
