@@ -4,7 +4,9 @@ stop the native fabric, and gets what it missed, in order, marked historical, wh
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 
 from gateway.bridge.spool import SpooledEvent
 from tests.harness import wait_for
@@ -80,3 +82,37 @@ async def test_an_output_that_is_down_holds_events_in_the_queue_and_gets_them_wh
         native_seqs = [e["seq"] for e in native if e["source"].endswith(device)]
         # Every event the native fabric carried, the output took (up to the last few).
         assert set(native_seqs[:-5]) <= set(seqs)
+
+
+def queued_on_disk(publisher) -> int:
+    """What the queue's file holds (committed), read on a connection of its own."""
+    publisher.spool.commit()
+    with contextlib.closing(sqlite3.connect(publisher.spool.path)) as db:
+        return db.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
+
+
+async def test_a_native_reconnect_while_an_output_is_down_sends_nothing_twice(tmp_path, broker):
+    """Events the broker acknowledged while an output was down wait for it in the queue; a
+    native reconnect meanwhile does not send them again (they were acknowledged), and when
+    the output is back each leaves the queue once: the queue's count stays its file's."""
+    recorder = Recorder()
+    async with stack(tmp_path, broker, outputs=[recorder]) as (_fleet, _gateway, bridge):
+        publisher = bridge.publisher
+        await wait_for(lambda: publisher.published >= 30, timeout=15, what="native events")
+        broker.stop()
+        await wait_for(lambda: not bridge.mqtt.connected, what="the broker gone")
+        published = publisher.published
+        broker.start()
+        await wait_for(lambda: bridge.mqtt.connected, timeout=15, what="reconnected")
+        await wait_for(lambda: publisher.published >= published + 20, timeout=15,
+                       what="native events after the reconnect")
+        # Only the events in flight at the loss (and those queued during it) went again.
+        assert publisher.published <= publisher.spool.last_id + publisher.window
+        recorder.ready = True
+        publisher.output_changed()
+        await wait_for(lambda: publisher.spool.count < 10, timeout=10, what="the queue emptied")
+        await wait_for(lambda: queued_on_disk(publisher) == publisher.spool.count,
+                       what="the count and the file agree")
+        assert publisher.spool.count >= 0
+    ids = [event_id for event_id, *_ in recorder.taken]
+    assert ids == sorted(set(ids)), "an event was taken twice or out of order"

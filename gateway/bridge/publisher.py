@@ -127,6 +127,8 @@ class EventPublisher:
         self._cursors = [_Cursor(output) for output in outputs]
         #: acknowledged events an extra output has not taken yet (a heap by id)
         self._held: list[_Held] = []
+        #: their ids: not sent natively again after a reconnect (acknowledged already)
+        self._held_ids: set[int] = set()
         self.published = 0
         #: events the broker refused (MQTT 5 PUBACK reason code >= 0x80)
         self.rejected = 0
@@ -274,16 +276,19 @@ class EventPublisher:
             unwritten = spool.first_unwritten if spool.error is not None else None
             # Extra outputs that have taken everything sent so far take these as they go.
             live = [c for c in self._cursors if c.upto >= before and c.output.ready]
+            held = self._held_ids
             for row in rows:
-                body = mark_replayed(row.body) if row.replayed or row.id <= replay_upto \
-                    else row.body  # fmt: skip
-                mid = mqtt.publish_event(row.topic.encode(), body)
-                if mid is None:
-                    return
-                in_flight[mid] = row
+                # One acknowledged before a reconnect (held for an output) is not sent again.
+                if not held or row.id not in held:
+                    body = mark_replayed(row.body) if row.replayed or row.id <= replay_upto \
+                        else row.body  # fmt: skip
+                    mid = mqtt.publish_event(row.topic.encode(), body)
+                    if mid is None:
+                        return
+                    in_flight[mid] = row
+                    if unwritten is not None and row.id >= unwritten:
+                        self.not_durable += 1
                 self._last_sent = row.id
-                if unwritten is not None and row.id >= unwritten:
-                    self.not_durable += 1
                 for cursor in live:
                     if row.id > cursor.upto:
                         cursor.take(row)
@@ -345,10 +350,11 @@ class EventPublisher:
             if self._cursors:
                 # An event stays queued until every extra output has taken it too.
                 upto = min(c.upto for c in self._cursors)
-                held = self._held
+                held, held_ids = self._held, self._held_ids
                 for row in acked:
-                    if row.id > upto:
+                    if row.id > upto and row.id not in held_ids:
                         heapq.heappush(held, _Held(row))
+                        held_ids.add(row.id)
                 acked = [row for row in acked if row.id <= upto]
             self.spool.remove(acked)
             # Deletes ride along with the next batch's commit, or go within COMMIT_DELAY_S:
@@ -363,7 +369,9 @@ class EventPublisher:
         upto = min(c.upto for c in self._cursors)
         done = []
         while held and held[0].id <= upto:
-            done.append(heapq.heappop(held).row)
+            row = heapq.heappop(held).row
+            self._held_ids.discard(row.id)
+            done.append(row)
         if done:
             self.spool.remove(done)
             self._schedule_commit(COMMIT_DELAY_S)
