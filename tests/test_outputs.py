@@ -9,22 +9,36 @@ import json
 import sqlite3
 
 from gateway.bridge.spool import SpooledEvent
+from gateway.session import DeviceRenamed, StateChange
 from tests.harness import wait_for
 from tests.mqtt_helpers import Client
 from tests.test_bridge import P, stack
 
 
 class Recorder:
-    """An output that takes events while ``ready`` says so."""
+    """An output that takes events while ``ready`` says so, and checks that no event of a
+    device comes after that device's offline (state changes in order with the events)."""
 
     def __init__(self) -> None:
         self.ready = False
         self.taken: list[tuple[int, str, int, bool]] = []  # (id, device, seq, historical)
+        #: (the id of the last event taken before it, device, state)
+        self.changes: list[tuple[int, str, str]] = []
+        self.states: dict[str, str] = {}
 
     def take(self, row: SpooledEvent, historical: bool) -> None:
         assert self.ready, "an event was handed to an output that is not ready"
         body = json.loads(row.body)
-        self.taken.append((row.id, body["source"].split("/")[1], body["seq"], historical))
+        device = body["source"].split("/")[1]
+        assert self.states.get(device) == "online", f"an event of {device} while it is " \
+            f"{self.states.get(device)} to the output"
+        self.taken.append((row.id, device, body["seq"], historical))
+
+    def device_changed(self, event: StateChange | DeviceRenamed) -> None:
+        if isinstance(event, StateChange):
+            self.states[event.device_id] = str(event.state)
+            self.changes.append((self.taken[-1][0] if self.taken else 0, event.device_id,
+                                 str(event.state)))
 
     def seqs(self, device: str) -> list[int]:
         return [seq for _, dev, seq, _ in self.taken if dev == device]
@@ -116,3 +130,81 @@ async def test_a_native_reconnect_while_an_output_is_down_sends_nothing_twice(tm
         assert publisher.spool.count >= 0
     ids = [event_id for event_id, *_ in recorder.taken]
     assert ids == sorted(set(ids)), "an event was taken twice or out of order"
+
+
+async def test_a_device_that_goes_offline_while_an_output_is_down_dies_after_its_events(
+        tmp_path, broker):
+    """The output hears of a device's offline where it is in the queue: after the device's
+    last events, which it still gets (historical), never before them."""
+    recorder = Recorder()
+    async with stack(tmp_path, broker, outputs=[recorder]) as (fleet, gateway, bridge):
+        publisher = bridge.publisher
+        await wait_for(lambda: publisher.published >= 10, timeout=15, what="native events")
+        recorder.ready = True
+        publisher.output_changed()
+        await wait_for(lambda: len(recorder.taken) >= 10, what="the output live")
+        recorder.ready = False
+        publisher.output_changed()
+        down_from = recorder.taken[-1][0]
+        await wait_for(lambda: publisher.spool.last_id >= down_from + 10, what="more events")
+        await fleet.devices[1].unplug()
+        await wait_for(lambda: str(gateway.device("sim-1").state) == "offline",
+                       what="sim-1 offline")
+        last_of_sim1 = publisher.spool.last_id
+        assert recorder.states["sim-1"] == "online"  # not yet: its events are still to come
+        recorder.ready = True
+        publisher.output_changed()
+        await wait_for(lambda: recorder.states.get("sim-1") == "offline", timeout=10,
+                       what="the output told sim-1 is offline")
+        died_after = next(taken for taken, dev, state in recorder.changes
+                          if dev == "sim-1" and state == "offline")
+        sim1 = [event_id for event_id, dev, *_ in recorder.taken if dev == "sim-1"]
+        assert sim1[-1] <= died_after <= last_of_sim1
+        assert [e for e in sim1 if e > down_from], "its events from the outage were taken"
+        assert all(historical for event_id, dev, _, historical in recorder.taken
+                   if dev == "sim-1" and event_id > down_from)
+
+
+async def test_what_waits_for_a_down_output_stays_within_the_queues_bounds(tmp_path, broker):
+    """While an output is down for long the queue fills and drops its oldest, counted; what
+    the publisher holds for the output goes with them (it grew with all traffic before)."""
+    recorder = Recorder()
+    async with stack(tmp_path, broker, outputs=[recorder],
+                     queue={"max_messages": 40}) as (_fleet, _gateway, bridge):
+        publisher = bridge.publisher
+        await wait_for(lambda: publisher.spool.dropped >= 40, timeout=20,
+                       what="the queue full, its oldest dropped")
+        await wait_for(lambda: publisher.published >= 100, timeout=20, what="native events")
+        assert publisher.held <= 40
+        recorder.ready = True
+        publisher.output_changed()
+        await wait_for(lambda: publisher.spool.count < 10 and publisher.held < 10,
+                       timeout=10, what="the output caught up, the queue emptied")
+        ids = [event_id for event_id, *_ in recorder.taken]
+        assert ids == sorted(set(ids))
+        assert ids[0] > 40  # what was dropped was not sent to it
+
+
+class Failing(Recorder):
+    """An output that fails on every fifth event (a bug, a value it cannot hold)."""
+
+    def take(self, row: SpooledEvent, historical: bool) -> None:
+        if row.id % 5 == 0:
+            raise ValueError(f"cannot take {row.id}")
+        super().take(row, historical)
+
+
+async def test_an_output_that_fails_on_an_event_skips_it_and_the_queue_goes_on(
+        tmp_path, broker, caplog):
+    failing = Failing()
+    failing.ready = True
+    async with stack(tmp_path, broker, outputs=[failing]) as (_fleet, _gateway, bridge):
+        publisher = bridge.publisher
+        await wait_for(lambda: len(failing.taken) >= 40, timeout=15, what="events taken")
+        await wait_for(lambda: publisher.spool.count < 10, what="the queue still emptying")
+    ids = [event_id for event_id, *_ in failing.taken]
+    assert ids
+    assert all(event_id % 5 for event_id in ids)
+    failures = [r for r in caplog.records if "failed on a queued event" in r.getMessage()]
+    assert len(failures) == 1  # once, then counted
+    assert "cannot take 5" in failures[0].getMessage()

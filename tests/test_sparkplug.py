@@ -36,8 +36,9 @@ from gateway.bridge.envelope import event_body
 from gateway.bridge.sparkplug import STATE_FILE, BdSeqFile, SparkplugNode
 from gateway.bridge.sparkplug_payload import DataType, MetricSpec, encode_payload
 from gateway.bridge.spool import SpooledEvent
-from gateway.config import parse_config
+from gateway.config import load_config, parse_config
 from gateway.errors import InvalidRequest
+from gateway.reload import Reloader
 from gateway.session import TelemetryEvent
 from tests import sparkplug_wire as wire
 from tests.harness import wait_for
@@ -953,3 +954,88 @@ async def test_hostile_commands_are_refused_and_the_node_goes_on(tmp_path, broke
             assert stack.node.ready
         finally:
             host.close()
+
+
+async def test_e2e_a_device_lost_during_an_outage_gets_its_data_then_its_death(
+        tmp_path, broker, spb):
+    """A device that goes offline while the node has no session (the primary host went
+    offline) is born in the next session where the node is in the queue: its waited events
+    come as historical DDATA, then its DDEATH; never data after the death."""
+    host = Client(broker.port, client_id="scada-outage")
+
+    def state(online: bool) -> None:
+        host.client.publish("spBv1.0/STATE/scada", json.dumps(
+            {"online": online, "timestamp": int(time.time() * 1000)}),
+            qos=1, retain=True).wait_for_publish(5)
+
+    sparkplug = {"primary_host_id": "scada"}
+    async with bridge_stack(tmp_path, broker, sparkplug=sparkplug) as (fleet, gateway, bridge,
+                                                                      node):
+        await wait_for(lambda: node.mqtt.subscribed, timeout=10, what="node subscribed")
+        state(True)
+        await wait_for(lambda: node.ready and of(spb, "DDATA", "sim-1"), timeout=10,
+                       what="the first session's data")
+        state(False)
+        await wait_for(lambda: not node.ready, timeout=10, what="the session over")
+        queued = bridge.spool.last_id
+        await wait_for(lambda: bridge.spool.last_id >= queued + 6, what="events meanwhile")
+        await fleet.devices[1].unplug()
+        await wait_for(lambda: str(gateway.device("sim-1").state) == "offline",
+                       what="sim-1 offline")
+        await wait_for(lambda: node.mqtt.subscribed, timeout=10, what="the node back, waiting")
+        state(True)
+        await wait_for(lambda: len(of(spb, "NBIRTH")) == 2 and of(spb, "DDEATH", "sim-1"),
+                       timeout=15, what="the second session, and sim-1's death in it")
+        messages = node_messages(spb)
+        start = max(i for i, (kind, _, _) in enumerate(messages) if kind == "NBIRTH")
+        session = messages[start:]
+        kinds = [(kind, device) for kind, device, _ in session]
+        assert ("DBIRTH", "sim-1") in kinds
+        death = kinds.index(("DDEATH", "sim-1"))
+        waited = [p for kind, device, p in session[:death] if (kind, device) == ("DDATA", "sim-1")]
+        assert waited, "sim-1's events from the outage were not sent"
+        assert all(m.is_historical for p in waited for m in p.metrics)
+        assert ("DDATA", "sim-1") not in kinds[death:]
+        assert_seq_contiguous(session)
+    host.close()
+
+
+async def test_e2e_a_profile_change_that_a_kept_value_does_not_fit_is_born_with_nulls(
+        tmp_path, broker, spb, caplog):
+    """A reload gives a device a profile whose field is now a u8: the 21-ish temperature the
+    node kept as a Double would not encode as it, so the device is born with its values
+    null (logged), not left unborn and not the gateway stopped."""
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "narrow.toml").write_text(
+        'name = "narrow"\n[[events]]\nid = 0x20\nname = "status"\nfields = [\n'
+        '  { name = "temperature_c", type = "u8" },\n]\n')
+    links = tmp_path / "links"
+    path = tmp_path / "gateway.toml"
+
+    def write(profile: str) -> None:
+        path.write_text(
+            f'gateway_id = "{NODE}"\nstate_dir = "{tmp_path / "state"}"\n'
+            f'profiles_dir = "{profiles}"\n[broker]\nurl = "{broker.url}"\n'
+            '[sparkplug]\nenabled = true\n'
+            f'[[ports]]\nname = "sim-0"\npath = "{links / "sim-0"}"\nprofile = "{profile}"\n')
+
+    write("env-sensor")
+    async with Fleet(FleetSpec(count=1, interval_ms=100, link_dir=links)):
+        config = load_config(path)
+        gateway = Gateway(config)
+        async with Bridge(gateway, config) as bridge, gateway:
+            Reloader(path, gateway, bridge)
+            await wait_for(lambda: len(of(spb, "DDATA", "sim-0")) >= 3, timeout=10,
+                           what="data with the first profile")
+            write("narrow")
+            assert bridge.reloader is not None
+            assert (await bridge.reloader()).restarted == ["sim-0"]
+            await wait_for(lambda: len(of(spb, "DBIRTH", "sim-0")) == 2, timeout=10,
+                           what="the device born again with its new profile")
+            reborn = of(spb, "DBIRTH", "sim-0")[1].by_name()["status/temperature_c"]
+            assert reborn.datatype == wire.UINT8
+            assert reborn.is_null
+            assert bridge.sparkplug is not None
+            assert bridge.sparkplug.ready
+    assert "does not fit" in caplog.text

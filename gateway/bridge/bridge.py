@@ -238,11 +238,10 @@ class Bridge:
         self.publisher.output_changed()  # built after the node: looked up when called
 
     def _device_changed(self, event: StateChange | DeviceRenamed) -> None:
-        """A device's state change, in order with its events: the integrations' births."""
+        """A device's state change, in order with its events: Home Assistant's configs (the
+        publisher hands it to each extra output where that output is in the queue)."""
         if self.homeassistant is not None:
             self.homeassistant.take(event)
-        if self.sparkplug is not None:
-            self.sparkplug.device_changed(event)
 
     def _on_other_ack(self, mid: int) -> None:
         """The PUBACK of a publish that is not an event: a status's, a discovery config's."""

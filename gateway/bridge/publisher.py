@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -50,7 +51,9 @@ class EventOutput(Protocol):
     """Another way the queued events leave besides the native fabric (Sparkplug B): it is
     handed every event in queue order, each once, while ``ready``. It takes an event
     synchronously (Sparkplug publishes at QoS 0: there is no PUBACK to wait for), so how far
-    it has got is one id. When it is not ready, the queue keeps what it has not taken."""
+    it has got is one id. When it is not ready, the queue keeps what it has not taken.
+    Devices' state changes reach it in order with the events, where it is in the queue: a
+    device that went offline during its outage is offline to it only after its last events."""
 
     @property
     def ready(self) -> bool:
@@ -61,11 +64,17 @@ class EventOutput(Protocol):
         """One queued event; ``historical``: it waited out this output's outage."""
         ...
 
+    def device_changed(self, event: StateChange | DeviceRenamed) -> None:
+        """A device's state change, after every event queued before it."""
+        ...
+
 
 class _Cursor:
-    """How far an extra output has taken the queue."""
+    """How far an extra output has taken the queue, and the state changes it has yet to
+    get (each after the events queued before it)."""
 
-    __slots__ = ("output", "replay_upto", "upto", "was_ready")
+    __slots__ = ("changes", "failing", "failures", "output", "replay_upto", "upto",
+                 "was_ready")
 
     def __init__(self, output: EventOutput) -> None:
         self.output = output
@@ -74,10 +83,43 @@ class _Cursor:
         #: events with ids up to this waited out this output's outage
         self.replay_upto = 0
         self.was_ready = False
+        #: (the last event id queued before it, the change), oldest first
+        self.changes: deque[tuple[int, StateChange | DeviceRenamed]] = deque()
+        #: events (and changes) the output failed on: skipped, logged once, counted
+        self.failures = 0
+        self.failing = Recurring(log, f"{type(output).__name__} failed on a queued event "
+                                 "(skipped)")
 
     def take(self, row: SpooledEvent) -> None:
-        self.output.take(row, row.replayed or row.id <= self.replay_upto)
+        changes = self.changes
+        while changes and changes[0][0] < row.id:
+            self._deliver(changes.popleft()[1])
+        try:
+            self.output.take(row, row.replayed or row.id <= self.replay_upto)
+        except Exception as exc:  # one bad row must not stop the queue, nor every restart
+            self.failures += 1
+            self.failing.occurred(f"event {row.id} on {row.topic}: {exc!r}")
         self.upto = row.id
+
+    def change(self, mark: int, event: StateChange | DeviceRenamed) -> None:
+        """A state change after the events up to ``mark``: now if the output has taken
+        them, else when it has."""
+        if not self.changes and self.upto >= mark:
+            self._deliver(event)
+        else:
+            self.changes.append((mark, event))
+
+    def caught_up(self, last_id: int) -> None:
+        """Every queued event is taken: the changes after them are due."""
+        while self.changes and self.changes[0][0] <= max(self.upto, last_id):
+            self._deliver(self.changes.popleft()[1])
+
+    def _deliver(self, event: StateChange | DeviceRenamed) -> None:
+        try:
+            self.output.device_changed(event)
+        except Exception as exc:
+            self.failures += 1
+            self.failing.occurred(f"a state change of {event.device_id}: {exc!r}")
 
 
 class _Held:
@@ -209,6 +251,9 @@ class EventPublisher:
                     status_mids.append(mid)
                 if not isinstance(event, StateChange) or event.state != "connecting":
                     self._on_device_change(event)
+                    mark = spool.last_id
+                    for cursor in self._cursors:
+                        cursor.change(mark, event)
         if states_changed:
             self._on_states_changed()
         if rows:
@@ -297,13 +342,17 @@ class EventPublisher:
         """Extra outputs behind the native sends (back after their own outage) or ahead of
         them (the native connection is down) read the queue themselves, a batch per turn."""
         advanced = False
+        last_id = self.spool.last_id
         for cursor in self._cursors:
+            if cursor.changes and cursor.upto >= last_id:
+                cursor.caught_up(last_id)  # live, and every event taken
             for _ in range(_BATCH // 100):
                 if not cursor.output.ready or (
                         self.mqtt.connected and cursor.upto >= self._last_sent):
                     break  # not ready, or live: it goes along with the native sends
                 rows = self.spool.peek(cursor.upto, 100)
                 if not rows:
+                    cursor.caught_up(self.spool.last_id)
                     break
                 for row in rows:
                     cursor.take(row)
@@ -351,8 +400,9 @@ class EventPublisher:
                 # An event stays queued until every extra output has taken it too.
                 upto = min(c.upto for c in self._cursors)
                 held, held_ids = self._held, self._held_ids
+                dropped = self.spool.dropped_upto
                 for row in acked:
-                    if row.id > upto and row.id not in held_ids:
+                    if upto < row.id and row.id not in held_ids and row.id > dropped:
                         heapq.heappush(held, _Held(row))
                         held_ids.add(row.id)
                 acked = [row for row in acked if row.id <= upto]
@@ -364,9 +414,10 @@ class EventPublisher:
             self._backpressure()
 
     def _release(self) -> None:
-        """Acknowledged events every extra output has now taken leave the queue."""
+        """Acknowledged events every extra output has now taken leave the queue; those the
+        queue dropped meanwhile (full, while an output was down) are forgotten."""
         held = self._held
-        upto = min(c.upto for c in self._cursors)
+        upto = max(min(c.upto for c in self._cursors), self.spool.dropped_upto)
         done = []
         while held and held[0].id <= upto:
             row = heapq.heappop(held).row
@@ -376,6 +427,11 @@ class EventPublisher:
             self.spool.remove(done)
             self._schedule_commit(COMMIT_DELAY_S)
             self._backpressure()
+
+    @property
+    def held(self) -> int:
+        """Events the broker has acknowledged that wait in the queue for an extra output."""
+        return len(self._held)
 
     def _schedule_commit(self, delay: float) -> None:
         if self._retry_s is not None:

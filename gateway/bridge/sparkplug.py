@@ -258,7 +258,7 @@ class SparkplugNode:
     async def run(self) -> None:
         """Keep the node's connection up until cancelled; an offline STATE of the primary
         host ends the session and a new connection starts it again (the specification)."""
-        while True:
+        while not self._stopping:
             self._restart.clear()
             connection = asyncio.create_task(self.mqtt.run(), name="sparkplug-mqtt")
             restart = asyncio.create_task(self._restart.wait(), name="sparkplug-restart")
@@ -445,8 +445,23 @@ class SparkplugNode:
         except UnknownDevice:
             return  # gone again before its birth (a removed port)
         metrics = self._device_metrics(device_id, profile)
+        self._born[device_id] = metrics
+        try:
+            self._publish_device("DBIRTH", device_id,
+                                 self._birth_specs(device_id, metrics, known=True))
+        except ValueError as exc:
+            # A value kept from before does not fit its metric now (a reload changed the
+            # profile): born with every value unknown instead, never not born.
+            self._bad_value.occurred(f"DBIRTH of {device_id}: {exc}; its values are null")
+            self._values.pop(device_id, None)
+            self._publish_device("DBIRTH", device_id,
+                                 self._birth_specs(device_id, metrics, known=False))
+
+    def _birth_specs(self, device_id: str, metrics: dict[str, MetricDef], *,
+                     known: bool) -> list[MetricSpec]:
+        """A DBIRTH's metrics: each with its last known value (``known``) or null."""
         now = _ms(time.time())
-        values = self._values.get(device_id, {})
+        values = self._values.get(device_id, {}) if known else {}
         specs = []
         for metric in metrics.values():
             value, stamp = values.get(metric.name, (None, now))
@@ -463,8 +478,7 @@ class SparkplugNode:
             text = value if isinstance(value, str) else json.dumps(value)
             specs.append(MetricSpec(text, DataType.STRING, name=name,
                                     alias=self._alias(device_id, name), timestamp_ms=now))
-        self._born[device_id] = metrics
-        self._publish_device("DBIRTH", device_id, specs)
+        return specs
 
     def _device_death(self, device_id: str) -> None:
         if self._born.pop(device_id, None) is None:
@@ -524,6 +538,7 @@ class SparkplugNode:
             log.warning("Sparkplug: primary host %s is offline: the node ends its session and "
                         "connects again", self.primary_host_id)
             self._host_online = False
+            self._set_ready(False)  # nothing more is handed to a session that is ending
             self._restart.set()
 
     def _node_command(self, body: bytes) -> None:
@@ -618,11 +633,15 @@ class SparkplugNode:
                    stamp: int | None = None) -> None:
         """A key's value as the device has it: DDATA (if its device is still born)."""
         stamp = _ms(time.time()) if stamp is None else stamp
-        self._values.setdefault(device_id, {})[metric.name] = (value, stamp)
         if self._ready and device_id in self._born:
-            self._publish_device("DDATA", device_id, [MetricSpec(
-                value, metric.datatype, alias=metric.alias, timestamp_ms=stamp,
-                with_datatype=False)])
+            try:
+                self._publish_device("DDATA", device_id, [MetricSpec(
+                    value, metric.datatype, alias=metric.alias, timestamp_ms=stamp,
+                    with_datatype=False)])
+            except ValueError as exc:  # not a value of its datatype: nothing was sent
+                self._bad_value.occurred(f"{metric.name} of {device_id}: {exc}")
+                return
+        self._values.setdefault(device_id, {})[metric.name] = (value, stamp)
 
 
 def _flatten(stats: dict[str, Any], prefix: str) -> list[tuple[str, int | float | bool]]:

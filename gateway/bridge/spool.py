@@ -350,6 +350,11 @@ class Spool:
         return self._seqs.get(device_id, 0)
 
     @property
+    def dropped_upto(self) -> int:
+        """Every event with an id up to this has left the queue by being dropped (full)."""
+        return self._dropped_upto
+
+    @property
     def last_id(self) -> int:
         """The id of the newest event ever added (0 if none): every event queued so far has
         an id up to it."""
