@@ -593,7 +593,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>", *,
     broker = _broker(errors, data.get("broker"), gateway_id)
     queue = _table_group(errors, data, "queue", QueueSettings)
     homeassistant = _table_group(errors, data, "homeassistant", HomeAssistantSettings)
-    _check_topic(errors, "homeassistant.discovery_prefix", homeassistant.discovery_prefix)
+    wrong = _topic_prefix_error(homeassistant.discovery_prefix)
+    if wrong:
+        errors.add("homeassistant.discovery_prefix", homeassistant.discovery_prefix, wrong)
     sparkplug = _table_group(errors, data, "sparkplug", SparkplugSettings)
     for name in ("group_id", "edge_node_id", "primary_host_id"):
         _check_sparkplug_id(errors, f"sparkplug.{name}", getattr(sparkplug, name))
@@ -645,18 +647,15 @@ def _table_group(errors: _Errors, data: dict[str, Any], name: str, cls: type[G])
     return parse_group(cls, raw, name, errors.add)
 
 
-def _check_topic(errors: _Errors, path: str, topic: str) -> None:
-    """A topic prefix: levels without wildcards, no empty level, not a $ topic."""
-    if not topic or topic.startswith("$") or any(
-            not level or "+" in level or "#" in level for level in topic.split("/")):
-        errors.add(path, topic, "is not a topic prefix; expected levels separated by /, "
-                   "without + or #, not starting with $")
-
-
 def _check_sparkplug_id(errors: _Errors, path: str, value: str | None) -> None:
-    """A Sparkplug group, edge node or host id: a topic level (no /, + or #)."""
-    if value is not None and any(c in value for c in "/+#"):
+    """A Sparkplug group, edge node or host id: a topic level (no /, + or #), and one a
+    broker takes (``_mqtt_string_error``)."""
+    if value is None:
+        return
+    if any(c in value for c in "/+#"):
         errors.add(path, value, "is not a Sparkplug id; it must not contain /, + or #")
+    elif wrong := _mqtt_string_error(value):
+        errors.add(path, value, f"is not a Sparkplug id: it {wrong}")
 
 
 def _gateway_allow(errors: _Errors, data: dict[str, Any]) -> tuple[str, ...]:
