@@ -73,8 +73,7 @@ class _Cursor:
     """How far an extra output has taken the queue, and the state changes it has yet to
     get (each after the events queued before it)."""
 
-    __slots__ = ("changes", "failing", "failures", "output", "replay_upto", "upto",
-                 "was_ready")
+    __slots__ = ("changes", "failing", "output", "replay_upto", "upto", "was_ready")
 
     def __init__(self, output: EventOutput) -> None:
         self.output = output
@@ -85,8 +84,7 @@ class _Cursor:
         self.was_ready = False
         #: (the last event id queued before it, the change), oldest first
         self.changes: deque[tuple[int, StateChange | DeviceRenamed]] = deque()
-        #: events (and changes) the output failed on: skipped, logged once, counted
-        self.failures = 0
+        #: events (and changes) the output failed on: skipped, logged once, then counted
         self.failing = Recurring(log, f"{type(output).__name__} failed on a queued event "
                                  "(skipped)")
 
@@ -97,7 +95,6 @@ class _Cursor:
         try:
             self.output.take(row, row.replayed or row.id <= self.replay_upto)
         except Exception as exc:  # one bad row must not stop the queue, nor every restart
-            self.failures += 1
             self.failing.occurred(f"event {row.id} on {row.topic}: {exc!r}")
         self.upto = row.id
 
@@ -109,30 +106,16 @@ class _Cursor:
         else:
             self.changes.append((mark, event))
 
-    def caught_up(self, last_id: int) -> None:
-        """Every queued event is taken: the changes after them are due."""
-        while self.changes and self.changes[0][0] <= max(self.upto, last_id):
+    def caught_up(self) -> None:
+        """Every queued event is taken: every change waiting is due."""
+        while self.changes:
             self._deliver(self.changes.popleft()[1])
 
     def _deliver(self, event: StateChange | DeviceRenamed) -> None:
         try:
             self.output.device_changed(event)
         except Exception as exc:
-            self.failures += 1
             self.failing.occurred(f"a state change of {event.device_id}: {exc!r}")
-
-
-class _Held:
-    """An event the broker acknowledged that an extra output has not taken yet (heap order)."""
-
-    __slots__ = ("id", "row")
-
-    def __init__(self, row: SpooledEvent) -> None:
-        self.id = row.id
-        self.row = row
-
-    def __lt__(self, other: _Held) -> bool:
-        return self.id < other.id
 
 
 class EventPublisher:
@@ -167,8 +150,9 @@ class EventPublisher:
         #: the extra outputs (Sparkplug): an event leaves the queue once the broker has
         #: acknowledged it on the native fabric and every one of them has taken it
         self._cursors = [_Cursor(output) for output in outputs]
-        #: acknowledged events an extra output has not taken yet (a heap by id)
-        self._held: list[_Held] = []
+        #: acknowledged events an extra output has not taken yet: a heap of (id, event)
+        #: (ids are unique in it: ``_held_ids``)
+        self._held: list[tuple[int, SpooledEvent]] = []
         #: their ids: not sent natively again after a reconnect (acknowledged already)
         self._held_ids: set[int] = set()
         self.published = 0
@@ -345,14 +329,14 @@ class EventPublisher:
         last_id = self.spool.last_id
         for cursor in self._cursors:
             if cursor.changes and cursor.upto >= last_id:
-                cursor.caught_up(last_id)  # live, and every event taken
+                cursor.caught_up()  # live, and every event taken
             for _ in range(_BATCH // 100):
                 if not cursor.output.ready or (
                         self.mqtt.connected and cursor.upto >= self._last_sent):
                     break  # not ready, or live: it goes along with the native sends
                 rows = self.spool.peek(cursor.upto, 100)
                 if not rows:
-                    cursor.caught_up(self.spool.last_id)
+                    cursor.caught_up()
                     break
                 for row in rows:
                     cursor.take(row)
@@ -403,7 +387,7 @@ class EventPublisher:
                 dropped = self.spool.dropped_upto
                 for row in acked:
                     if upto < row.id and row.id not in held_ids and row.id > dropped:
-                        heapq.heappush(held, _Held(row))
+                        heapq.heappush(held, (row.id, row))
                         held_ids.add(row.id)
                 acked = [row for row in acked if row.id <= upto]
             self.spool.remove(acked)
@@ -419,9 +403,9 @@ class EventPublisher:
         held = self._held
         upto = max(min(c.upto for c in self._cursors), self.spool.dropped_upto)
         done = []
-        while held and held[0].id <= upto:
-            row = heapq.heappop(held).row
-            self._held_ids.discard(row.id)
+        while held and held[0][0] <= upto:
+            event_id, row = heapq.heappop(held)
+            self._held_ids.discard(event_id)
             done.append(row)
         if done:
             self.spool.remove(done)

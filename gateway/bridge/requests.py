@@ -107,8 +107,6 @@ class RequestServer:
         #: plain-value commands (``set``/``press`` topics) taken, and those not carried out
         self.plain = 0
         self.plain_failed = 0
-        #: requests of the integrations (Sparkplug DCMD)
-        self.submitted = 0
         self._loop = asyncio.get_running_loop()
         self._intake: deque[tuple[Message, float]] = deque()
         self._intake_bytes = 0
@@ -210,7 +208,6 @@ class RequestServer:
         the port's ``allow`` list, its rate limit), answered to ``done(status, payload,
         error)`` (a response's status word, payload and ``(code, message)``) instead of a
         topic; ``via`` is its source."""
-        self.submitted += 1
         request = RequestEnvelope(action=action, payload=dict(payload), source=via)
         self._serve_device_id(device_id, request, done, self._loop.time())
 

@@ -35,6 +35,7 @@ import msgspec
 
 from gateway.app import Gateway, UnknownDevice
 from gateway.bridge.mqtt import BrokerSettings, Message, MqttConnection
+from gateway.bridge.requests import Done
 from gateway.bridge.sparkplug_payload import (
     DataType,
     DecodeError,
@@ -65,8 +66,6 @@ DATATYPES: dict[str, DataType] = {
     "f64": DataType.DOUBLE, "bool": DataType.BOOLEAN, "utf8": DataType.STRING,
     "bytes": DataType.BYTES,
 }
-#: how a write through the request path is answered: (status, payload, error or None)
-Done = Callable[[str, dict[str, Any], "tuple[Any, str] | None"], None]
 
 
 class Submit(Protocol):
