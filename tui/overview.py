@@ -6,6 +6,7 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
@@ -76,7 +77,10 @@ class OverviewScreen(Screen):
         """Bring the health line and the table up to date (called by the app's timer)."""
         app: Any = self.app
         fabric = app.fabric
-        health = self.query_one("#health", Static)
+        try:
+            health = self.query_one("#health", Static)
+        except NoMatches:
+            return  # the app is closing: its timer fired after this screen's widgets went
         health.update(health_text(app.state, fabric.connected, fabric.reconnects,
                                   fabric.last_error, now=now, url=fabric.url))
         health.set_class(not fabric.connected, "down")
