@@ -50,8 +50,9 @@ def _add_broker_options(parser: argparse.ArgumentParser) -> None:
         "gateway's configuration file (its [broker] table and topic_prefix)")
     group.add_argument("--config", type=Path, metavar="FILE",
                        help="the gateway's config file: URL, protocol, credentials, TLS, prefix")
-    group.add_argument("--broker", metavar="URL",
-                       help=f"the broker (default {DEFAULT_BROKER}; mqtts:// for TLS)")
+    group.add_argument("--broker", metavar="URL[,URL...]",
+                       help=f"the broker (default {DEFAULT_BROKER}; mqtts:// for TLS), or a "
+                       "cluster's nodes separated by commas, tried in turn")
     group.add_argument("--protocol", type=int, choices=(3, 5),
                        help="MQTT version (default 5; 3 for brokers without MQTT 5)")
     group.add_argument("--prefix", help=f"topic prefix (default {DEFAULT_PREFIX})")
@@ -98,11 +99,16 @@ def _broker_client(args: argparse.Namespace) -> tuple[BrokerSettings, str]:
     if (args.cert_file is None) != (args.key_file is None):
         raise UsageError("--cert-file and --key-file go together")
     defaults = BrokerSettings()
-    settings = BrokerSettings(url=args.broker or defaults.url,
+    urls = tuple(url.strip() for url in (args.broker or defaults.url).split(","))
+    for url in urls:
+        BrokerSettings(url=url).endpoint()  # malformed: a usage error now, not a retry loop
+    if len({url.split("://", 1)[0] for url in urls}) > 1:
+        raise UsageError("--broker: the nodes mix mqtt:// and mqtts://; give one scheme "
+                         "(the TLS options apply to every node)")
+    settings = BrokerSettings(url=urls[0], urls=urls if len(urls) > 1 else (),
                               protocol=args.protocol or defaults.protocol,
                               username=args.username, password=password, ca_file=args.ca_file,
                               cert_file=args.cert_file, key_file=args.key_file)
-    settings.endpoint()  # a malformed URL is a usage error now, not a retry loop later
     return settings, args.prefix or DEFAULT_PREFIX
 
 

@@ -691,7 +691,9 @@ def effective(config: GatewayConfig) -> dict[str, Any]:
     if config.metrics_address is not None:
         doc["metrics"] = {"address": config.metrics_address}
     if config.broker is not None:
-        doc["broker"] = toml_table(config.broker)  # not the password: it has no key
+        broker = toml_table(config.broker)  # not the password: it has no key
+        del broker["url" if config.broker.urls else "urls"]  # the one the file gave
+        doc["broker"] = broker
     doc["queue"] = toml_table(config.queue)
     doc["homeassistant"] = toml_table(config.homeassistant)
     doc["sparkplug"] = toml_table(config.sparkplug)
@@ -710,6 +712,51 @@ def read_password_file(path: str) -> str:
     return Path(path).read_text(encoding="utf-8").strip()
 
 
+#: the most broker nodes ``urls`` may list (a cluster's, not a scan of a network)
+MAX_BROKER_URLS = 16
+
+
+def _broker_nodes(errors: _Errors, raw: dict[str, Any]) -> tuple[str, tuple[str, ...], bool]:
+    """``url`` or ``urls`` of a ``[broker]`` table: (the first node's URL, every node's URL
+    or () when only ``url`` is given, whether any is wrong). All nodes share one scheme, as
+    the TLS settings apply to every one."""
+    default = BrokerSettings().url
+    if "urls" not in raw:
+        url = raw.get("url", default)
+        wrong = _broker_url_error(url)
+        if wrong:
+            errors.add("broker.url", url, wrong)
+        return (url if isinstance(url, str) else default), (), wrong is not None
+    urls = raw["urls"]
+    if "url" in raw:
+        errors.add("broker.url", raw["url"], "is given with broker.urls; expected one of them "
+                   "(urls lists every node, url is a single broker)")
+    if not isinstance(urls, list) or not urls:
+        errors.add("broker.urls", urls, "is not a list of broker URLs; expected e.g. "
+                   '["mqtts://a:8883", "mqtts://b:8883"]')
+        return default, (), True
+    if len(urls) > MAX_BROKER_URLS:
+        errors.add("broker.urls", f"{len(urls)} URLs", f"lists too many nodes; expected at "
+                   f"most {MAX_BROKER_URLS}")
+    wrong = False
+    for index, url in enumerate(urls):
+        problem = _broker_url_error(url)
+        if problem:
+            errors.add(f"broker.urls[{index}]", url, problem)
+            wrong = True
+        elif urls.index(url) != index:
+            errors.add(f"broker.urls[{index}]", url, f"is listed twice (also at "
+                       f"broker.urls[{urls.index(url)}]); expected each node once")
+    if wrong:
+        return default, (), True
+    schemes = sorted({urlsplit(url).scheme for url in urls})
+    if len(schemes) > 1:
+        errors.add("broker.urls", urls, "mixes mqtt:// and mqtts://; expected one scheme for "
+                   "every node (the TLS settings apply to all of them)")
+        return default, (), True
+    return urls[0], tuple(urls), False
+
+
 def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerSettings | None:
     if raw is None:
         return None
@@ -724,11 +771,9 @@ def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerSettings | None
                    f"is an unknown key; expected one of {', '.join(broker_keys)}{hint}")
     # The embedded broker (amqtt) speaks MQTT 3.1.1 only.
     embedded = raw.get("embedded") is True
-    url = raw.get("url", BrokerSettings().url)
-    wrong_url = _broker_url_error(url)
-    if wrong_url:
-        errors.add("broker.url", url, wrong_url)
-    parsed = parse_group(BrokerSettings, raw, "broker", errors.add,
+    url, urls, wrong_url = _broker_nodes(errors, raw)
+    parsed = parse_group(BrokerSettings, {k: v for k, v in raw.items() if k != "urls"},
+                         "broker", errors.add,
                          adjust={"protocol": {"default": 3}} if embedded else None)
     if parsed.protocol == 5 and embedded:
         errors.add("broker.protocol", parsed.protocol, "cannot be used with embedded = true: "
@@ -742,7 +787,10 @@ def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerSettings | None
         if wrong:
             errors.add(f"broker.{key}", strings[key], wrong)
             strings[key] = None
-    if embedded and not wrong_url:
+    if embedded and urls:
+        errors.add("broker.urls", list(urls), "cannot be used with embedded = true: the "
+                   "embedded broker is one node, at broker.url")
+    elif embedded and not wrong_url:
         wrong = embedded_url_problem(url)
         if wrong:
             errors.add("broker.url", url, f"{wrong} (broker.embedded = true)")
@@ -754,9 +802,10 @@ def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerSettings | None
         for key in ("ca_file", "cert_file", "key_file", "tls_insecure"):
             value = strings.get(key) or flags.get(key)
             if value:
-                errors.add(f"broker.{key}", value, "is for TLS, and broker.url is mqtt:// "
-                           f"(no TLS), so it would be ignored; expected mqtts:// in "
-                           f"broker.url, or no {key}")
+                where = "broker.urls" if urls else "broker.url"
+                errors.add(f"broker.{key}", value, f"is for TLS, and {where} "
+                           f"{'are' if urls else 'is'} mqtt:// (no TLS), so it would be "
+                           f"ignored; expected mqtts:// in {where}, or no {key}")
     elif not wrong_url:
         _tls_errors(errors, strings)
     password = None
@@ -783,7 +832,8 @@ def _broker(errors: _Errors, raw: Any, gateway_id: Any) -> BrokerSettings | None
         errors.warn(f"broker.{source}", strings[source], "gives an empty password")
     return replace(
         parsed,
-        url=url if isinstance(url, str) else BrokerSettings().url,
+        url=url,
+        urls=urls,
         client_id=strings["client_id"] or f"mcp-gateway-{gateway_id}",
         username=strings["username"],
         password=password,

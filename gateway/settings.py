@@ -355,6 +355,10 @@ class BrokerSettings:
     #: ``gateway.config`` checks the URL (scheme, host, port)
     url: str = setting("mqtt://127.0.0.1:1883", "mqtt://host[:port] or mqtts://host[:port]",
                        kind="raw")
+    #: a broker cluster's nodes, tried in turn (``gateway.config`` fills it from ``url`` when
+    #: only that is given, and sets ``url`` to the first node)
+    urls: tuple[str, ...] = setting((), "broker cluster nodes, tried in turn (instead of url)",
+                                    kind="raw", shown="`[url]`")
     protocol: int = setting(5, "MQTT 5, or 3 for MQTT 3.1.1", choices=(5, 3),
                             noun="an MQTT version", expected="5 or 3 (MQTT 3.1.1)",
                             shown="`5` (`3` with `embedded = true`)")
@@ -372,11 +376,17 @@ class BrokerSettings:
     keepalive: int = setting(30, "MQTT keepalive", key=None, unit="s")
     window: int = setting(1000, "unacknowledged QoS 1 publishes in flight", key=None)
 
-    def endpoint(self) -> tuple[str, int, bool]:
-        """(host, port, tls) of the URL."""
-        parts = urlsplit(self.url)
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The URLs to connect to, in the order they are tried: ``urls``, else ``url``."""
+        return self.urls or (self.url,)
+
+    def endpoint(self, url: str | None = None) -> tuple[str, int, bool]:
+        """(host, port, tls) of ``url`` (default: ``self.url``)."""
+        url = self.url if url is None else url
+        parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise BrokerUrlError(f"broker url {self.url!r}: expected mqtt://host[:port] or "
+            raise BrokerUrlError(f"broker url {url!r}: expected mqtt://host[:port] or "
                                  "mqtts://host[:port]")
         tls = parts.scheme == "mqtts"
         return parts.hostname, parts.port or (8883 if tls else 1883), tls

@@ -278,3 +278,54 @@ def test_every_declared_key_is_documented_with_its_default(group):
         shown = shown_default(group, name)
         as_written = shown if declaration.shown or shown == "none" else f"`{shown}`"
         assert as_written in rows[declaration.key], declaration.key
+
+
+# ---------------------------------------------------------------- broker.urls (a cluster)
+
+CLUSTER = ["mqtt://a:1883", "mqtt://b:1883", "mqtt://c:1884"]
+
+
+def test_urls_lists_a_clusters_nodes_in_order_and_url_is_the_first():
+    broker = parse_config({"broker": {"urls": CLUSTER}}).broker
+    assert broker.nodes == tuple(CLUSTER)
+    assert broker.url == "mqtt://a:1883"
+    assert [broker.endpoint(url) for url in broker.nodes] == [
+        ("a", 1883, False), ("b", 1883, False), ("c", 1884, False)]
+
+
+def test_a_single_url_is_a_cluster_of_one():
+    broker = parse_config({"broker": {"url": "mqtt://a:1883"}}).broker
+    assert broker.nodes == ("mqtt://a:1883",)
+    assert broker.urls == ()
+
+
+@pytest.mark.parametrize(("broker", "expected"), [
+    ({"urls": []}, "broker.urls: [] is not a list of broker URLs"),
+    ({"urls": "mqtt://a"}, "broker.urls: 'mqtt://a' is not a list of broker URLs"),
+    ({"urls": ["mqtt://a", "http://b"]}, "broker.urls[1]: 'http://b' is not a broker URL"),
+    ({"urls": ["mqtt://a", 7]}, "broker.urls[1]: 7 is not a broker URL"),
+    ({"urls": ["mqtt://a", "mqtt://b", "mqtt://a"]},
+     "broker.urls[2]: 'mqtt://a' is listed twice (also at broker.urls[0])"),
+    ({"urls": ["mqtt://a", "mqtts://b"]}, "broker.urls: ['mqtt://a', 'mqtts://b'] mixes "
+     "mqtt:// and mqtts://"),
+    ({"urls": CLUSTER, "url": "mqtt://a:1883"}, "broker.url: 'mqtt://a:1883' is given with "
+     "broker.urls; expected one of them"),
+    ({"urls": [f"mqtt://n{i}" for i in range(17)]}, "broker.urls: '17 URLs' lists too many "
+     "nodes; expected at most 16"),
+    ({"urls": ["mqtt://127.0.0.1:1883"], "embedded": True},
+     "broker.urls: ['mqtt://127.0.0.1:1883'] cannot be used with embedded = true"),
+    ({"urls": ["mqtt://a"], "tls_insecure": True}, "broker.tls_insecure: True is for TLS, and "
+     "broker.urls are mqtt:// (no TLS), so it would be ignored; expected mqtts:// in "
+     "broker.urls, or no tls_insecure"),
+])
+def test_a_wrong_urls_is_an_error_naming_the_node(broker, expected):
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"broker": broker})
+    assert expected in str(caught.value)
+
+
+def test_the_effective_config_of_a_cluster_parses_back_to_it():
+    for broker in ({"urls": CLUSTER}, {"url": "mqtt://a:1883"}):
+        config = parse_config({"broker": broker})
+        again = parse_config(gateway.config.effective(config))
+        assert again.broker == config.broker

@@ -204,12 +204,15 @@ class RequestClient:
         self._settled.set()
 
     def _on_error(self, message: str) -> None:
-        if self._fail_fast:
-            self._fail(RequestFailed(message))
+        # One-shot: fails once every node of the cluster was tried (one: at once).
+        conn = self.conn
+        if self._fail_fast and conn.failed_attempts >= len(conn.nodes):
+            self._fail(RequestFailed(message if len(conn.nodes) == 1 else
+                                     f"no broker node answered: {conn.node_errors()}"))
 
     def _on_disconnect(self) -> None:
         if self._fail_fast:
-            self._fail(RequestFailed(f"lost the connection to {self.broker.url} before an "
+            self._fail(RequestFailed(f"lost the connection to {self.conn.url} before an "
                                      "answer came"))
 
     def _on_subscribed(self) -> None:
@@ -221,7 +224,7 @@ class RequestClient:
     def _status_missing(self) -> None:
         if not self._status_seen:
             self._fail(RequestFailed(
-                f"no gateway {self._gateway!r} on {self.broker.url}: no retained status on "
+                f"no gateway {self._gateway!r} on {self.conn.url}: no retained status on "
                 f"{self._status_topic} (is it running, with this gateway id and topic "
                 "prefix?)"), self._gateway)
 
@@ -246,7 +249,7 @@ class RequestClient:
         if state == "offline" or not isinstance(state, str):
             said = message.payload.decode("utf-8", "replace") or "(cleared)"
             what = f"is {state}" if isinstance(state, str) else "has no readable status"
-            self._fail(RequestFailed(f"gateway {self._gateway!r} on {self.broker.url} {what}: "
+            self._fail(RequestFailed(f"gateway {self._gateway!r} on {self.conn.url} {what}: "
                                      f"{message.topic} says {said}"), self._gateway)
 
     def _on_response(self, message: Message) -> None:

@@ -2,8 +2,9 @@
 
 paho's socket callbacks register the socket with the loop, as aiomqtt 2.x does; the loop
 calls ``loop_read``/``loop_write`` when the socket is ready and ``loop_misc`` every second.
-The connection reconnects by itself with backoff. Callbacks never await and never raise
-into paho: they resolve futures or call the owner's plain-function hooks.
+The connection reconnects by itself with backoff, to the next of a cluster's nodes
+(``BrokerSettings.nodes``) each time. Callbacks never await and never raise into paho: they
+resolve futures or call the owner's plain-function hooks.
 """
 
 from __future__ import annotations
@@ -219,7 +220,20 @@ class MqttConnection:
         on_connecting: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
-        self.host, self.port, self.tls = settings.endpoint()
+        #: the broker nodes, tried in turn: a lost connection or a failed attempt moves on to
+        #: the next (a node that is down is not tried again before the others)
+        self.nodes = settings.nodes
+        self._endpoints = [settings.endpoint(url) for url in self.nodes]
+        self._node = 0
+        #: the node of the last accepted connection (None before the first)
+        self._connected_node: int | None = None
+        #: connections accepted by another node than the one before
+        self.failovers = 0
+        #: the last connection error of each node (logged once until it changes)
+        self._node_errors: dict[int, str] = {}
+        #: connection attempts that failed since the last accepted one
+        self.failed_attempts = 0
+        self.host, self.port, self.tls = self._endpoints[0]
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
         self.on_message = on_message
@@ -255,6 +269,19 @@ class MqttConnection:
         self._misc: asyncio.TimerHandle | None = None
         self._loop_thread = threading.get_ident()
         self._client = self._make_client(will)
+
+    @property
+    def url(self) -> str:
+        """The node connected to, or tried next."""
+        return self.nodes[self._node]
+
+    def node_errors(self) -> str:
+        """Why the nodes could not be connected to: the last error of each, in order."""
+        return "; ".join(self._node_errors[i] for i in sorted(self._node_errors))
+
+    def _next_node(self) -> None:
+        self._node = (self._node + 1) % len(self.nodes)
+        self.host, self.port, self.tls = self._endpoints[self._node]
 
     @property
     def is_v5(self) -> bool:
@@ -315,6 +342,7 @@ class MqttConnection:
                     await self._lost
                     if self._closing:
                         return  # ``disconnect``: no reconnecting
+                self._next_node()
                 await asyncio.sleep(delay * rng.uniform(0.8, 1.2))
                 delay = min(delay * 2, BACKOFF_MAX_S)
         finally:
@@ -340,14 +368,14 @@ class MqttConnection:
             # A TCP (and TLS) connect blocks: done in a worker thread, then the loop drives it.
             await self._loop.run_in_executor(None, self._blocking_connect)
         except (OSError, ssl.SSLError, ValueError) as exc:
-            self._note_error(f"cannot connect to {self.settings.url}: {exc}")
+            self._note_error(f"cannot connect to {self.url}: {exc}")
             return False
         self._schedule_misc()
         try:
             async with asyncio.timeout(self.settings.keepalive):
                 accepted = await self._connected_future
         except TimeoutError:
-            self._note_error(f"{self.settings.url} did not answer CONNECT")
+            self._note_error(f"{self.url} did not answer CONNECT")
             self._client.disconnect()
             self._drop_socket()
             return False
@@ -360,8 +388,12 @@ class MqttConnection:
             self._client.connect(self.host, self.port, self.settings.keepalive)
 
     def _note_error(self, message: str) -> None:
-        (log.warning if message != self.last_error else log.debug)("%s", message)
+        # Once per node and reason: a cluster that is down is not a warning per attempt.
+        loud = message != self._node_errors.get(self._node)
+        (log.warning if loud else log.debug)("%s", message)
+        self._node_errors[self._node] = message
         self.last_error = message
+        self.failed_attempts += 1
         try:
             self.on_error(message)
         except Exception:
@@ -476,7 +508,7 @@ class MqttConnection:
         self.reads_held = hold
         if hold:
             log.debug("%d bytes wait to be sent to %s: reads paused", len(self._client.tx),
-                      self.settings.url)
+                      self.url)
             self._loop.remove_reader(sock)
         else:
             self._loop.add_reader(sock, self._read)
@@ -494,17 +526,25 @@ class MqttConnection:
                     properties: Any) -> None:
         future = self._connected_future
         if reason.is_failure:
-            self._note_error(f"{self.settings.url} refused the connection: {reason}")
+            self._note_error(f"{self.url} refused the connection: {reason}")
             if future is not None and not future.done():
                 future.set_result(False)
             return
         self.connected = True
         self.last_error = ""
+        self._node_errors.pop(self._node, None)
+        self.failed_attempts = 0
         # MQTT 5: the broker says how many QoS 1/2 publishes it takes unacknowledged
         # (Mosquitto's default is 20); absent means 65,535. 3.1.1 has no such limit.
         self.receive_maximum = (getattr(properties, "ReceiveMaximum", 65535)
                                 if self.is_v5 else None)
-        log.info("connected to %s", self.settings.url)
+        if self._connected_node is not None and self._connected_node != self._node:
+            self.failovers += 1
+            log.warning("connected to %s, failing over from %s (failover %d)", self.url,
+                        self.nodes[self._connected_node], self.failovers)
+        else:
+            log.info("connected to %s", self.url)
+        self._connected_node = self._node
         self._drop_stale_publishes()
         if future is not None and not future.done():
             future.set_result(True)
@@ -543,12 +583,12 @@ class MqttConnection:
         if self._connected_future is not None and not self._connected_future.done():
             # Closed before CONNACK: a TLS client certificate the broker refused, a broker
             # shutting down, a protocol it does not speak...
-            self._note_error(f"{self.settings.url} closed the connection before accepting "
+            self._note_error(f"{self.url} closed the connection before accepting "
                              f"it ({reason})")
             self._connected_future.set_result(False)
         if was:
             (log.info if self._closing else log.warning)(
-                "disconnected from %s: %s", self.settings.url, reason)
+                "disconnected from %s: %s", self.url, reason)
             try:
                 self.on_disconnect()
             except Exception:

@@ -107,6 +107,8 @@ class StatsReporter:
                 "spool_error": self.statuses.spool_error,
                 "rejected": publisher.rejected,
                 "reconnects": self.mqtt.reconnects,
+                "node": self.mqtt.url,
+                "failovers": self.mqtt.failovers,
                 **self.request_server.counters(),
             },
         }

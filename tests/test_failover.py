@@ -1,0 +1,171 @@
+"""Broker failover on a real clustered broker (issue 18): a two-node RabbitMQ cluster with its
+MQTT plugin (``tests/broker_cluster.py``), a real ``mcp-gateway run`` with ``[broker] urls``
+streaming from simulated devices, and a consumer on the other node.
+
+The node the gateway is connected to dies; the gateway moves to the next node, and a
+consumer that was on a surviving node all along gets every event (per device, every seq
+from the first it saw to the last, none missing), the statuses there say online, and
+requests are answered through the surviving nodes. MQTT 3.1.1: what RabbitMQ 3.10 speaks, so the
+3.1.1 envelope (reply address in the body) is what the requests exercise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.broker_cluster import RabbitCluster, rabbitmq_server
+from tests.harness import lacking
+from tests.mqtt_helpers import Client
+from tests.test_cli_run import Lines
+
+BIN = os.path.dirname(sys.executable)
+GW = "fo"
+P = f"mcp/v1/{GW}"
+DEVICES = 4
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    if rabbitmq_server() is None:
+        lacking("RabbitMQ is not installed (apt install rabbitmq-server)")
+    with RabbitCluster(tmp_path / "rabbitmq") as cluster:
+        yield cluster
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout} s for {what}")
+        time.sleep(0.05)
+
+
+def events_by_device(client: Client) -> dict[str, list[int]]:
+    """Every event's seq, per device, in arrival order (duplicates kept)."""
+    seqs: dict[str, list[int]] = {}
+    for message in client.on(f"{P}/devices/"):
+        if "/events/" in message.topic:
+            device = message.topic.split("/")[4]
+            seqs.setdefault(device, []).append(json.loads(message.payload)["seq"])
+    return seqs
+
+
+def gaps(seqs: list[int]) -> list[int]:
+    """The seqs missing between the first and the last one seen (QoS 1: a duplicate is
+    allowed, a hole is not)."""
+    seen = set(seqs)
+    return [seq for seq in range(min(seen), max(seen) + 1) if seq not in seen]
+
+
+def latest_json(client: Client, topic: str) -> dict | None:
+    messages = [m for m in client.on(topic) if m.topic == topic and m.payload]
+    return json.loads(messages[-1].payload) if messages else None
+
+
+def start_stack(tmp_path: Path, urls: list[str]) -> tuple[subprocess.Popen, subprocess.Popen,
+                                                          Lines, list[str]]:
+    links = tmp_path / "links"
+    sim = subprocess.Popen(
+        [os.path.join(BIN, "mcp-sim"), "--pty", "--count", str(DEVICES), "--link-dir",
+         str(links), "--interval-ms", "50"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    names = [sim.stdout.readline().split()[0] for _ in range(DEVICES)]
+    ports = "".join(f'[[ports]]\nname = "{name}"\npath = "{links / name}"\n'
+                    'allow = ["read", "ping"]\n' for name in names)
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        f'gateway_id = "{GW}"\nstate_dir = "{tmp_path / "state"}"\nstats_interval_s = 0.5\n'
+        f"[broker]\nurls = {json.dumps(urls)}\nprotocol = 3\n{ports}")
+    gw = subprocess.Popen([os.path.join(BIN, "mcp-gateway"), "run", "--config", str(config)],
+                          stderr=subprocess.PIPE, text=True)
+    return sim, gw, Lines(gw.stderr), names
+
+
+def stop_stack(sim: subprocess.Popen, gw: subprocess.Popen) -> None:
+    for proc in (gw, sim):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_the_gateway_fails_over_and_a_consumer_on_a_surviving_node_misses_nothing(
+        tmp_path, cluster):
+    urls = cluster.urls
+    consumer = Client(cluster.mqtt_ports[1], protocol=3, client_id="consumer")
+    consumer.subscribe(f"{P}/#")
+    sim, gw, lines, names = start_stack(tmp_path, urls)
+    try:
+        lines.until(f"connected to {urls[0]}", timeout=30)
+        wait_until(lambda: all(len(events_by_device(consumer).get(name, ())) >= 20
+                               for name in names), 30, "20 events of every device on node 1")
+        before = {name: len(seqs) for name, seqs in events_by_device(consumer).items()}
+
+        cluster.kill(0)  # the node the gateway is on dies: no clean close, no will
+        moved = lines.until(f"failing over from {urls[0]}", timeout=90)[-1]
+        now_on = next(i for i, url in enumerate(urls) if f"connected to {url}," in moved)
+
+        # The gateway streams on through node 1, where the consumer gets it all.
+        wait_until(lambda: all(len(events_by_device(consumer)[name]) >= before[name] + 40
+                               for name in names), 60, "40 more events of every device")
+        stats = wait_until(
+            lambda: (s := latest_json(consumer, f"{P}/stats")) and s["mqtt"]["failovers"] and s,
+            15, "stats saying the failover")
+        assert stats["mqtt"]["node"] == urls[now_on]
+        assert stats["mqtt"]["failovers"] == 1
+        assert stats["mqtt"]["connected"] is True
+
+        # Statuses, as the consumer got them live after the failover: all online again.
+        assert latest_json(consumer, f"{P}/status")["state"] == "online"
+        for name in names:
+            assert latest_json(consumer, f"{P}/devices/{name}/status")["state"] == "online"
+        # And retained on the node the gateway is on now, for a consumer that comes later.
+        late = Client(cluster.mqtt_ports[now_on], protocol=3, client_id="late")
+        try:
+            # Exact topics: RabbitMQ 3.10 sends retained messages for those only.
+            for topic in (f"{P}/status", *(f"{P}/devices/{name}/status" for name in names)):
+                late.subscribe(topic)
+            wait_until(lambda: latest_json(late, f"{P}/status"), 10, "the gateway's status")
+            assert latest_json(late, f"{P}/status")["state"] == "online"
+            for name in names:
+                status = wait_until(lambda n=name: latest_json(late, f"{P}/devices/{n}/status"),
+                                    10, f"{name}'s status")
+                assert status["state"] == "online", status
+        finally:
+            late.close()
+
+        # Requests are answered after the failover: the one-shot client tries the dead
+        # node first and goes on to the next (the 3.1.1 envelope carries the reply address).
+        for name in names[:2]:
+            answer = subprocess.run(
+                [os.path.join(BIN, "mcp-gateway"), "request", "--broker", ",".join(urls),
+                 "--protocol", "3", "--wait", "20", GW, name, "read", '{"key": "interval_ms"}'],
+                capture_output=True, text=True, timeout=60)
+            assert answer.returncode == 0, answer.stderr
+            response = json.loads(answer.stdout)
+            assert response["status"] == "ok"
+            assert response["payload"]["value"] == 50
+
+        stop_stack(sim, gw)
+        assert gw.returncode == 0
+        # Nothing lost: every device's seqs from the first seen to the last, no hole.
+        for name, seqs in events_by_device(consumer).items():
+            assert not gaps(seqs), f"{name} lost seqs {gaps(seqs)[:20]} across the failover"
+        assert latest_json(consumer, f"{P}/status")["state"] == "offline"
+    finally:
+        consumer.close()
+        stop_stack(sim, gw)
