@@ -11,7 +11,10 @@ requests are answered through the surviving nodes. MQTT 3.1.1: what RabbitMQ 3.1
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -21,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.bridge.mqtt import BrokerSettings, MqttConnection
 from tests.broker_cluster import RabbitCluster, rabbitmq_server
-from tests.harness import lacking
-from tests.mqtt_helpers import Client
+from tests.harness import lacking, wait_for
+from tests.mqtt_helpers import Client, free_port
 from tests.test_cli_run import Lines
 
 BIN = os.path.dirname(sys.executable)
@@ -154,7 +158,7 @@ def test_the_gateway_fails_over_and_a_consumer_on_a_surviving_node_misses_nothin
             answer = subprocess.run(
                 [os.path.join(BIN, "mcp-gateway"), "request", "--broker", ",".join(urls),
                  "--protocol", "3", "--wait", "20", GW, name, "read", '{"key": "interval_ms"}'],
-                capture_output=True, text=True, timeout=60)
+                capture_output=True, text=True, timeout=60, check=False)
             assert answer.returncode == 0, answer.stderr
             response = json.loads(answer.stdout)
             assert response["status"] == "ok"
@@ -169,3 +173,59 @@ def test_the_gateway_fails_over_and_a_consumer_on_a_surviving_node_misses_nothin
     finally:
         consumer.close()
         stop_stack(sim, gw)
+
+
+async def test_a_node_that_accepts_and_then_drops_at_once_is_backed_off_and_logged_once(caplog):
+    """A broker that sends CONNACK and closes right after (as RabbitMQ does when a client's
+    subscription queue is on a node that is down) is a failed attempt: the waits between
+    attempts grow as for a refused one (they stayed at 0.25 s, four attempts a second
+    forever), and the warning is logged once, not at every attempt."""
+    loop = asyncio.get_running_loop()
+    accepted: list[float] = []
+
+    async def accept_and_drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        accepted.append(loop.time())
+        await reader.read(1024)  # CONNECT
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted (MQTT 3.1.1)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(accept_and_drop, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    conn = MqttConnection(BrokerSettings(url=f"mqtt://127.0.0.1:{port}", protocol=3,
+                                         client_id="flapping"))
+    caplog.set_level(logging.DEBUG, logger="gateway.bridge.mqtt")
+    async with server, asyncio.TaskGroup() as group:
+        task = group.create_task(conn.run())
+        await wait_for(lambda: len(accepted) >= 5, timeout=20, what="five attempts")
+        task.cancel()
+    waits = [later - earlier for earlier, later in itertools.pairwise(accepted)]
+    # 0.25, 0.5, 1, 2 s, each with +-20 % jitter
+    assert waits[2] > 0.75, waits
+    assert waits[3] > 1.5, waits
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING
+              and "closed the connection within 10 s of accepting it" in r.getMessage()]
+    assert len(warned) == 1, [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO
+                and "connected to" in r.getMessage()][1:]
+
+
+def test_request_refuses_a_node_list_that_mixes_tls_and_plain():
+    done = subprocess.run(
+        [os.path.join(BIN, "mcp-gateway"), "request", "--broker", "mqtt://a:1883,mqtts://b:8883",
+         "gw", "dev", "ping"], capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2
+    assert "the nodes mix mqtt:// and mqtts://" in done.stderr
+
+
+def test_a_one_shot_request_fails_once_every_node_was_tried():
+    """No node answers: the error names each node's reason, after one round (not at the first
+    refusal, which would leave the other nodes untried, nor after the whole --wait)."""
+    dead = [f"mqtt://127.0.0.1:{free_port()}" for _ in range(2)]
+    done = subprocess.run(
+        [os.path.join(BIN, "mcp-gateway"), "request", "--broker", ",".join(dead), "--wait", "30",
+         "gw", "dev", "ping"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    assert "no broker node answered" in done.stderr
+    for url in dead:
+        assert f"cannot connect to {url}" in done.stderr

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 10.0
+#: a connection that lasted this long was a working one: the backoff starts over after it.
+#: One the broker closes sooner (a node that accepts and then fails the session) counts as
+#: a failed attempt, so a broker in that state is not retried four times a second forever.
+STABLE_S = 10.0
 _RECV_SIZE = 65536
 _CLOSE_FLUSH_S = 0.5
 #: reads from the broker pause while this many bytes wait to be sent to it, and resume below
@@ -233,6 +237,8 @@ class MqttConnection:
         self._node_errors: dict[int, str] = {}
         #: connection attempts that failed since the last accepted one
         self.failed_attempts = 0
+        self._connected_at = 0.0
+        self._stable: asyncio.TimerHandle | None = None
         self.host, self.port, self.tls = self._endpoints[0]
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
@@ -274,6 +280,9 @@ class MqttConnection:
     def url(self) -> str:
         """The node connected to, or tried next."""
         return self.nodes[self._node]
+
+    def _short_lived(self) -> str:
+        return f"{self.url} closed the connection within {STABLE_S:g} s of accepting it"
 
     def node_errors(self) -> str:
         """Why the nodes could not be connected to: the last error of each, in order."""
@@ -334,7 +343,6 @@ class MqttConnection:
         try:
             while True:
                 if await self._connect_once():
-                    delay = BACKOFF_MIN_S
                     if not first:
                         self.reconnects += 1
                     first = False
@@ -342,6 +350,8 @@ class MqttConnection:
                     await self._lost
                     if self._closing:
                         return  # ``disconnect``: no reconnecting
+                    if self._loop.time() - self._connected_at >= STABLE_S:
+                        delay = BACKOFF_MIN_S
                 self._next_node()
                 await asyncio.sleep(delay * rng.uniform(0.8, 1.2))
                 delay = min(delay * 2, BACKOFF_MAX_S)
@@ -532,8 +542,10 @@ class MqttConnection:
             return
         self.connected = True
         self.last_error = ""
-        self._node_errors.pop(self._node, None)
         self.failed_attempts = 0
+        self._connected_at = self._loop.time()
+        # The node's last error is forgotten once the connection proves to work.
+        self._stable = self._loop.call_later(STABLE_S, self._node_errors.pop, self._node, None)
         # MQTT 5: the broker says how many QoS 1/2 publishes it takes unacknowledged
         # (Mosquitto's default is 20); absent means 65,535. 3.1.1 has no such limit.
         self.receive_maximum = (getattr(properties, "ReceiveMaximum", 65535)
@@ -543,7 +555,8 @@ class MqttConnection:
             log.warning("connected to %s, failing over from %s (failover %d)", self.url,
                         self.nodes[self._connected_node], self.failovers)
         else:
-            log.info("connected to %s", self.url)
+            flapping = self._node_errors.get(self._node, "").startswith(self._short_lived())
+            (log.debug if flapping else log.info)("connected to %s", self.url)
         self._connected_node = self._node
         self._drop_stale_publishes()
         if future is not None and not future.done():
@@ -586,9 +599,15 @@ class MqttConnection:
             self._note_error(f"{self.url} closed the connection before accepting "
                              f"it ({reason})")
             self._connected_future.set_result(False)
-        if was:
+        if self._stable is not None:
+            self._stable.cancel()
+            self._stable = None
+        if was and not self._closing and self._loop.time() - self._connected_at < STABLE_S:
+            self._note_error(f"{self._short_lived()} ({reason})")
+        elif was:
             (log.info if self._closing else log.warning)(
                 "disconnected from %s: %s", self.url, reason)
+        if was:
             try:
                 self.on_disconnect()
             except Exception:
