@@ -74,8 +74,17 @@ venv=$root$final
 
 if [[ -z "$wheel" ]]; then
   say "building the sdist and the wheel of $here"
+  # From the files a fresh clone has (uncommitted changes too): the egg-info of earlier
+  # builds in a checkout would add what its SOURCES.txt lists, whatever pyproject.toml says.
+  source=$here
+  if git -C "$here" rev-parse --git-dir >/dev/null 2>&1; then
+    source=$work/source
+    mkdir -p "$source"
+    git -C "$here" ls-files -z --cached --others --exclude-standard |
+      tar -C "$here" --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -C "$source" -xf -
+  fi
   # No isolated build environment: the locked setuptools builds it (as ./dev does).
-  "$builder" -m build --no-isolation --outdir "$work/dist" "$here" >"$work/build.log" 2>&1 ||
+  "$builder" -m build --no-isolation --outdir "$work/dist" "$source" >"$work/build.log" 2>&1 ||
     { cat "$work/build.log" >&2; die "python -m build failed"; }
   wheel=$(echo "$work"/dist/mcp_gateway-*.whl)
 fi

@@ -32,6 +32,9 @@ import pytest
 from gateway import __version__
 from tests.harness import lacking
 
+#: the package's build, the wheelhouse's download and the .deb's build are set-up of the
+#: first tests that use them (about 30 s each here; 120 s is the suite's default limit)
+pytestmark = pytest.mark.timeout(300)
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "mcp-gateway"
 USER = "mcp-gateway"
@@ -79,13 +82,29 @@ class Wheelhouse:
     directory: Path
 
 
+def clean_copy(directory: Path) -> Path:
+    """The checkout's files as a fresh clone has them (with uncommitted changes): no
+    egg-info or build/ of earlier builds, whose SOURCES.txt setuptools would add to the
+    sdist, hiding a data file that pyproject.toml no longer ships."""
+    listed = run(["git", "-C", ROOT, "ls-files", "-z", "--cached", "--others",
+                  "--exclude-standard"]).stdout
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():  # a file deleted but not yet committed is listed too
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, directory / name)
+    return directory
+
+
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
-    """``python -m build`` of the checkout: the sdist, and the wheel built from that sdist
-    (so a file missing from the sdist is missing from the wheel too). The locked setuptools
-    builds them (no isolated build environment, as ./dev installs the project)."""
+    """``python -m build`` of the checkout (a clean copy of it): the sdist, and the wheel
+    built from that sdist (so a file missing from the sdist is missing from the wheel too).
+    The locked setuptools builds them (no isolated build environment, as ./dev installs the
+    project)."""
     out = tmp_path_factory.mktemp("dist")
-    run([sys.executable, "-m", "build", "--no-isolation", "--outdir", out, ROOT], timeout=300)
+    run([sys.executable, "-m", "build", "--no-isolation", "--outdir", out, clean_copy(
+        tmp_path_factory.mktemp("source"))], timeout=300)
     (sdist,), (wheel,) = out.glob("*.tar.gz"), out.glob("*.whl")
     return Dist(sdist, wheel)
 
