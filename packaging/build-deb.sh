@@ -139,6 +139,9 @@ for script in preinst postinst prerm postrm; do
   install -m 0755 "$here/packaging/debian/$script" "$root/DEBIAN/$script"
 done
 echo /etc/mcp-gateway/config.toml >"$root/DEBIAN/conffiles"
+# For dpkg --verify (conffiles have their own sums in dpkg's database).
+(cd "$root" && find . -type f ! -path './DEBIAN/*' ! -path './etc/*' -printf '%P\0' |
+  LC_ALL=C sort -z | xargs -0 md5sum) >"$root/DEBIAN/md5sums"
 installed_size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
 cat >"$root/DEBIAN/control" <<EOF
 Package: mcp-gateway

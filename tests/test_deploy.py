@@ -186,7 +186,7 @@ def test_the_install_script_moves_an_old_gateway_toml_to_config_toml(tmp_path):
 def test_nothing_names_the_old_configuration_path():
     """The unit, the install script, the sample and the deployment guide name one file."""
     for relative in ("systemd/mcp-gateway.service", "systemd/gateway.toml.example",
-                     "docs/deploy.md", "packaging/build-deb.sh"):
+                     "docs/deploy.md", "docs/configuration.md", "packaging/build-deb.sh"):
         text = (ROOT / relative).read_text()
         assert "/etc/mcp-gateway/gateway.toml" not in text, relative
         assert "/etc/mcp-gateway/config.toml" in text, relative

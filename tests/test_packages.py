@@ -382,6 +382,7 @@ def test_the_deb_installs_the_program_its_files_and_its_user(installed):
     # The venv runs on Debian's own interpreter, at its final path.
     assert (VENV / "bin" / "python").resolve().parent == Path("/usr/bin")
     assert run(["head", "-1", VENV / "bin" / "mcp-gateway"]).stdout == f"#!{VENV}/bin/python\n"
+    run(["dpkg", "--verify", PACKAGE])  # every file as the package has it (md5sums)
     stray = run(["grep", "-rlF", "mcp-gateway-deb.", VENV], ok=False)
     assert stray.stdout == ""  # nothing names the build directory
     assert run(["mcp-gateway", "--version"]).stdout == f"mcp-gateway {__version__}\n"
