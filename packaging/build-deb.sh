@@ -20,6 +20,9 @@
 #   /usr/share/doc/mcp-gateway/           deploy.md and the broker examples it refers to
 # and the maintainer scripts of packaging/debian/ (the system user, permissions, the unit).
 #
+# DEB_MAINTAINER='Name <email>' names who built it (default: the checkout's git identity);
+# DEB_REVISION the Debian revision (default 1).
+#
 # Needs: dpkg-deb; the target's interpreter (TARGET_PYTHON, default /usr/bin/python3, with the
 # same major.minor as the builder); a builder Python with build, setuptools and pip (PYTHON,
 # default the checkout's .venv, which ./dev lint creates).
@@ -29,7 +32,17 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 builder=${PYTHON:-$here/.venv/bin/python}
 target=${TARGET_PYTHON:-/usr/bin/python3}
 revision=${DEB_REVISION:-1}
-maintainer=${DEB_MAINTAINER:-mcp-gateway maintainers <root@localhost>}
+# Who built it (the Maintainer field): DEB_MAINTAINER, else the checkout's git identity.
+maintainer=${DEB_MAINTAINER:-}
+if [[ -z "$maintainer" ]]; then
+  git_name=$(git -C "$here" config user.name 2>/dev/null || true)
+  git_email=$(git -C "$here" config user.email 2>/dev/null || true)
+  if [[ -n "$git_name" && -n "$git_email" ]]; then
+    maintainer="$git_name <$git_email>"
+  else
+    maintainer="mcp-gateway local build <root@localhost>"
+  fi
+fi
 final=/opt/mcp-gateway/venv  # where the venv runs on the box
 
 die() { printf 'build-deb: %s\n' "$*" >&2; exit 1; }
@@ -40,7 +53,8 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --wheel) wheel=$(realpath "${2:?--wheel needs a file}"); shift 2 ;;
     --wheelhouse) wheelhouse=$(realpath "${2:?--wheelhouse needs a directory}"); shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+               exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) [[ -z "$outdir" ]] || die "one OUTDIR only (got $outdir and $1)"; outdir=$1; shift ;;
   esac
@@ -122,6 +136,11 @@ if grep -rlF "$root" "$venv" >&2; then
   die "the files above still name the build directory $root"
 fi
 "$venv/bin/python" -m compileall -q -j 0 -s "$root" -p / "$venv/lib" >/dev/null
+# The compiled wheels (manylinux) need this C library at least: the newest symbol version
+# any of them links to.
+glibc=$(find "$venv" -name '*.so*' -type f -exec grep -aohE 'GLIBC_2\.[0-9]+' {} + |
+  sed 's/GLIBC_//' | sort -t. -k2,2n | tail -n 1)
+libc=${glibc:+, libc6 (>= $glibc)}
 
 install -D -m 0644 "$here/systemd/mcp-gateway.service" "$root/lib/systemd/system/mcp-gateway.service"
 install -D -m 0644 "$here/udev/99-mcp-gateway.rules" "$root/lib/udev/rules.d/99-mcp-gateway.rules"
@@ -149,7 +168,7 @@ Version: $debversion
 Architecture: $arch
 Maintainer: $maintainer
 Installed-Size: $installed_size
-Depends: python$pyver, python3 (>= 3.11), adduser
+Depends: python$pyver, python3 (>= 3.11), adduser$libc
 Suggests: mosquitto, mosquitto-clients
 Section: net
 Priority: optional

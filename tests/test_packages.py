@@ -54,7 +54,9 @@ PURGED = (Path("/opt/mcp-gateway"), Path("/etc/mcp-gateway"), STATE,
 
 def run(args: list[str | Path], *, timeout: float = 120, ok: bool = True,
         **kwargs: object) -> subprocess.CompletedProcess[str]:
-    """Run a command; with ``ok``, fail with its output unless it exits 0."""
+    """Run a command (no standard input: dpkg's conffile prompt fails instead of waiting);
+    with ``ok``, fail with its output unless it exits 0."""
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
     result = subprocess.run([str(a) for a in args], capture_output=True, text=True,
                             timeout=timeout, check=False, **kwargs)
     if ok:
@@ -314,6 +316,23 @@ def deb(dist, wheelhouse, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def next_deb(deb, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The next version of the package (Debian revision 2) whose default configuration
+    changed: the .deb unpacked with dpkg-deb, its control and config.toml edited, and
+    packed again (gzip -1: this one is built for speed)."""
+    tree = tmp_path_factory.mktemp("next") / "tree"
+    run(["dpkg-deb", "--raw-extract", deb, tree])
+    control = tree / "DEBIAN" / "control"
+    control.write_text(control.read_text().replace(
+        f"Version: {__version__}-1\n", f"Version: {__version__}-2\n"))
+    default = tree / "etc" / "mcp-gateway" / "config.toml"
+    default.write_text(default.read_text() + "# a line of the next version's default\n")
+    out = tree.parent / f"mcp-gateway_{__version__}-2.deb"
+    run(["dpkg-deb", "--build", "--root-owner-group", "-Zgzip", "-z1", tree, out])
+    return out
+
+
 def purge_everything() -> None:
     """Teardown: the package purged, and whatever a broken purge left (the box had none of
     it before: require_a_box_without_mcp_gateway), and the user postinst made."""
@@ -450,11 +469,14 @@ def test_install_sh_refuses_to_touch_the_packaged_install(installed):
 
 
 @pytest.mark.slow
-def test_the_deb_keeps_the_operators_files_on_reinstall_and_remove_and_purge_clears(installed):
-    """Upgrading (dpkg -i again) keeps the edited conffile and the state; dpkg -r removes
-    the program and keeps the configuration, the state and the user; dpkg -P removes the
-    configuration and the state too. What policy leaves: the system user and its group
-    (files it owns may outlive the package), and dpkg's own /opt if it was empty before.
+def test_the_deb_keeps_the_operators_files_on_upgrade_and_remove_and_purge_clears(
+        installed, next_deb):
+    """A reinstall (dpkg -i again) and an upgrade to a version whose default configuration
+    changed keep the edited conffile (the upgrade's default lands beside it, as
+    config.toml.dpkg-dist, with --force-confold as docs/deploy.md says) and the state;
+    dpkg -r removes the program and keeps the configuration, the state and the user; dpkg
+    -P removes the configuration and the state too. What policy leaves: the system user
+    and its group (files it owns may outlive the package), and /opt if it was there before.
     Runs last of the installed tests: it removes what they use."""
     edited = CONFIG.read_text().replace('log_level = "INFO"', 'log_level = "DEBUG"')
     assert edited != CONFIG.read_text()
@@ -466,6 +488,14 @@ def test_the_deb_keeps_the_operators_files_on_reinstall_and_remove_and_purge_cle
     assert "warning" not in result.stderr.lower(), result.stderr
     assert CONFIG.read_text() == edited
     assert not CONFIG.with_name("config.toml.dpkg-dist").exists()
+
+    result = run(["dpkg", "--force-confold", "-i", next_deb], timeout=300)
+    assert "warning" not in result.stderr.lower(), result.stderr
+    version = run(["dpkg-query", "-W", "-f=${Version}", PACKAGE]).stdout
+    assert version == f"{__version__}-2"
+    assert CONFIG.read_text() == edited
+    new_default = CONFIG.with_name("config.toml.dpkg-dist").read_text()
+    assert new_default.endswith("# a line of the next version's default\n")
     assert _mode(CONFIG) == ("root", USER, 0o640)
     assert queue.read_bytes() == b"queued events"
     run(["mcp-gateway", "check-config", CONFIG])
