@@ -433,7 +433,7 @@ def test_the_installed_program_runs_and_writes_nothing_into_its_venv(installed, 
     """The packaged venv (its compiled wheels, its byte code compiled for the final path)
     runs the whole demo; and Python writes no byte code beside it, which dpkg -r would
     leave behind."""
-    result = run(["mcp-gateway", "demo", "--headless", "--duration", "2"], cwd=tmp_path,
+    result = run(["mcp-gateway", "demo", "--headless", "--duration", "3"], cwd=tmp_path,
                  env=outside_env(), timeout=60)
     check_demo_output(result.stdout)
     on_disk = set(run(["find", "/opt/mcp-gateway"]).stdout.split("\n")) - {""}
