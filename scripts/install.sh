@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Install or remove mcp-gateway as a systemd service on a Debian / Raspberry Pi OS box.
+# Install or remove mcp-gateway as a systemd service on a Debian / Raspberry Pi OS box, from
+# this checkout. The Debian package is the preferred way (packaging/build-deb.sh builds it,
+# docs/deploy.md says how); this script is for running a checkout, and refuses to run while
+# the package is installed (both put the gateway in /opt/mcp-gateway).
 #
 #   sudo scripts/install.sh               # install (again: it is idempotent)
 #   sudo scripts/install.sh uninstall     # remove; keeps the config, the udev rules, the state
@@ -9,8 +12,9 @@
 # mcp-gateway (in dialout), the unit /etc/systemd/system/mcp-gateway.service and, if there
 # are none yet, the udev rules file /etc/udev/rules.d/99-mcp-gateway.rules (where the
 # operator adds one line per adapter: mcp-gateway udev-rule DEVICE) and the configuration
-# /etc/mcp-gateway/gateway.toml. Neither is ever overwritten once the operator has it; the
-# rules of old versions, which claimed every adapter of common chips, are set aside.
+# /etc/mcp-gateway/config.toml. Neither is ever overwritten once the operator has it; the
+# rules of old versions, which claimed every adapter of common chips, are set aside, and the
+# configuration of old versions, /etc/mcp-gateway/gateway.toml, is renamed config.toml.
 #
 # DESTDIR=DIR installs the files under DIR and skips users, pip and systemctl (packaging,
 # tests); SKIP_VENV=1 skips the virtualenv alone.
@@ -35,6 +39,20 @@ if [[ -z "$dest" && $EUID -ne 0 ]]; then
   exit 2
 fi
 
+# The package owns /opt/mcp-gateway, the unit and the configuration while it is installed:
+# this script would overwrite its files (install) or delete them (uninstall) behind dpkg.
+if [[ -z "$dest" ]] && command -v dpkg-query >/dev/null; then
+  package_status=$(dpkg-query -W -f='${db:Status-Status}' mcp-gateway 2>/dev/null || true)
+  if [[ -n "$package_status" && "$package_status" != not-installed &&
+        "$package_status" != config-files ]]; then
+    echo "mcp-gateway install: the Debian package mcp-gateway is installed ($package_status)" \
+      "and owns /opt/mcp-gateway; upgrade it with 'apt install ./mcp-gateway_VERSION_ARCH.deb'" \
+      "(docs/deploy.md), or remove it first ('apt remove mcp-gateway' keeps" \
+      "/etc/mcp-gateway and /var/lib/mcp-gateway) to run this checkout instead." >&2
+    exit 1
+  fi
+fi
+
 install_rules() {
   # Old versions shipped rules claiming every FTDI/CP210x/CH340/CDC-ACM adapter (a Zigbee
   # stick too); they are set aside (udev reads only *.rules), not kept.
@@ -48,6 +66,25 @@ install_rules() {
   else
     install -D -m 0644 "$here/udev/99-mcp-gateway.rules" "$rules"
     say "wrote $rules: add a line per adapter (mcp-gateway udev-rule DEVICE)"
+  fi
+}
+
+install_config() {
+  # Old versions wrote gateway.toml; the unit and the package read config.toml, one path.
+  if [[ -e "$confdir/gateway.toml" && ! -e "$confdir/config.toml" ]]; then
+    mv "$confdir/gateway.toml" "$confdir/config.toml"
+    say "moved $confdir/gateway.toml to $confdir/config.toml (the file the unit reads now)"
+  elif [[ -e "$confdir/gateway.toml" ]]; then
+    say "both $confdir/gateway.toml and config.toml exist: the unit reads config.toml;" \
+      "gateway.toml is not read (merge what you need, then remove it)"
+  fi
+  rm -f "$confdir/gateway.toml.example"  # the sample of old versions, now config.toml.example
+  install -m 0644 "$here/systemd/gateway.toml.example" "$confdir/config.toml.example"
+  if [[ -e "$confdir/config.toml" ]]; then
+    say "kept the existing $confdir/config.toml"
+  else
+    install -m 0640 "$here/systemd/gateway.toml.example" "$confdir/config.toml"
+    say "wrote $confdir/config.toml: edit it, then check it with mcp-gateway check-config"
   fi
 }
 
@@ -67,13 +104,7 @@ install_all() {
   install -D -m 0644 "$here/systemd/mcp-gateway.service" "$unit"
   install_rules
   install -d -m 0750 "$confdir"
-  install -m 0644 "$here/systemd/gateway.toml.example" "$confdir/gateway.toml.example"
-  if [[ -e "$confdir/gateway.toml" ]]; then
-    say "kept the existing $confdir/gateway.toml"
-  else
-    install -m 0640 "$here/systemd/gateway.toml.example" "$confdir/gateway.toml"
-    say "wrote $confdir/gateway.toml: edit it, then check it with mcp-gateway check-config"
-  fi
+  install_config
   system chgrp -R "$user" "$confdir"
   system udevadm control --reload
   system udevadm trigger --subsystem-match=tty --action=change

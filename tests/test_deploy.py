@@ -22,7 +22,8 @@ def test_the_unit_passes_systemd_analyze_verify(tmp_path):
     if analyze is None:
         lacking("systemd-analyze is not installed here (apt install systemd)")
     unit = (ROOT / "systemd" / "mcp-gateway.service").read_text()
-    assert "/opt/mcp-gateway/venv/bin/mcp-gateway run --config" in unit
+    assert ("/opt/mcp-gateway/venv/bin/mcp-gateway run --config /etc/mcp-gateway/config.toml"
+            in unit)
     # verify also checks that ExecStart exists: point it at this checkout's command.
     local = tmp_path / "mcp-gateway.service"
     local.write_text(unit.replace("/opt/mcp-gateway/venv/bin/mcp-gateway",
@@ -143,22 +144,52 @@ def test_the_install_script_is_idempotent_and_uninstalls(tmp_path):
     first = _tree(tmp_path / "root")
     assert set(first) == {"etc/systemd/system/mcp-gateway.service",
                           "etc/udev/rules.d/99-mcp-gateway.rules",
-                          "etc/mcp-gateway/gateway.toml",
-                          "etc/mcp-gateway/gateway.toml.example"}
+                          "etc/mcp-gateway/config.toml",
+                          "etc/mcp-gateway/config.toml.example"}
     assert "would run: useradd --system" in out
     assert "would run: systemctl enable mcp-gateway.service" in out
     # The operator edits the config; a second install changes nothing else and keeps it.
-    config = tmp_path / "root" / "etc" / "mcp-gateway" / "gateway.toml"
+    config = tmp_path / "root" / "etc" / "mcp-gateway" / "config.toml"
     config.write_text(config.read_text() + "\n# edited\n")
     edited = _tree(tmp_path / "root")
     assert "kept the existing" in run()
     assert _tree(tmp_path / "root") == edited
     run("uninstall")
-    assert set(_tree(tmp_path / "root")) == {"etc/mcp-gateway/gateway.toml",
-                                              "etc/mcp-gateway/gateway.toml.example",
+    assert set(_tree(tmp_path / "root")) == {"etc/mcp-gateway/config.toml",
+                                              "etc/mcp-gateway/config.toml.example",
                                               "etc/udev/rules.d/99-mcp-gateway.rules"}
     run("uninstall", "--purge")
     assert _tree(tmp_path / "root") == {}
+
+
+def test_the_install_script_moves_an_old_gateway_toml_to_config_toml(tmp_path):
+    """One configuration path: the unit and the package read /etc/mcp-gateway/config.toml; a
+    box installed when the file was gateway.toml keeps the operator's file under the new
+    name (and the old sample goes), and is told so."""
+    script = ROOT / "scripts" / "install.sh"
+    env = {**os.environ, "DESTDIR": str(tmp_path / "root")}
+    confdir = tmp_path / "root" / "etc" / "mcp-gateway"
+    confdir.mkdir(parents=True)
+    mine = '# the operator\'s own\ngateway_id = "edge-7"\n'
+    (confdir / "gateway.toml").write_text(mine)
+    (confdir / "gateway.toml.example").write_text("# the old sample\n")
+    result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert f"moved {confdir}/gateway.toml to {confdir}/config.toml" in result.stdout
+    assert sorted(p.name for p in confdir.iterdir()) == ["config.toml", "config.toml.example"]
+    assert (confdir / "config.toml").read_text() == mine
+    unit = (tmp_path / "root" / "etc" / "systemd" / "system" / "mcp-gateway.service").read_text()
+    assert "--config /etc/mcp-gateway/config.toml" in unit
+
+
+def test_nothing_names_the_old_configuration_path():
+    """The unit, the install script, the sample and the deployment guide name one file."""
+    for relative in ("systemd/mcp-gateway.service", "systemd/gateway.toml.example",
+                     "docs/deploy.md", "docs/configuration.md", "packaging/build-deb.sh"):
+        text = (ROOT / relative).read_text()
+        assert "/etc/mcp-gateway/gateway.toml" not in text, relative
+        assert "/etc/mcp-gateway/config.toml" in text, relative
 
 
 def test_the_install_script_keeps_the_operators_udev_rules_and_sets_old_ones_aside(tmp_path):
