@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reload, trace).",
         epilog="examples: mcp-gateway request --broker mqtt://127.0.0.1:1883 edge-1 sensor-a "
         "read '{\"key\": \"interval_ms\"}';  mcp-gateway request --config "
-        "/etc/mcp-gateway/gateway.toml edge-1 - list_devices",
+        "/etc/mcp-gateway/config.toml edge-1 - list_devices",
     )
     request.add_argument("gateway", metavar="GATEWAY", help="the gateway id")
     request.add_argument("device", metavar="DEVICE", help="the device id, or - for the gateway")

@@ -216,5 +216,5 @@ def instructions(command: str, name: str) -> str:
     """How to install the rule ``command`` prints and use the name (for stderr)."""
     return (f"Install it:  {command} | sudo tee -a {RULES_FILE}\n"
             f"then:        sudo {RELOAD_COMMAND.replace('&& ', '&& sudo ')}\n"
-            f"and give the gateway the port, in /etc/mcp-gateway/gateway.toml:\n"
+            f"and give the gateway the port, in /etc/mcp-gateway/config.toml:\n"
             f'  [[ports]]\n  name = "{name}"\n  path = "/dev/mcp/{name}"\n')
