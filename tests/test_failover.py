@@ -23,12 +23,14 @@ import time
 from pathlib import Path
 
 import pytest
+from textual.widgets import Static
 
 from gateway.bridge.mqtt import BrokerSettings, MqttConnection
 from tests.broker_cluster import RabbitCluster, rabbitmq_server
 from tests.harness import lacking, wait_for
 from tests.mqtt_helpers import Client, free_port
 from tests.test_cli_run import Lines
+from tui.app import DashboardApp
 
 BIN = os.path.dirname(sys.executable)
 GW = "fo"
@@ -229,3 +231,14 @@ def test_a_one_shot_request_fails_once_every_node_was_tried():
     assert "no broker node answered" in done.stderr
     for url in dead:
         assert f"cannot connect to {url}" in done.stderr
+
+
+async def test_the_dashboard_on_a_node_list_shows_the_node_it_is_on(tmp_path, broker):
+    """The dashboard takes the same list as the gateway: the first node is down, it goes on
+    to the next, and the health line names the node it is connected to."""
+    dead = f"mqtt://127.0.0.1:{free_port()}"
+    app = DashboardApp(BrokerSettings(url=dead, urls=(dead, broker.url)))
+    async with app.run_test(size=(160, 40)):
+        health = app.overview.query_one("#health", Static)
+        await wait_for(lambda: f"broker {broker.url} connected" in str(health.render()),
+                       timeout=15, what="the health line on the second node")

@@ -12,10 +12,11 @@ from gateway.bridge.mqtt import BrokerSettings, Message
 from tui.state import FabricState
 
 
-def shown_url(broker: BrokerSettings) -> str:
-    """The broker URL to show: scheme, user, host and port; never a password (a URL may
-    carry one in its user part, and the settings may hold one)."""
-    parts = urlsplit(broker.url)
+def shown_url(broker: BrokerSettings, url: str | None = None) -> str:
+    """The broker URL to show (``url``, one of a cluster's nodes; default ``broker.url``):
+    scheme, user, host and port; never a password (a URL may carry one in its user part,
+    and the settings may hold one)."""
+    parts = urlsplit(broker.url if url is None else url)
     host = parts.hostname or ""
     if ":" in host:  # IPv6
         host = f"[{host}]"
@@ -36,11 +37,15 @@ class Fabric:
                  gateway: str | None = None) -> None:
         self.state = state
         self.gateway = gateway
-        #: the broker URL as shown (no password)
-        self.url = shown_url(broker)
+        self._broker = broker
         self.client = RequestClient(broker, state.prefix, name="mcp-dashboard",
                                     subscriptions=state.subscriptions(gateway),
                                     on_message=self._on_message)
+
+    @property
+    def url(self) -> str:
+        """The broker node connected to, or tried next, as shown (no password)."""
+        return shown_url(self._broker, self.client.conn.url)
 
     @property
     def connected(self) -> bool:
