@@ -159,17 +159,20 @@ class RabbitCluster:
         self.ctl(0, "set_policy", "--apply-to", "queues", "mqtt-mirrored",
                  "^mqtt-subscription-", '{"ha-mode": "all", "ha-sync-mode": "automatic"}')
 
+    def routes_everywhere(self) -> bool:
+        """True when a message published on each running node reaches every other one."""
+        running = [i for i in range(self.count) if self.procs[i] is not None]
+        try:
+            return all(routes(self.mqtt_ports[i], self.mqtt_ports[j])
+                       for i in running for j in running if i != j)
+        except (OSError, TimeoutError):
+            return False
+
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Until a QoS 1 message published on each node reaches a subscriber on every
         other node: both run their MQTT listeners, and they are one cluster."""
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if all(routes(self.mqtt_ports[i], self.mqtt_ports[j])
-                       for i in range(self.count) for j in range(self.count) if i != j):
-                    return
-            except (OSError, TimeoutError):
-                pass
+        while not self.routes_everywhere():
             if time.monotonic() > deadline:
                 logs = "\n".join(self.log(i).read_text()[-3000:] if self.log(i).exists()
                                  else "(no log)" for i in range(self.count))

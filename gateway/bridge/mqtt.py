@@ -35,9 +35,11 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 10.0
-#: a connection that lasted this long was a working one: the backoff starts over after it.
-#: One the broker closes sooner (a node that accepts and then fails the session) counts as
-#: a failed attempt, so a broker in that state is not retried four times a second forever.
+#: a connection that got its SUBACK, or lasted this long, was a working one: the backoff
+#: starts over after it. One the broker closes sooner (a node that accepts the CONNECT and
+#: then fails the session: RabbitMQ whose subscription queue is on a node that is down)
+#: counts as a failed attempt, so a broker in that state is not retried four times a
+#: second forever.
 STABLE_S = 10.0
 _RECV_SIZE = 65536
 _CLOSE_FLUSH_S = 0.5
@@ -238,6 +240,8 @@ class MqttConnection:
         #: connection attempts that failed since the last accepted one
         self.failed_attempts = 0
         self._connected_at = 0.0
+        #: the last connection worked (see ``STABLE_S``)
+        self._worked = False
         self._stable: asyncio.TimerHandle | None = None
         self.host, self.port, self.tls = self._endpoints[0]
         self.on_connect = on_connect
@@ -282,7 +286,7 @@ class MqttConnection:
         return self.nodes[self._node]
 
     def _short_lived(self) -> str:
-        return f"{self.url} closed the connection within {STABLE_S:g} s of accepting it"
+        return f"{self.url} closed the connection after accepting it, before it worked"
 
     def node_errors(self) -> str:
         """Why the nodes could not be connected to: the last error of each, in order."""
@@ -350,7 +354,7 @@ class MqttConnection:
                     await self._lost
                     if self._closing:
                         return  # ``disconnect``: no reconnecting
-                    if self._loop.time() - self._connected_at >= STABLE_S:
+                    if self._worked:
                         delay = BACKOFF_MIN_S
                 self._next_node()
                 await asyncio.sleep(delay * rng.uniform(0.8, 1.2))
@@ -589,6 +593,8 @@ class MqttConnection:
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
         was = self.connected
+        self._worked = was and (self.subscribed or
+                                self._loop.time() - self._connected_at >= STABLE_S)
         self.connected = False
         self.subscribed = False
         if self._lost is not None and not self._lost.done():
@@ -602,7 +608,7 @@ class MqttConnection:
         if self._stable is not None:
             self._stable.cancel()
             self._stable = None
-        if was and not self._closing and self._loop.time() - self._connected_at < STABLE_S:
+        if was and not self._closing and not self._worked:
             self._note_error(f"{self._short_lived()} ({reason})")
         elif was:
             (log.info if self._closing else log.warning)(
@@ -628,6 +634,7 @@ class MqttConnection:
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any,
                       properties: Any) -> None:
         self.subscribed = True
+        self._node_errors.pop(self._node, None)  # the connection works: a new error is news
         try:
             self.on_subscribed()
         except Exception:
