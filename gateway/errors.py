@@ -181,3 +181,19 @@ class BridgeTaskFailed(GatewayError):
         super().__init__(f"{where} failed: {cause!r}")
         self.where = where
         self.cause = cause
+
+
+class GatewayIdInUse(GatewayError):
+    """Another live gateway holds this ``gateway_id`` on the broker: this one does not run
+    (exit 2) rather than mix its topics with the other's. ``holder`` says who answers there."""
+
+    def __init__(self, gateway_id: str, url: str, holder: str, *,
+                 while_running: bool = False) -> None:
+        when = ("while this one ran, another gateway with it came on the broker; "
+                "it started first: " if while_running else "")
+        super().__init__(f"gateway_id {gateway_id!r} is in use on {url}: {when}{holder} "
+                         "answers there; give this gateway another gateway_id")
+        self.gateway_id = gateway_id
+        self.url = url
+        self.holder = holder
+        self.while_running = while_running

@@ -23,7 +23,7 @@ from gateway.app import EventSubscription, Gateway
 from gateway.bridge.bridge import Bridge
 from gateway.bridge.embedded import EmbeddedBroker, EmbeddedBrokerError
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError, MetricsUnavailable, StartupError
+from gateway.errors import GatewayError, GatewayIdInUse, MetricsUnavailable, StartupError
 from gateway.notify import Notifier
 from gateway.reload import Reloader
 from gateway.session import DeviceEvent, DeviceState, TelemetryEvent
@@ -130,9 +130,11 @@ class Service:
         self.notifier.send(READY=1, STATUS=status_line(self.gateway, self.bridge))
 
     async def run(self) -> int:
-        """Run until SIGTERM/SIGINT (0), or until a task of the bridge fails (1)."""
+        """Run until SIGTERM/SIGINT (0), or until a task of the bridge fails (1); raises
+        ``GatewayIdInUse`` when another live gateway holds the id (at the start, or later)."""
         config = self.config
         failed = False
+        refused: GatewayIdInUse | None = None
         loop = asyncio.get_running_loop()
         # Every event at DEBUG: only then a subscription (a queue every event goes through).
         subscription = None
@@ -175,10 +177,14 @@ class Service:
                 await asyncio.gather(*self._reloads, return_exceptions=True)
         except ExceptionGroup as group:
             # The bridge's TaskGroup or the service's: a loop failed. Exit 1 rather than
-            # run on without it.
-            failed = True
-            log.error("stopped after a failure: %s; exit 1",
-                      "; ".join(str(exc) for exc in group.exceptions))
+            # run on without it; another gateway took the id: exit 2, as at the start.
+            in_use = group.subgroup(GatewayIdInUse)
+            if in_use is not None and len(in_use.exceptions) == len(group.exceptions):
+                refused = in_use.exceptions[0]  # type: ignore[assignment]
+            else:
+                failed = True
+                log.error("stopped after a failure: %s; exit 1",
+                          "; ".join(str(exc) for exc in group.exceptions))
             for task in [*tasks, *self._reloads]:
                 task.cancel()
             await asyncio.gather(*tasks, *self._reloads, return_exceptions=True)
@@ -191,6 +197,8 @@ class Service:
                 for event in subscription.take_nowait():  # the last events, at shutdown
                     _log_event(event)
             self.notifier.close()
+        if refused is not None:
+            raise refused
         return 1 if failed else 0
 
     async def _enter_bridge(self, stack: contextlib.AsyncExitStack) -> Bridge:
@@ -203,6 +211,9 @@ class Service:
             bridge.spool.close()
             raise StartupError("metrics.address", exc.address,
                                f"cannot be listened on: {exc.reason}") from None
+        except GatewayIdInUse:
+            bridge.spool.close()
+            raise
 
     @staticmethod
     async def _log_events(subscription: EventSubscription) -> None:

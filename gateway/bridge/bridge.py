@@ -20,20 +20,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.app import Gateway, ReloadReport
 from gateway.bridge.actions import GatewayActions
+from gateway.bridge.claim import Claimant, ClaimWatch, new_instance, probe
 from gateway.bridge.mqtt import BrokerSettings, Message, MqttConnection
 from gateway.bridge.publisher import EventOutput, EventPublisher
 from gateway.bridge.requests import RequestServer
 from gateway.bridge.spool import Spool
 from gateway.bridge.stats import StatsReporter
-from gateway.bridge.statuses import OFFLINE, RetainedStatuses
+from gateway.bridge.statuses import RetainedStatuses, offline_body
 from gateway.bridge.topics import Topics
 from gateway.config import GatewayConfig
-from gateway.errors import BridgeTaskFailed
+from gateway.errors import BridgeTaskFailed, GatewayIdInUse
 from gateway.session import DeviceRenamed, StateChange
 
 if TYPE_CHECKING:
@@ -73,8 +75,15 @@ class Bridge:
         self._final_acks: set[int] = set()
         self._final_done = asyncio.Event()
 
-        self.mqtt = MqttConnection(self.settings, will=(self.topics.status, OFFLINE))
-        self.statuses = RetainedStatuses(self.mqtt, self.topics, on_forget=self._forget)
+        instance, started_at = new_instance(), time.time()
+        self.mqtt = MqttConnection(self.settings,
+                                   will=(self.topics.status, offline_body(instance, started_at)))
+        self.statuses = RetainedStatuses(self.mqtt, self.topics, on_forget=self._forget,
+                                         instance=instance, started_at=started_at)
+        #: no other live gateway with this id: checked before connecting, watched after
+        self.claim: ClaimWatch | None = None
+        #: this run gave the id up to another (claim.py): it stops without a last status
+        self._refused = False
         #: the fabric's requests: intake, checks, device sends, gateway actions, answers
         self.actions = GatewayActions(gateway)
         self.request_server = RequestServer(gateway, config, self.topics, self.mqtt,
@@ -120,6 +129,13 @@ class Bridge:
     # ------------------------------------------------------------------ lifetime
 
     async def __aenter__(self) -> Bridge:
+        # Before the connection: with the same client id it would take a live gateway's
+        # session over (raises GatewayIdInUse: the gateway does not start).
+        found = await probe(self.settings, self.topics)
+        self.claim = ClaimWatch(
+            self.topics, self.settings.url,
+            Claimant(self.statuses.instance, self.statuses.started_at),
+            republish=self.statuses.republish, lost=self._refuse, dead=found.dead)
         self.stats_reporter.serve_metrics()
         # The connection is not in the group: when a loop fails, the group cancels the
         # others at once, and the connection must stay up to publish the offline statuses.
@@ -146,6 +162,10 @@ class Bridge:
         self._stopping = True
         self.publisher.stopping()
         try:
+            if self._refused:
+                # The id is another run's: its statuses stay as they are (the last events
+                # wait in the queue for a run under a free id).
+                await self.mqtt.disconnect()
             # The gateway has stopped: its devices' last state changes are in the subscription.
             try:
                 waits = self.publisher.drain()
@@ -206,6 +226,13 @@ class Bridge:
         if not self._failure.done():
             self._failure.set_result(BridgeTaskFailed(where, exc))
 
+    def _refuse(self, error: GatewayIdInUse) -> None:
+        """Another run holds the gateway id and started first: this one stops (exit 2)."""
+        log.error("%s", error)
+        self._refused = True
+        if not self._failure.done():
+            self._failure.set_result(error)
+
     async def _supervise(self) -> None:
         """Raises the first failure in the group: the group stops the gateway with it."""
         # Shielded: the group cancelling this task must not cancel the future with it.
@@ -216,6 +243,10 @@ class Bridge:
 
     def _on_connect(self) -> None:
         self.publisher.connected()
+        assert self.claim is not None
+        self.claim.connected()
+        # The own status topic first: what the broker holds there comes before our status.
+        self.mqtt.subscribe([self.topics.status])
         self.statuses.connected()
         topics = [self.topics.device_requests_filter, self.topics.gateway_requests,
                   *self.topics.plain_command_filters]
@@ -225,6 +256,10 @@ class Bridge:
         self.mqtt.subscribe(topics)
 
     def _on_message(self, message: Message) -> None:
+        if message.topic == self.topics.status:
+            assert self.claim is not None
+            self.claim.on_message(message)
+            return
         if self.homeassistant is not None and self.homeassistant.on_message(message):
             return  # Home Assistant's birth: it re-announces
         self.request_server.take(message)
