@@ -185,14 +185,15 @@ class BridgeTaskFailed(GatewayError):
 
 class GatewayIdInUse(GatewayError):
     """Another live gateway holds this ``gateway_id`` on the broker: this one does not run
-    (exit 2) rather than mix its topics with the other's. ``holder`` says who answers there."""
+    (exit 2) rather than mix its topics with the other's. ``holder`` says who it is; found
+    ``while_running``: it publishes there too and started first."""
 
     def __init__(self, gateway_id: str, url: str, holder: str, *,
                  while_running: bool = False) -> None:
-        when = ("while this one ran, another gateway with it came on the broker; "
-                "it started first: " if while_running else "")
-        super().__init__(f"gateway_id {gateway_id!r} is in use on {url}: {when}{holder} "
-                         "answers there; give this gateway another gateway_id")
+        does = ("publishes there too and started first, so this one stops" if while_running
+                else "answers there")
+        super().__init__(f"gateway_id {gateway_id!r} is in use on {url}: {holder} {does}; "
+                         "give this gateway another gateway_id")
         self.gateway_id = gateway_id
         self.url = url
         self.holder = holder

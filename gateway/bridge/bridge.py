@@ -215,6 +215,8 @@ class Bridge:
         if task.cancelled() or self._stopping:
             return
         exc = task.exception()
+        if self._failure.done() and exc is self._failure.result():
+            return  # the supervisor raising the failure it was given: said already
         if exc is None:
             exc = RuntimeError("it returned, but it should run until the bridge stops")
         self._fail(task.get_name(), exc)
@@ -228,7 +230,8 @@ class Bridge:
 
     def _refuse(self, error: GatewayIdInUse) -> None:
         """Another run holds the gateway id and started first: this one stops (exit 2)."""
-        log.error("%s", error)
+        log.error("another gateway holds gateway_id %r on %s: stopping",
+                  self.config.gateway_id, self.settings.url)
         self._refused = True
         if not self._failure.done():
             self._failure.set_result(error)
