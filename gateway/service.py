@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.app import EventSubscription, Gateway
+from gateway.bridge import claim
 from gateway.bridge.bridge import Bridge
 from gateway.bridge.embedded import EmbeddedBroker, EmbeddedBrokerError
+from gateway.bridge.topics import Topics
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, GatewayIdInUse, MetricsUnavailable, StartupError
 from gateway.notify import Notifier
@@ -203,17 +205,21 @@ class Service:
 
     async def _enter_bridge(self, stack: contextlib.AsyncExitStack) -> Bridge:
         """Start the bridge; a metrics address it cannot listen on is a ``StartupError``
-        naming ``metrics.address`` (the queue it opened is closed again)."""
-        bridge = Bridge(self.gateway, self.config)
+        naming ``metrics.address`` (the queue it opened is closed again). Before it, the
+        probe: ``GatewayIdInUse`` when a live gateway holds the id (with the same client id
+        the bridge's connection would take that gateway's session over)."""
+        assert self.config.broker is not None
+        topics = Topics(self.config.topic_prefix, self.config.gateway_id)
+        probed = await claim.probe(self.config.broker, topics)
+        log.debug("gateway_id %r checked on %s in %.1f ms", self.config.gateway_id,
+                  self.config.broker.url, probed.took_s * 1000)
+        bridge = Bridge(self.gateway, self.config, probed=probed)
         try:
             return await stack.enter_async_context(bridge)
         except MetricsUnavailable as exc:
             bridge.spool.close()
             raise StartupError("metrics.address", exc.address,
                                f"cannot be listened on: {exc.reason}") from None
-        except GatewayIdInUse:
-            bridge.spool.close()
-            raise
 
     @staticmethod
     async def _log_events(subscription: EventSubscription) -> None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.app import Gateway, ReloadReport
 from gateway.bridge.actions import GatewayActions
-from gateway.bridge.claim import Claimant, ClaimWatch, new_instance, probe
+from gateway.bridge.claim import Claimant, ClaimWatch, ProbeResult, new_instance
 from gateway.bridge.mqtt import BrokerSettings, Message, MqttConnection
 from gateway.bridge.publisher import EventOutput, EventPublisher
 from gateway.bridge.requests import RequestServer
@@ -53,8 +53,9 @@ class Bridge:
 
     def __init__(self, gateway: Gateway, config: GatewayConfig,
                  settings: BrokerSettings | None = None, *,
-                 outputs: Sequence[EventOutput] = ()) -> None:
-        """``outputs``: extra outputs of the queue besides the configured integrations."""
+                 outputs: Sequence[EventOutput] = (), probed: ProbeResult | None = None) -> None:
+        """``outputs``: extra outputs of the queue besides the configured integrations;
+        ``probed``: what ``claim.probe`` found before (the service probes, then builds this)."""
         broker = settings or config.broker
         assert broker is not None
         self.gateway = gateway
@@ -80,8 +81,10 @@ class Bridge:
                                    will=(self.topics.status, offline_body(instance, started_at)))
         self.statuses = RetainedStatuses(self.mqtt, self.topics, on_forget=self._forget,
                                          instance=instance, started_at=started_at)
-        #: no other live gateway with this id: checked before connecting, watched after
-        self.claim: ClaimWatch | None = None
+        #: no other live run with this gateway id: watched on the own status topic
+        self.claim = ClaimWatch(self.topics, broker.url, Claimant(instance, started_at),
+                                republish=self.statuses.republish, lost=self._refuse,
+                                dead=probed.dead if probed is not None else None)
         #: this run gave the id up to another (claim.py): it stops without a last status
         self._refused = False
         #: the fabric's requests: intake, checks, device sends, gateway actions, answers
@@ -129,13 +132,6 @@ class Bridge:
     # ------------------------------------------------------------------ lifetime
 
     async def __aenter__(self) -> Bridge:
-        # Before the connection: with the same client id it would take a live gateway's
-        # session over (raises GatewayIdInUse: the gateway does not start).
-        found = await probe(self.settings, self.topics)
-        self.claim = ClaimWatch(
-            self.topics, self.settings.url,
-            Claimant(self.statuses.instance, self.statuses.started_at),
-            republish=self.statuses.republish, lost=self._refuse, dead=found.dead)
         self.stats_reporter.serve_metrics()
         # The connection is not in the group: when a loop fails, the group cancels the
         # others at once, and the connection must stay up to publish the offline statuses.
@@ -246,7 +242,6 @@ class Bridge:
 
     def _on_connect(self) -> None:
         self.publisher.connected()
-        assert self.claim is not None
         self.claim.connected()
         # The own status topic first: what the broker holds there comes before our status.
         self.mqtt.subscribe([self.topics.status])
@@ -260,7 +255,6 @@ class Bridge:
 
     def _on_message(self, message: Message) -> None:
         if message.topic == self.topics.status:
-            assert self.claim is not None
             self.claim.on_message(message)
             return
         if self.homeassistant is not None and self.homeassistant.on_message(message):
