@@ -200,15 +200,18 @@ def test_a_second_gateway_with_the_same_id_is_refused_and_the_first_keeps_servin
         first.kill()
 
 
-def test_a_different_client_id_is_refused_too(tmp_path, broker):
-    """Without the client id's takeover the probe is what keeps the topics apart."""
+@pytest.mark.parametrize("protocol", [5, 3])
+def test_a_different_client_id_is_refused_too(tmp_path, broker, protocol):
+    """Without the client id's takeover the probe is what keeps the topics apart; on MQTT
+    3.1.1 the probe's question carries its reply address in the envelope."""
     first = _started(GatewayProcess(tmp_path, "edge-1", broker.url, name="first",
-                                    broker_extra='client_id = "one"'))
+                                    broker_extra=f'client_id = "one"\nprotocol = {protocol}'))
     try:
         second = GatewayProcess(tmp_path, "edge-1", broker.url, name="second",
-                                broker_extra='client_id = "two"').start()
+                                broker_extra=f'client_id = "two"\nprotocol = {protocol}'
+                                ).start()
         assert second.wait(20) == 2
-        assert "is in use on" in second.rest()
+        assert "answers there" in second.rest()  # the probe's refusal, not the watch's
         assert first.proc.poll() is None
     finally:
         first.kill()

@@ -294,9 +294,9 @@ class ClaimWatch:
         self._connections = 0
         self._before_own = True
         self._yielded = False
-        self._other = Recurring(log, f"gateway_id {topics.gateway_id!r}: another run of a "
-                                "gateway published on its status topic; this one (started "
-                                "first) says its statuses again")
+        self._other = Recurring(log, f"gateway_id {topics.gateway_id!r}: something else "
+                                "was published on its status topic; this gateway says its "
+                                "statuses again")
 
     def connected(self) -> None:
         """A connection: the next messages, until this gateway's own status comes back, are
