@@ -243,15 +243,16 @@ class Bridge:
     def _on_connect(self) -> None:
         self.publisher.connected()
         self.claim.connected()
-        # The own status topic first: what the broker holds there comes before our status.
-        self.mqtt.subscribe([self.topics.status])
-        self.statuses.connected()
-        topics = [self.topics.device_requests_filter, self.topics.gateway_requests,
-                  *self.topics.plain_command_filters]
+        # One SUBSCRIBE, before the statuses go: what the broker holds on the own status
+        # topic comes back before this run's status does (claim.py).
+        topics = [self.topics.status, self.topics.device_requests_filter,
+                  self.topics.gateway_requests, *self.topics.plain_command_filters]
         if self.homeassistant is not None:
-            self.homeassistant.connected()
             topics += self.homeassistant.subscriptions
         self.mqtt.subscribe(topics)
+        self.statuses.connected()
+        if self.homeassistant is not None:
+            self.homeassistant.connected()
 
     def _on_message(self, message: Message) -> None:
         if message.topic == self.topics.status:
