@@ -53,6 +53,12 @@ def _offline(claimant: Claimant) -> Claimant:
     # Another run's offline as news (its stop, its late will): the broker must hold ours.
     (_offline(EARLIER), False, True, Verdict.REPUBLISH),
     (_offline(LATER), False, False, Verdict.REPUBLISH),
+    # A status naming no run (an older version, a hand-made one) never stops this one.
+    (Claimant("", 0.0), False, False, Verdict.REPUBLISH),
+    (Claimant("", 0.0), True, True, Verdict.REPUBLISH),
+    (Claimant("", 0.0), True, False, Verdict.IGNORE),
+    (Claimant("b" * 16, 0.0), False, True, Verdict.REPUBLISH),
+    (Claimant("", 0.0, "offline"), False, False, Verdict.REPUBLISH),
     # Cleared or not a status: nothing held; as news, say ours again.
     (None, True, False, Verdict.IGNORE),
     (None, True, True, Verdict.IGNORE),
@@ -82,7 +88,7 @@ def test_the_same_start_time_is_decided_by_the_instance():
 
 
 claimants = st.builds(Claimant, st.text("0123456789abcdef", min_size=16, max_size=16),
-                      st.floats(0, 2e9, allow_nan=False), st.sampled_from(["online",
+                      st.floats(1, 2e9, allow_nan=False), st.sampled_from(["online",
                                                                             "degraded"]))
 
 

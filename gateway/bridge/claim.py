@@ -125,6 +125,10 @@ def judge(ours: Claimant, theirs: Claimant | None, *, before_own: bool, reconnec
         return Verdict.IGNORE
     if forgiven:
         return Verdict.IGNORE if before_own else Verdict.REPUBLISH
+    if not theirs.instance or theirs.started_at <= 0:
+        # No run named (a version without instances, a hand-made message): nothing to
+        # weigh this run against, and no reason to stop; the broker must hold ours.
+        return Verdict.IGNORE if before_own and not reconnected else Verdict.REPUBLISH
     if theirs.up:
         return Verdict.YIELD if ours.later_than(theirs) else Verdict.REPUBLISH
     if before_own and not reconnected:
