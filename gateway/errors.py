@@ -181,3 +181,20 @@ class BridgeTaskFailed(GatewayError):
         super().__init__(f"{where} failed: {cause!r}")
         self.where = where
         self.cause = cause
+
+
+class GatewayIdInUse(GatewayError):
+    """Another live gateway holds this ``gateway_id`` on the broker: this one does not run
+    (exit 2) rather than mix its topics with the other's. ``holder`` says who it is; found
+    ``while_running``: it publishes there too and started first."""
+
+    def __init__(self, gateway_id: str, url: str, holder: str, *,
+                 while_running: bool = False) -> None:
+        does = ("publishes there too and started first, so this one stops" if while_running
+                else "answers there")
+        super().__init__(f"gateway_id {gateway_id!r} is in use on {url}: {holder} {does}; "
+                         "give this gateway another gateway_id")
+        self.gateway_id = gateway_id
+        self.url = url
+        self.holder = holder
+        self.while_running = while_running

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from gateway.app import EventSubscription, Gateway
+from gateway.bridge import claim
 from gateway.bridge.bridge import Bridge
 from gateway.bridge.embedded import EmbeddedBroker, EmbeddedBrokerError
+from gateway.bridge.topics import Topics
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError, MetricsUnavailable, StartupError
+from gateway.errors import GatewayError, GatewayIdInUse, MetricsUnavailable, StartupError
 from gateway.notify import Notifier
 from gateway.reload import Reloader
 from gateway.session import DeviceEvent, DeviceState, TelemetryEvent
@@ -130,9 +132,11 @@ class Service:
         self.notifier.send(READY=1, STATUS=status_line(self.gateway, self.bridge))
 
     async def run(self) -> int:
-        """Run until SIGTERM/SIGINT (0), or until a task of the bridge fails (1)."""
+        """Run until SIGTERM/SIGINT (0), or until a task of the bridge fails (1); raises
+        ``GatewayIdInUse`` when another live gateway holds the id (at the start, or later)."""
         config = self.config
         failed = False
+        refused: GatewayIdInUse | None = None
         loop = asyncio.get_running_loop()
         # Every event at DEBUG: only then a subscription (a queue every event goes through).
         subscription = None
@@ -175,10 +179,14 @@ class Service:
                 await asyncio.gather(*self._reloads, return_exceptions=True)
         except ExceptionGroup as group:
             # The bridge's TaskGroup or the service's: a loop failed. Exit 1 rather than
-            # run on without it.
-            failed = True
-            log.error("stopped after a failure: %s; exit 1",
-                      "; ".join(str(exc) for exc in group.exceptions))
+            # run on without it; another gateway took the id: exit 2, as at the start.
+            in_use = group.subgroup(GatewayIdInUse)
+            if in_use is not None and len(in_use.exceptions) == len(group.exceptions):
+                refused = in_use.exceptions[0]  # type: ignore[assignment]
+            else:
+                failed = True
+                log.error("stopped after a failure: %s; exit 1",
+                          "; ".join(str(exc) for exc in group.exceptions))
             for task in [*tasks, *self._reloads]:
                 task.cancel()
             await asyncio.gather(*tasks, *self._reloads, return_exceptions=True)
@@ -191,12 +199,21 @@ class Service:
                 for event in subscription.take_nowait():  # the last events, at shutdown
                     _log_event(event)
             self.notifier.close()
+        if refused is not None:
+            raise refused
         return 1 if failed else 0
 
     async def _enter_bridge(self, stack: contextlib.AsyncExitStack) -> Bridge:
         """Start the bridge; a metrics address it cannot listen on is a ``StartupError``
-        naming ``metrics.address`` (the queue it opened is closed again)."""
-        bridge = Bridge(self.gateway, self.config)
+        naming ``metrics.address`` (the queue it opened is closed again). Before it, the
+        probe: ``GatewayIdInUse`` when a live gateway holds the id (with the same client id
+        the bridge's connection would take that gateway's session over)."""
+        assert self.config.broker is not None
+        topics = Topics(self.config.topic_prefix, self.config.gateway_id)
+        probed = await claim.probe(self.config.broker, topics)
+        log.debug("gateway_id %r checked on %s in %.1f ms", self.config.gateway_id,
+                  self.config.broker.url, probed.took_s * 1000)
+        bridge = Bridge(self.gateway, self.config, probed=probed)
         try:
             return await stack.enter_async_context(bridge)
         except MetricsUnavailable as exc:

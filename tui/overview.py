@@ -11,7 +11,41 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from tui.device_table import DeviceTable, ago
-from tui.state import SORTS, FabricState
+from tui.state import SORTS, FabricState, GatewayView
+
+#: up to this many gateways the health line describes each; beyond, it counts the ones up
+#: and names only those that are not (a fleet's line must fit the screen's top)
+GATEWAYS_DESCRIBED = 3
+
+
+def gateway_text(gw: GatewayView, now: float) -> str:
+    """One gateway in the health line: its state, for how long, its queue."""
+    text = f"{gw.gateway_id} {gw.state}"
+    if gw.state not in ("online", "offline") and gw.reason:
+        text += f" ({gw.reason})"  # degraded: still serving, but say why
+    if gw.offline_since is not None:
+        # Its last stats (uptime, queue) are from before it went away: not shown.
+        text += f" for {ago(gw.offline_since, now).removesuffix(' ago')}"
+    else:
+        if gw.uptime_s is not None:
+            text += f" up {ago(now - gw.uptime_s, now).removesuffix(' ago')}"
+        if gw.mqtt:
+            text += (f" queued {gw.mqtt.get('spooled', 0)} "
+                     f"dropped {gw.mqtt.get('dropped', 0)}")
+    return text
+
+
+def fleet_text(gateways: list[GatewayView], now: float) -> str:
+    """Many gateways in the health line: how many are online, their queues summed, and
+    each one that is not online, described."""
+    online = [gw for gw in gateways if gw.state == "online"]
+    text = f"{len(gateways)} gateways, {len(online)} online"
+    queued = sum(int(gw.mqtt.get("spooled", 0) or 0) for gw in online)
+    dropped = sum(int(gw.mqtt.get("dropped", 0) or 0) for gw in online)
+    if any(gw.mqtt for gw in online):
+        text += f" (queued {queued} dropped {dropped})"
+    others = [gateway_text(gw, now) for gw in gateways if gw.state != "online"]
+    return "; ".join([text, *others])
 
 
 def health_text(state: FabricState, connected: bool, reconnects: int, last_error: str, *,
@@ -22,24 +56,14 @@ def health_text(state: FabricState, connected: bool, reconnects: int, last_error
     broker += " connected" if connected else f" NOT connected {last_error}".rstrip()
     if reconnects:
         broker += f" ({reconnects} reconnects)"
-    gateways = []
-    for gw in sorted(state.gateways.values(), key=lambda g: g.gateway_id):
-        text = f"{gw.gateway_id} {gw.state}"
-        if gw.state not in ("online", "offline") and gw.reason:
-            text += f" ({gw.reason})"  # degraded: still serving, but say why
-        if gw.offline_since is not None:
-            # Its last stats (uptime, queue) are from before it went away: not shown.
-            text += f" for {ago(gw.offline_since, now).removesuffix(' ago')}"
-        else:
-            if gw.uptime_s is not None:
-                text += f" up {ago(now - gw.uptime_s, now).removesuffix(' ago')}"
-            if gw.mqtt:
-                text += (f" queued {gw.mqtt.get('spooled', 0)} "
-                         f"dropped {gw.mqtt.get('dropped', 0)}")
-        gateways.append(text)
+    views = sorted(state.gateways.values(), key=lambda g: g.gateway_id)
+    if len(views) > GATEWAYS_DESCRIBED:
+        gateways = fleet_text(views, now)
+    else:
+        gateways = "; ".join(gateway_text(gw, now) for gw in views) or "no gateway seen yet"
     online, stale, total = state.counts()
     devices = f"{online}/{total} devices online" + (f", {stale} stale" if stale else "")
-    return f"{broker} | {'; '.join(gateways) or 'no gateway seen yet'} | {devices}"
+    return f"{broker} | {gateways} | {devices}"
 
 
 class OverviewScreen(Screen):

@@ -20,20 +20,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.app import Gateway, ReloadReport
 from gateway.bridge.actions import GatewayActions
+from gateway.bridge.claim import Claimant, ClaimWatch, ProbeResult, new_instance
 from gateway.bridge.mqtt import BrokerSettings, Message, MqttConnection
 from gateway.bridge.publisher import EventOutput, EventPublisher
 from gateway.bridge.requests import RequestServer
 from gateway.bridge.spool import Spool
 from gateway.bridge.stats import StatsReporter
-from gateway.bridge.statuses import OFFLINE, RetainedStatuses
+from gateway.bridge.statuses import RetainedStatuses, offline_body
 from gateway.bridge.topics import Topics
 from gateway.config import GatewayConfig
-from gateway.errors import BridgeTaskFailed
+from gateway.errors import BridgeTaskFailed, GatewayIdInUse
 from gateway.session import DeviceRenamed, StateChange
 
 if TYPE_CHECKING:
@@ -51,8 +53,9 @@ class Bridge:
 
     def __init__(self, gateway: Gateway, config: GatewayConfig,
                  settings: BrokerSettings | None = None, *,
-                 outputs: Sequence[EventOutput] = ()) -> None:
-        """``outputs``: extra outputs of the queue besides the configured integrations."""
+                 outputs: Sequence[EventOutput] = (), probed: ProbeResult | None = None) -> None:
+        """``outputs``: extra outputs of the queue besides the configured integrations;
+        ``probed``: what ``claim.probe`` found before (the service probes, then builds this)."""
         broker = settings or config.broker
         assert broker is not None
         self.gateway = gateway
@@ -73,8 +76,17 @@ class Bridge:
         self._final_acks: set[int] = set()
         self._final_done = asyncio.Event()
 
-        self.mqtt = MqttConnection(self.settings, will=(self.topics.status, OFFLINE))
-        self.statuses = RetainedStatuses(self.mqtt, self.topics, on_forget=self._forget)
+        instance, started_at = new_instance(), time.time()
+        self.mqtt = MqttConnection(self.settings,
+                                   will=(self.topics.status, offline_body(instance, started_at)))
+        self.statuses = RetainedStatuses(self.mqtt, self.topics, on_forget=self._forget,
+                                         instance=instance, started_at=started_at)
+        #: no other live run with this gateway id: watched on the own status topic
+        self.claim = ClaimWatch(self.topics, broker.url, Claimant(instance, started_at),
+                                republish=self.statuses.republish, lost=self._refuse,
+                                dead=probed.dead if probed is not None else None)
+        #: this run gave the id up to another (claim.py): it stops without a last status
+        self._refused = False
         #: the fabric's requests: intake, checks, device sends, gateway actions, answers
         self.actions = GatewayActions(gateway)
         self.request_server = RequestServer(gateway, config, self.topics, self.mqtt,
@@ -146,6 +158,10 @@ class Bridge:
         self._stopping = True
         self.publisher.stopping()
         try:
+            if self._refused:
+                # The id is another run's: its statuses stay as they are (the last events
+                # wait in the queue for a run under a free id).
+                await self.mqtt.disconnect()
             # The gateway has stopped: its devices' last state changes are in the subscription.
             try:
                 waits = self.publisher.drain()
@@ -195,6 +211,8 @@ class Bridge:
         if task.cancelled() or self._stopping:
             return
         exc = task.exception()
+        if self._failure.done() and exc is self._failure.result():
+            return  # the supervisor raising the failure it was given: said already
         if exc is None:
             exc = RuntimeError("it returned, but it should run until the bridge stops")
         self._fail(task.get_name(), exc)
@@ -206,6 +224,14 @@ class Bridge:
         if not self._failure.done():
             self._failure.set_result(BridgeTaskFailed(where, exc))
 
+    def _refuse(self, error: GatewayIdInUse) -> None:
+        """Another run holds the gateway id and started first: this one stops (exit 2)."""
+        log.error("another gateway holds gateway_id %r on %s: stopping",
+                  self.config.gateway_id, self.settings.url)
+        self._refused = True
+        if not self._failure.done():
+            self._failure.set_result(error)
+
     async def _supervise(self) -> None:
         """Raises the first failure in the group: the group stops the gateway with it."""
         # Shielded: the group cancelling this task must not cancel the future with it.
@@ -216,15 +242,22 @@ class Bridge:
 
     def _on_connect(self) -> None:
         self.publisher.connected()
-        self.statuses.connected()
-        topics = [self.topics.device_requests_filter, self.topics.gateway_requests,
-                  *self.topics.plain_command_filters]
+        self.claim.connected()
+        # One SUBSCRIBE, before the statuses go: what the broker holds on the own status
+        # topic comes back before this run's status does (claim.py).
+        topics = [self.topics.status, self.topics.device_requests_filter,
+                  self.topics.gateway_requests, *self.topics.plain_command_filters]
         if self.homeassistant is not None:
-            self.homeassistant.connected()
             topics += self.homeassistant.subscriptions
         self.mqtt.subscribe(topics)
+        self.statuses.connected()
+        if self.homeassistant is not None:
+            self.homeassistant.connected()
 
     def _on_message(self, message: Message) -> None:
+        if message.topic == self.topics.status:
+            self.claim.on_message(message)
+            return
         if self.homeassistant is not None and self.homeassistant.on_message(message):
             return  # Home Assistant's birth: it re-announces
         self.request_server.take(message)

@@ -21,8 +21,12 @@ from gateway.bridge.mqtt import MqttConnection
 from gateway.bridge.topics import Topics
 from gateway.session import DeviceRenamed, StateChange
 
-#: the gateway's status when it stops, and its MQTT will when it dies
-OFFLINE = b'{"state":"offline"}'
+
+def offline_body(instance: str, started_at: float) -> bytes:
+    """The gateway's ``offline`` status (its clean stop, and its will), naming its run: a
+    gateway watching its own status topic tells another run's from its own."""
+    return json.dumps({"state": "offline", "instance": instance,
+                       "started_at": started_at}).encode()
 
 
 class RetainedStatuses:
@@ -30,10 +34,13 @@ class RetainedStatuses:
     change, ``connected`` on every connection, ``acked`` for PUBACKs of non-event mids."""
 
     def __init__(self, mqtt: MqttConnection, topics: Topics, *,
-                 on_forget: Callable[[str], None]) -> None:
+                 on_forget: Callable[[str], None], instance: str,
+                 started_at: float | None = None) -> None:
         self.mqtt = mqtt
         self.topics = topics
-        self.started_at = time.time()
+        #: this run of the gateway: random, in every gateway status (claim.py)
+        self.instance = instance
+        self.started_at = time.time() if started_at is None else started_at
         #: called when a device id leaves the gateway: nothing of it is republished or kept
         self._on_forget = on_forget
         self._statuses: dict[str, bytes] = {}
@@ -132,7 +139,7 @@ class RetainedStatuses:
         """The gateway's retained status: online, or degraded while the queue cannot be
         written (still serving: consumers treat anything but offline as up)."""
         body: dict[str, Any] = {"state": "online", "version": __version__,
-                                "started_at": self.started_at}
+                                "started_at": self.started_at, "instance": self.instance}
         if self._degraded is not None:
             body.update(state="degraded", reason="spool_error", error=self._degraded,
                         since=self._degraded_since)
@@ -143,9 +150,19 @@ class RetainedStatuses:
 
     def offline(self) -> int | None:
         """The gateway stops cleanly: its status says offline; the mid to wait for."""
-        return self.mqtt.publish(self.topics.status, OFFLINE, retain=True)
+        return self.mqtt.publish(self.topics.status, offline_body(self.instance,
+                                                                  self.started_at),
+                                 retain=True)
 
     # ------------------------------------------------------------------ connections
+
+    def republish(self) -> None:
+        """Every status afresh on this connection: another run of a gateway with this id
+        published over them (claim.py), and this run is the one that stays."""
+        self._publish_gateway()
+        for device_id, body in self._statuses.items():
+            self.mqtt.publish(self.topics.device_status(device_id), body, retain=True,
+                              resend=False)
 
     def connected(self) -> None:
         """A new connection: every status afresh (none is sent again by paho), and the
