@@ -7,9 +7,10 @@ start (claim.py).
 
     .venv/bin/python bench/fleet.py [--gateways 10] [--devices 4] [--interval-ms 50] [--seconds 20]
 
-Parts (``--only``): ``fleet``, the above. ``failover`` (a broker-cluster node stopped ->
-time to the first event acknowledged by the other node, p50/p99 over 10 failovers) is not
-written yet: it needs the ``[broker] urls`` failover and a broker cluster (see ``PARTS``).
+Parts (``--only``): ``fleet``, the above; ``failover``: one gateway with ``--devices``
+devices on a RabbitMQ cluster (``[broker] urls``, MQTT 3.1.1), the node it is on killed
+``--failovers`` times (and started again); failover time p50/p99 (the kill -> the first event
+read at the gateway after it, received on a surviving node) and events lost across them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from gateway.bridge.claim import probe
 from gateway.bridge.mqtt import BrokerSettings
 from gateway.bridge.topics import Topics
 from gateway.errors import GatewayIdInUse
+from tests.broker_cluster import RabbitCluster, rabbitmq_server
 from tests.mqtt_helpers import Mosquitto
 
 BIN = Path(sys.executable).parent
@@ -274,12 +276,123 @@ def fleet(args: argparse.Namespace, tmp: Path, broker: Mosquitto) -> dict[str, A
     }
 
 
-#: the parts, in the order a full run takes them. ``failover`` goes here when it is
-#: written: a two-node broker cluster, the gateways on ``[broker] urls``, the node they are
-#: on stopped ten times; time to the first event acknowledged by the other node, p50/p99.
-PARTS = {"fleet": fleet}
-NOT_WRITTEN = {"failover": "a broker-cluster node stopped -> first event acknowledged by "
-                           "the other node (needs [broker] urls and a broker cluster)"}
+class _NodeConsumer:
+    """A paho client on one cluster node: every event's (device, seq) with its arrival
+    time, and the gateway's latest stats (delivered live; RabbitMQ keeps retained messages
+    per node)."""
+
+    def __init__(self, port: int, prefix: str) -> None:
+        #: (arrival, device, seq, the event's timestamp: its frame's arrival at the gateway)
+        self.events: list[tuple[float, str, int, float]] = []
+        #: the gateway's latest stats and when they came
+        self.stats: tuple[float, dict[str, Any]] | None = None
+        self._prefix = prefix
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311,
+                                  client_id=f"bench-consumer-{port}")
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(f"{prefix}/#", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message) -> None:
+        if "/events/" in message.topic:
+            device = message.topic.split("/")[4]
+            body = json.loads(message.payload)
+            self.events.append((time.monotonic(), device, body["seq"], body["timestamp"]))
+        elif message.topic == f"{self._prefix}/stats" and message.payload:
+            self.stats = (time.monotonic(), json.loads(message.payload))
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+
+
+def failover(args: argparse.Namespace, tmp: Path, broker: Mosquitto) -> dict[str, Any]:
+    """One gateway (``--devices`` devices) on a RabbitMQ cluster; the node it is on is
+    killed ``--failovers`` times (and started again), a consumer on every node. Failover
+    time: the kill -> the first event read at the gateway after it, received on a surviving
+    node (so: connected, subscribed, and publishing there)."""
+    if rabbitmq_server() is None:
+        raise SystemExit("bench/fleet.py --only failover needs RabbitMQ "
+                         "(apt install rabbitmq-server; ./dev system-deps does)")
+    nodes = 2 if args.failovers == 1 else 3  # three ride through one down, and restart
+    gateway_id = "bench-fo"
+    prefix = f"{PREFIX}/{gateway_id}"
+    with RabbitCluster(tmp / "rabbitmq", nodes=nodes) as cluster:
+        consumers = [_NodeConsumer(port, prefix) for port in cluster.mqtt_ports]
+        links = tmp / "fo-links"
+        sim = subprocess.Popen(
+            [str(BIN / "mcp-sim"), "--pty", "--count", str(args.devices), "--link-dir",
+             str(links), "--interval-ms", str(args.interval_ms)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        links_made = [sim.stdout.readline().split()[0] for _ in range(args.devices)]
+        path = _config(tmp, gateway_id, [str(links / name) for name in links_made],
+                       cluster.urls[0])
+        path.write_text(path.read_text()
+                        .replace("stats_interval_s = 1\n", "stats_interval_s = 0.2\n")
+                        .replace(f'url = "{cluster.urls[0]}"',
+                                 f"urls = {json.dumps(cluster.urls)}\nprotocol = 3"))
+        names = [f"sensor-{j}" for j in range(args.devices)]
+        gw = subprocess.Popen([str(BIN / "mcp-gateway"), "run", "--config", str(path)],
+                              stderr=subprocess.DEVNULL)
+        times: list[float] = []
+        retired: list[_NodeConsumer] = []
+        try:
+            def on_node() -> int | None:
+                latest = max((c.stats for c in consumers if c.stats is not None),
+                             default=None, key=lambda stats: stats[0])
+                node = latest[1]["mqtt"]["node"] if latest else None
+                return cluster.urls.index(node) if node in cluster.urls else None
+
+            _wait(lambda: all(any(e[1] == n for e in consumers[-1].events) for n in names),
+                  60, "every device's events")
+            for _ in range(args.failovers):
+                _wait(lambda: on_node() is not None, 30, "the gateway's node in its stats")
+                node = on_node()
+                survivors = [c for i, c in enumerate(consumers) if i != node]
+                killed_at, killed_wall = time.monotonic(), time.time()
+                cluster.kill(node)
+
+                def first_new(survivors=survivors, killed_wall=killed_wall) -> float | None:
+                    # read at the gateway after the kill: it went through another node
+                    arrivals = [t for c in survivors for t, _, _, stamp in c.events
+                                if stamp > killed_wall]
+                    return min(arrivals) if arrivals else None
+
+                times.append(_wait(first_new, 120, "an event after the failover") - killed_at)
+                _wait(lambda n=node: on_node() not in (None, n), 30, "stats from the new node")
+                if args.failovers > 1:
+                    cluster.start(node)
+                    _wait(cluster.routes_everywhere, 180, "the node back in the cluster")
+                    consumers[node].stop()
+                    retired.append(consumers[node])  # what it got counts
+                    consumers[node] = _NodeConsumer(cluster.mqtt_ports[node], prefix)
+        finally:
+            gw.send_signal(signal.SIGTERM)
+            gw.wait(30)
+            sim.send_signal(signal.SIGTERM)
+            sim.wait(30)
+            for consumer in consumers:
+                consumer.stop()
+        seqs: dict[str, set[int]] = {}
+        consumers += retired
+        for consumer in consumers:
+            for _, device, seq, _ in consumer.events:
+                seqs.setdefault(device, set()).add(seq)
+        lost = sum(max(s) - min(s) + 1 - len(s) for s in seqs.values())
+        arrivals = sorted(t for consumer in consumers for t, *_ in consumer.events)
+        span = arrivals[-1] - arrivals[0] if arrivals else 0.0
+        return {"broker": f"RabbitMQ {nodes}-node cluster, MQTT 3.1.1", "failovers": len(times),
+                "failover": _percentiles(times),
+                "failover_ms_each": [round(t * 1000) for t in times],
+                "events_received": sum(len(s) for s in seqs.values()), "events_lost": lost,
+                "streamed_s": round(span, 1),
+                "per_device": {device: len(s) for device, s in sorted(seqs.items())}}
+
+
+#: the parts, in the order a full run takes them
+PARTS = {"fleet": fleet, "failover": failover}
 
 
 def _table(result: dict[str, Any]) -> None:
@@ -312,15 +425,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="the measured window")
     parser.add_argument("--probes", type=int, default=40,
                         help="probe runs per case (startup delay)")
-    parser.add_argument("--only", choices=(*PARTS, *NOT_WRITTEN), help="run one part")
+    parser.add_argument("--failovers", type=int, default=10, help="failovers to time")
+    parser.add_argument("--only", choices=tuple(PARTS), help="run one part")
     parser.add_argument("--smoke", action="store_true",
                         help="a short run that proves the bench works; its numbers mean nothing")
     args = parser.parse_args()
-    if args.only in NOT_WRITTEN:
-        parser.exit(2, f"bench/fleet.py: the {args.only} part is not written yet: "
-                       f"{NOT_WRITTEN[args.only]}\n")
     if args.smoke:
         args.gateways, args.devices, args.seconds, args.probes = 2, 2, 1.0, 4
+        args.failovers = 1
     results = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -335,6 +447,12 @@ def main() -> None:
             broker.stop()
     if "fleet" in results:
         _table(results["fleet"])
+    if "failover" in results:
+        result = results["failover"]
+        print(f"failover on a {result['broker']}: {result['failovers']} failovers, p50 "
+              f"{result['failover']['p50_ms']} ms, p99 {result['failover']['p99_ms']} ms "
+              f"(each: {result['failover_ms_each']} ms); lost {result['events_lost']} of "
+              f"{result['events_received']:,} events")
 
 
 if __name__ == "__main__":

@@ -127,9 +127,13 @@ class RabbitCluster:
         self.stop(i, signal.SIGKILL)
 
     def __enter__(self) -> RabbitCluster:
-        for i in range(self.count):
-            self.start(i)
+        # The first node alone, then the others: they find it running and join it. Started
+        # together, two fresh nodes can each find no peer up and form clusters of their own.
+        self.start(0)
         try:
+            self.wait_ready()
+            for i in range(1, self.count):
+                self.start(i)
             self.wait_ready()
             self.mirror_mqtt_queues()
         except BaseException:
@@ -163,14 +167,16 @@ class RabbitCluster:
         """True when a message published on each running node reaches every other one."""
         running = [i for i in range(self.count) if self.procs[i] is not None]
         try:
+            if len(running) == 1:  # alone: its own MQTT listener answers
+                return routes(self.mqtt_ports[running[0]], self.mqtt_ports[running[0]])
             return all(routes(self.mqtt_ports[i], self.mqtt_ports[j])
                        for i in running for j in running if i != j)
         except (OSError, TimeoutError):
             return False
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        """Until a QoS 1 message published on each node reaches a subscriber on every
-        other node: both run their MQTT listeners, and they are one cluster."""
+        """Until a QoS 1 message published on each running node reaches a subscriber on
+        every other one: they run their MQTT listeners, and they are one cluster."""
         deadline = time.monotonic() + timeout
         while not self.routes_everywhere():
             if time.monotonic() > deadline:

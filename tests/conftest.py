@@ -20,3 +20,16 @@ def broker(tmp_path):
     mosquitto.start()
     yield mosquitto
     mosquitto.stop()
+
+
+@pytest.fixture
+def durable_broker(tmp_path):
+    """A Mosquitto that keeps its sessions through a restart (persistence on): a watcher's
+    subscription and the messages queued for it while it reconnects are not lost, so what
+    the watcher misses is what the gateway did not publish."""
+    directory = tmp_path / "durable-broker"
+    directory.mkdir()
+    mosquitto = Mosquitto(directory, extra=f"persistence true\npersistence_location {directory}/\n")
+    mosquitto.start()
+    yield mosquitto
+    mosquitto.stop()

@@ -154,3 +154,20 @@ def make_client_certificate(certs: dict[str, Path], directory: Path,
                   "-out", str(cert))):
         subprocess.run(["openssl", *args], check=True, capture_output=True)
     return cert, key
+
+
+class DurableWatcher(Client):
+    """An MQTT 3.1.1 client with a persistent session (clean_session off), subscribed to
+    ``topic`` at QoS 1: with ``durable_broker``, what it misses is what was not published."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.protocol = 4
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="durable-watcher",
+                                  protocol=paho.MQTTv311, clean_session=False)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.messages = []
+        self.lock = threading.Lock()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.subscribe(topic)

@@ -19,15 +19,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware_sim import Fleet, FleetSpec
 from gateway.bridge.envelope import event_body
@@ -35,7 +32,7 @@ from gateway.bridge.spool import Spool
 from gateway.config import load_config
 from gateway.service import Service
 from tests.harness import lacking, wait_for
-from tests.mqtt_helpers import Client, Mosquitto
+from tests.mqtt_helpers import Client, DurableWatcher
 from tests.test_bridge import P, stack
 
 BIN = Path(sys.executable).parent
@@ -121,36 +118,6 @@ def watcher(broker):
     c.close()
 
 
-@pytest.fixture
-def durable_broker(tmp_path):
-    """A Mosquitto that keeps its sessions through a restart (persistence on): a watcher's
-    subscription and the messages queued for it while it reconnects are not lost, so what
-    the watcher misses is what the gateway did not publish."""
-    directory = tmp_path / "durable-broker"
-    directory.mkdir()
-    mosquitto = Mosquitto(directory, extra=f"persistence true\npersistence_location {directory}/\n")
-    mosquitto.start()
-    yield mosquitto
-    mosquitto.stop()
-
-
-class DurableWatcher(Client):
-    """An MQTT 3.1.1 client with a persistent session (clean_session off), subscribed to
-    everything of the test gateway at QoS 1."""
-
-    def __init__(self, port: int) -> None:
-        self.protocol = 4
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="durable-watcher",
-                                  protocol=paho.MQTTv311, clean_session=False)
-        self.client.reconnect_delay_set(0.1, 0.5)
-        self.messages = []
-        self.lock = threading.Lock()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        self.subscribe(f"{P}/#")
-
-
 async def rate(bridge, seconds: float = 2.0) -> float:
     """Events acknowledged by the broker per second, over ``seconds``."""
     before = bridge.published
@@ -171,7 +138,7 @@ async def test_a_full_disk_degrades_loudly_and_publishing_resumes_when_space_ret
     written again by itself and events flow at the devices' rate, with no event lost."""
     caplog.set_level(logging.INFO)
     broker = durable_broker
-    watcher = DurableWatcher(broker.port)
+    watcher = DurableWatcher(broker.port, f"{P}/#")
     disk = tmp_path / "disk"
     spec = FleetSpec(count=2, interval_ms=10)
     with small_disk(disk):

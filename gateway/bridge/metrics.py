@@ -117,7 +117,7 @@ class StatsCollector(Collector):
         mqtt = stats["mqtt"]
         yield GaugeMetricFamily("mcp_mqtt_connected", "1 when connected to the broker",
                                 value=1.0 if mqtt["connected"] else 0.0)
-        for name in ("published", "dropped", "rejected", "reconnects", "requests",
+        for name in ("published", "dropped", "rejected", "reconnects", "failovers", "requests",
                      "invalid_requests", "requests_busy", "requests_withheld", "not_durable"):
             yield CounterMetricFamily(f"mcp_mqtt_{name}", f"MQTT {name.replace('_', ' ')}",
                                       value=mqtt[name])
