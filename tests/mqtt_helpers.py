@@ -171,3 +171,14 @@ class DurableWatcher(Client):
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         self.subscribe(topic)
+
+
+def seqs_by_device(client: Client, prefix: str) -> dict[str, list[int]]:
+    """Every event's seq that ``client`` got under ``{prefix}/devices/``, per device, in
+    arrival order (duplicates kept)."""
+    seqs: dict[str, list[int]] = {}
+    for message in client.on(f"{prefix}/devices/"):
+        if "/events/" in message.topic:
+            device = message.topic.split("/")[-3]
+            seqs.setdefault(device, []).append(json.loads(message.payload)["seq"])
+    return seqs

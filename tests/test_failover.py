@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,8 +26,9 @@ from textual.widgets import Static
 
 from gateway.bridge.mqtt import BrokerSettings, MqttConnection
 from tests.broker_cluster import RabbitCluster, rabbitmq_server
+from tests.fleet_helpers import wait_until
 from tests.harness import lacking, wait_for
-from tests.mqtt_helpers import Client, free_port
+from tests.mqtt_helpers import Client, free_port, seqs_by_device
 from tests.test_cli_run import Lines
 from tui.app import DashboardApp
 
@@ -44,27 +44,6 @@ def cluster(tmp_path):
         lacking("RabbitMQ is not installed (apt install rabbitmq-server)")
     with RabbitCluster(tmp_path / "rabbitmq") as cluster:
         yield cluster
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout} s for {what}")
-        time.sleep(0.05)
-
-
-def events_by_device(client: Client) -> dict[str, list[int]]:
-    """Every event's seq, per device, in arrival order (duplicates kept)."""
-    seqs: dict[str, list[int]] = {}
-    for message in client.on(f"{P}/devices/"):
-        if "/events/" in message.topic:
-            device = message.topic.split("/")[4]
-            seqs.setdefault(device, []).append(json.loads(message.payload)["seq"])
-    return seqs
 
 
 def gaps(seqs: list[int]) -> list[int]:
@@ -117,16 +96,16 @@ def test_the_gateway_fails_over_and_a_consumer_on_a_surviving_node_misses_nothin
     sim, gw, lines, names = start_stack(tmp_path, urls)
     try:
         lines.until(f"connected to {urls[0]}", timeout=30)
-        wait_until(lambda: all(len(events_by_device(consumer).get(name, ())) >= 20
+        wait_until(lambda: all(len(seqs_by_device(consumer, P).get(name, ())) >= 20
                                for name in names), 30, "20 events of every device on node 1")
-        before = {name: len(seqs) for name, seqs in events_by_device(consumer).items()}
+        before = {name: len(seqs) for name, seqs in seqs_by_device(consumer, P).items()}
 
         cluster.kill(0)  # the node the gateway is on dies: no clean close, no will
         moved = lines.until(f"failing over from {urls[0]}", timeout=90)[-1]
         now_on = next(i for i, url in enumerate(urls) if f"connected to {url}," in moved)
 
         # The gateway streams on through node 1, where the consumer gets it all.
-        wait_until(lambda: all(len(events_by_device(consumer)[name]) >= before[name] + 40
+        wait_until(lambda: all(len(seqs_by_device(consumer, P)[name]) >= before[name] + 40
                                for name in names), 60, "40 more events of every device")
         stats = wait_until(
             lambda: (s := latest_json(consumer, f"{P}/stats")) and s["mqtt"]["failovers"] and s,
@@ -169,7 +148,7 @@ def test_the_gateway_fails_over_and_a_consumer_on_a_surviving_node_misses_nothin
         stop_stack(sim, gw)
         assert gw.returncode == 0
         # Nothing lost: every device's seqs from the first seen to the last, no hole.
-        for name, seqs in events_by_device(consumer).items():
+        for name, seqs in seqs_by_device(consumer, P).items():
             assert not gaps(seqs), f"{name} lost seqs {gaps(seqs)[:20]} across the failover"
         assert latest_json(consumer, f"{P}/status")["state"] == "offline"
     finally:

@@ -32,7 +32,7 @@ from gateway.bridge.spool import Spool
 from gateway.config import load_config
 from gateway.service import Service
 from tests.harness import lacking, wait_for
-from tests.mqtt_helpers import Client, DurableWatcher
+from tests.mqtt_helpers import Client, DurableWatcher, seqs_by_device
 from tests.test_bridge import P, stack
 
 BIN = Path(sys.executable).parent
@@ -81,15 +81,6 @@ def fill(disk: Path) -> Path:
     finally:
         os.close(fd)
     return filler
-
-
-def seqs_by_device(client: Client) -> dict[str, list[int]]:
-    seqs: dict[str, list[int]] = {}
-    for message in client.on(f"{P}/devices/"):
-        if "/events/" in message.topic:
-            device = message.topic.split("/")[4]
-            seqs.setdefault(device, []).append(json.loads(message.payload)["seq"])
-    return seqs
 
 
 def lost_and_duplicated(seqs: list[int]) -> tuple[int, int]:
@@ -184,7 +175,7 @@ async def test_a_full_disk_degrades_loudly_and_publishing_resumes_when_space_ret
             assert after > devices_rate * 0.5, f"{after:.0f} events/s after space returned"
             await wait_for(lambda: statuses(watcher)[-1]["state"] == "online", what="online")
             await wait_for(lambda: all(
-                max(seqs_by_device(watcher).get(d.name, [0])) >= bridge.spool.last_seq(d.name)
+                max(seqs_by_device(watcher, P).get(d.name, [0])) >= bridge.spool.last_seq(d.name)
                 - 50 for d in fleet.devices), timeout=15, what="the watcher to catch up")
         entering = error_lines(caplog, "the event queue cannot be written")
         assert len(entering) == 1, entering  # once, not per commit (later: summaries)
@@ -192,7 +183,7 @@ async def test_a_full_disk_degrades_loudly_and_publishing_resumes_when_space_ret
                    and "the event queue cannot be written" in r.getMessage()]
         assert len(leaving) == 1, leaving
         assert "over after" in leaving[0]
-    for device, seqs in seqs_by_device(watcher).items():
+    for device, seqs in seqs_by_device(watcher, P).items():
         lost, duplicated = lost_and_duplicated(seqs)
         print(f"{device}: {len(seqs)} events, {lost} lost, {duplicated} duplicated, "
               f"{after:.0f} events/s after space returned")
@@ -249,7 +240,7 @@ def test_sigterm_on_a_full_disk_exits_0_and_seqs_never_go_backwards(tmp_path, br
             time.sleep(0.05)
 
     def seqs() -> list[int]:
-        return seqs_by_device(watcher).get("a", [])
+        return seqs_by_device(watcher, P).get("a", [])
 
     gw: subprocess.Popen | None = None
 
