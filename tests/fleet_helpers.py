@@ -16,11 +16,16 @@ from tests.test_cli_run import Lines
 BIN = os.path.dirname(sys.executable)
 
 
+def _broker_key(url: str | list[str]) -> str:
+    """``url = "..."``, or ``urls = [...]`` for a list of nodes."""
+    return f"urls = {json.dumps(url)}" if isinstance(url, list) else f'url = "{url}"'
+
+
 class GatewayProcess:
     """One ``mcp-gateway run`` with its own configuration and state directory; its stderr
     read by a thread (``lines``)."""
 
-    def __init__(self, directory: Path, gateway_id: str, broker_url: str,
+    def __init__(self, directory: Path, gateway_id: str, broker_url: str | list[str],
                  ports: dict[str, str] | None = None, *, name: str | None = None,
                  extra: str = "", broker_extra: str = "") -> None:
         self.gateway_id = gateway_id
@@ -28,7 +33,7 @@ class GatewayProcess:
         self.config = directory / f"{self.name}.toml"
         ports = ports if ports is not None else {"x": str(directory / f"{self.name}-none")}
         text = (f'gateway_id = "{gateway_id}"\nstate_dir = "{directory / self.name}"\n'
-                f"{extra}\n[broker]\nurl = \"{broker_url}\"\n{broker_extra}\n")
+                f"{extra}\n[broker]\n{_broker_key(broker_url)}\n{broker_extra}\n")
         for port, path in ports.items():
             text += f'[[ports]]\nname = "{port}"\npath = "{path}"\n'
         self.config.write_text(text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 
 import paho.mqtt.client as paho
 import pytest
@@ -18,7 +19,7 @@ from gateway.bridge.mqtt import Message
 from gateway.bridge.topics import Topics
 from gateway.errors import GatewayIdInUse
 from tests.fleet_helpers import GatewayProcess, retained, wait_until
-from tests.mqtt_helpers import Client
+from tests.mqtt_helpers import Client, Mosquitto, free_port
 
 OURS = Claimant("a" * 16, 1000.0)
 EARLIER = Claimant("b" * 16, 900.0)
@@ -67,6 +68,18 @@ def _offline(claimant: Claimant) -> Claimant:
 def test_judge(theirs, before_own, reconnected, verdict):
     assert judge(OURS, theirs, before_own=before_own, reconnected=reconnected,
                  forgiven=False) is verdict
+
+
+@pytest.mark.parametrize("theirs", [EARLIER, _offline(EARLIER), LATER, _offline(LATER)])
+def test_what_a_node_new_to_this_run_holds_is_no_claim_but_news_there_is(theirs):
+    """A cluster keeping retained messages per node holds on a node this run was not on
+    whatever an older run left there: not a claim. A status published there while this run
+    is connected is judged as anywhere."""
+    assert judge(OURS, theirs, before_own=True, reconnected=True, forgiven=False,
+                 new_node=True) is Verdict.IGNORE
+    assert judge(OURS, theirs, before_own=False, reconnected=True, forgiven=False,
+                 new_node=True) is judge(OURS, theirs, before_own=False, reconnected=True,
+                                         forgiven=False)
 
 
 @pytest.mark.parametrize("theirs", [EARLIER, _offline(EARLIER)])
@@ -120,7 +133,7 @@ def test_parse_status(payload, expected):
 def _watch(dead: Claimant | None = None):
     said: list[str] = []
     lost: list[GatewayIdInUse] = []
-    watch = ClaimWatch(Topics("mcp/v1", "edge-1"), "mqtt://broker", OURS,
+    watch = ClaimWatch(Topics("mcp/v1", "edge-1"), lambda: "mqtt://broker", OURS,
                        republish=lambda: said.append("republish"), lost=lost.append, dead=dead)
     return watch, said, lost
 
@@ -329,3 +342,74 @@ def test_a_session_taken_over_by_the_same_client_id_is_resolved(tmp_path, broker
     finally:
         intruder.loop_stop()
         gw.kill()
+
+
+# ---------------------------------------------------------------------- a cluster of nodes
+
+
+@pytest.fixture
+def second_broker(tmp_path):
+    """Another broker beside ``broker``: together, a cluster whose nodes keep retained
+    messages each for itself (as RabbitMQ 3.x does)."""
+    directory = tmp_path / "node-b"
+    directory.mkdir()
+    mosquitto = Mosquitto(directory)
+    mosquitto.start()
+    yield mosquitto
+    mosquitto.stop()
+
+
+def _retain(port: int, body: dict) -> None:
+    client = Client(port)
+    try:
+        client.client.publish("mcp/v1/edge-1/status", json.dumps(body), qos=1,
+                              retain=True).wait_for_publish(5)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("held", ["offline", "online"])
+def test_a_failover_to_a_node_holding_an_older_runs_status_is_no_claim(
+        tmp_path, broker, second_broker, held):
+    """Node B holds what an older run left there when it was last on B: its clean stop, or
+    its online (B went down under it, so no will was fired there). Failing over to B, this
+    run takes it for what it is, says its own status there and goes on (it stopped, exit 2,
+    as if another gateway held the id)."""
+    _retain(second_broker.port, {"state": held, "instance": "0" * 16,
+                                 "started_at": time.time() - 86400, "version": "0.1.0"})
+    gw = _started(GatewayProcess(tmp_path, "edge-1", [broker.url, second_broker.url]))
+    try:
+        broker.stop()
+        gw.until(f"connected to {second_broker.url}, failing over from {broker.url}")
+        ours = wait_until(lambda: (s := _status_of(second_broker)) and
+                          s["instance"] != "0" * 16 and s, what="this run's status on B")
+        assert ours["state"] == "online"
+        # Its stats come on B, and again later: it runs on there.
+        def uptime() -> float | None:
+            stats = retained(second_broker.port, "mcp/v1/edge-1/stats")
+            return stats["uptime_s"] if stats else None
+
+        first = wait_until(uptime, timeout=20, what="stats on B")
+        wait_until(lambda: (uptime() or 0) > first, timeout=20, what="fresh stats on B")
+        assert gw.proc.poll() is None
+        gw.signal(signal.SIGTERM)
+        assert gw.wait() == 0
+    finally:
+        gw.kill()
+        broker.start()
+
+
+def test_the_probe_tries_every_node_before_it_gives_up(tmp_path, broker):
+    """The first node is down: the probe goes on to the next, finds the live gateway there
+    and refuses (it started unchecked, and the watch would have had to catch it)."""
+    first = _started(GatewayProcess(tmp_path, "edge-1", broker.url, name="first"))
+    try:
+        dead = f"mqtt://127.0.0.1:{free_port()}"
+        second = GatewayProcess(tmp_path, "edge-1", [dead, broker.url], name="second").start()
+        assert second.wait(20) == 2
+        out = second.rest()
+        assert f"mcp-gateway: gateway_id 'edge-1' is in use on {broker.url}: " in out
+        assert "answers there" in out  # the probe's refusal
+        assert first.proc.poll() is None
+    finally:
+        first.kill()

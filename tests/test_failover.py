@@ -88,6 +88,8 @@ def stop_stack(sim: subprocess.Popen, gw: subprocess.Popen) -> None:
                 proc.wait()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # a RabbitMQ cluster boots in 25 s here; more under CI load
 def test_the_gateway_fails_over_and_a_consumer_on_a_surviving_node_misses_nothing(
         tmp_path, cluster):
     urls = cluster.urls

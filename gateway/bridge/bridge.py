@@ -82,7 +82,7 @@ class Bridge:
         self.statuses = RetainedStatuses(self.mqtt, self.topics, on_forget=self._forget,
                                          instance=instance, started_at=started_at)
         #: no other live run with this gateway id: watched on the own status topic
-        self.claim = ClaimWatch(self.topics, broker.url, Claimant(instance, started_at),
+        self.claim = ClaimWatch(self.topics, lambda: self.mqtt.url, Claimant(instance, started_at),
                                 republish=self.statuses.republish, lost=self._refuse,
                                 dead=probed.dead if probed is not None else None)
         #: this run gave the id up to another (claim.py): it stops without a last status
@@ -227,7 +227,7 @@ class Bridge:
     def _refuse(self, error: GatewayIdInUse) -> None:
         """Another run holds the gateway id and started first: this one stops (exit 2)."""
         log.error("another gateway holds gateway_id %r on %s: stopping",
-                  self.config.gateway_id, self.settings.url)
+                  self.config.gateway_id, self.mqtt.url)
         self._refused = True
         if not self._failure.done():
             self._failure.set_result(error)

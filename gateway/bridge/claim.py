@@ -109,14 +109,15 @@ class Verdict(enum.Enum):
 
 
 def judge(ours: Claimant, theirs: Claimant | None, *, before_own: bool, reconnected: bool,
-          forgiven: bool) -> Verdict:
+          forgiven: bool, new_node: bool = False) -> Verdict:
     """The decision about one message on this gateway's status topic.
 
     ``before_own``: it came after (re)subscribing and before this connection's own status
     came back, so it is what the broker held (the retained status) rather than news.
     ``reconnected``: this is not the first connection of the run. ``forgiven``: the probe
     found this instance dead, and this is the first status of that kind from it (its stale
-    retained status, or its will firing late).
+    retained status, or its will firing late). ``new_node``: a reconnection to a node of a
+    cluster this run was not connected to before.
     """
     if theirs is None:
         # Cleared or garbled: held before ours comes, nothing to say; news: say ours again.
@@ -125,6 +126,10 @@ def judge(ours: Claimant, theirs: Claimant | None, *, before_own: bool, reconnec
         return Verdict.IGNORE
     if forgiven:
         return Verdict.IGNORE if before_own else Verdict.REPUBLISH
+    if before_own and new_node:
+        # A cluster that keeps retained messages per node (RabbitMQ 3.x) holds there what
+        # an older run left, up or not: no claim, and this run's status follows.
+        return Verdict.IGNORE
     if not theirs.instance or theirs.started_at <= 0:
         # No run named (a version without instances, a hand-made message): nothing to
         # weigh this run against, and no reason to stop; the broker must hold ours.
@@ -199,7 +204,7 @@ class _Probe:
                 await self.conn.disconnect()
                 task.cancel()
         took = time.monotonic() - began
-        gateway_id, url = self.topics.gateway_id, self.settings.url
+        gateway_id, url = self.topics.gateway_id, self.conn.url
         if self.unreachable or not self.held_read.is_set():
             log.info("could not check whether gateway_id %r is free on %s (%s); starting",
                      gateway_id, url,
@@ -255,7 +260,10 @@ class _Probe:
             self.held_read.set()
 
     def _on_error(self, message: str) -> None:
-        self.unreachable = message
+        conn = self.conn
+        if conn.failed_attempts < len(conn.nodes):
+            return  # a cluster's next node is tried
+        self.unreachable = message if len(conn.nodes) == 1 else conn.node_errors()
         self.held_read.set()
         self.settled.set()
 
@@ -283,7 +291,7 @@ class ClaimWatch:
     ``connected`` on every connection before the gateway's own status is published,
     ``on_message`` for each; ``republish`` and ``lost`` are what it does about them."""
 
-    def __init__(self, topics: Topics, url: str, ours: Claimant, *,
+    def __init__(self, topics: Topics, url: Callable[[], str], ours: Claimant, *,
                  republish: Callable[[], None], lost: Callable[[GatewayIdInUse], None],
                  dead: Claimant | None = None) -> None:
         self.topics = topics
@@ -296,6 +304,10 @@ class ClaimWatch:
         self._dead = dead.instance if dead is not None else None
         self._forgivable = {True, False} if dead is not None else set()
         self._connections = 0
+        #: the broker nodes this run has been connected to, and whether this connection's
+        #: node is one it had not been on before
+        self._nodes: set[str] = set()
+        self._new_node = False
         self._before_own = True
         self._yielded = False
         self._other = Recurring(log, f"gateway_id {topics.gateway_id!r}: something else "
@@ -307,6 +319,9 @@ class ClaimWatch:
         what the broker held."""
         self._connections += 1
         self._before_own = True
+        node = self.url()
+        self._new_node = node not in self._nodes
+        self._nodes.add(node)
 
     def on_message(self, message: Message) -> None:
         """A message on the gateway's status topic (the connection's callback: never raises)."""
@@ -321,7 +336,7 @@ class ClaimWatch:
             self._forgivable.discard(theirs.up)
         reconnected = self._connections > 1
         verdict = judge(self.ours, theirs, before_own=self._before_own, reconnected=reconnected,
-                        forgiven=forgiven)
+                        forgiven=forgiven, new_node=reconnected and self._new_node)
         if verdict is Verdict.IGNORE:
             return
         assert theirs is not None or verdict is Verdict.REPUBLISH
@@ -330,7 +345,7 @@ class ClaimWatch:
                         "published on %s (%s); most likely a second gateway with the same "
                         "gateway_id and client id took this one's session over (the broker "
                         "closes the older connection and fires its will)",
-                        self.topics.gateway_id, self.url, self.topics.status, theirs.describe())
+                        self.topics.gateway_id, self.url(), self.topics.status, theirs.describe())
         if verdict is Verdict.REPUBLISH:
             self._other.occurred(theirs.describe() if theirs is not None else
                                  f"{message.payload[:80]!r}")
@@ -338,5 +353,5 @@ class ClaimWatch:
         elif not self._yielded:
             assert theirs is not None
             self._yielded = True
-            self._lost(GatewayIdInUse(self.topics.gateway_id, self.url, theirs.describe(),
+            self._lost(GatewayIdInUse(self.topics.gateway_id, self.url(), theirs.describe(),
                                       while_running=True))
