@@ -102,7 +102,7 @@ def _broker_client(args: argparse.Namespace) -> tuple[BrokerSettings, str]:
     urls = tuple(url.strip() for url in (args.broker or defaults.url).split(","))
     for url in urls:
         BrokerSettings(url=url).endpoint()  # malformed: a usage error now, not a retry loop
-    if len({url.split("://", 1)[0] for url in urls}) > 1:
+    if len({url.split("://", 1)[0].lower() for url in urls}) > 1:
         raise UsageError("--broker: the nodes mix mqtt:// and mqtts://; give one scheme "
                          "(the TLS options apply to every node)")
     settings = BrokerSettings(url=urls[0], urls=urls if len(urls) > 1 else (),

@@ -43,12 +43,19 @@ fi
 # this script would overwrite its files (install) or delete them (uninstall) behind dpkg.
 if [[ -z "$dest" ]] && command -v dpkg-query >/dev/null; then
   package_status=$(dpkg-query -W -f='${db:Status-Status}' mcp-gateway 2>/dev/null || true)
-  if [[ -n "$package_status" && "$package_status" != not-installed &&
-        "$package_status" != config-files ]]; then
+  if [[ "$package_status" == config-files ]]; then
+    # Removed, not purged: a later 'apt purge' would delete /etc/mcp-gateway and the state
+    # (this install's configuration and event queue) and disable the unit.
+    echo "mcp-gateway install: the Debian package mcp-gateway was removed but not purged:" \
+      "its 'apt purge' would delete /etc/mcp-gateway and /var/lib/mcp-gateway under this" \
+      "install. Copy /etc/mcp-gateway aside, run 'apt purge mcp-gateway', put the copy" \
+      "back, then run this script again." >&2
+    exit 1
+  elif [[ -n "$package_status" && "$package_status" != not-installed ]]; then
     echo "mcp-gateway install: the Debian package mcp-gateway is installed ($package_status)" \
       "and owns /opt/mcp-gateway; upgrade it with 'apt install ./mcp-gateway_VERSION_ARCH.deb'" \
-      "(docs/deploy.md), or remove it first ('apt remove mcp-gateway' keeps" \
-      "/etc/mcp-gateway and /var/lib/mcp-gateway) to run this checkout instead." >&2
+      "(docs/deploy.md), or move to this checkout: copy /etc/mcp-gateway aside," \
+      "'apt purge mcp-gateway', put the copy back, run this script." >&2
     exit 1
   fi
 fi
@@ -73,7 +80,8 @@ install_config() {
   # Old versions wrote gateway.toml; the unit and the package read config.toml, one path.
   if [[ -e "$confdir/gateway.toml" && ! -e "$confdir/config.toml" ]]; then
     mv "$confdir/gateway.toml" "$confdir/config.toml"
-    say "moved $confdir/gateway.toml to $confdir/config.toml (the file the unit reads now)"
+    say "moved $confdir/gateway.toml to $confdir/config.toml (the file the unit reads now);" \
+      "a running gateway still names the old file: restart it (systemctl restart mcp-gateway)"
   elif [[ -e "$confdir/gateway.toml" ]]; then
     say "both $confdir/gateway.toml and config.toml exist: the unit reads config.toml;" \
       "gateway.toml is not read (merge what you need, then remove it)"

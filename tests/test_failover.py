@@ -158,11 +158,14 @@ def test_the_gateway_fails_over_and_a_consumer_on_a_surviving_node_misses_nothin
         stop_stack(sim, gw)
 
 
-async def test_a_node_that_accepts_and_then_drops_at_once_is_backed_off_and_logged_once(caplog):
+@pytest.mark.parametrize("subscribes", [False, True], ids=["no-subscribe", "suback-refused"])
+async def test_a_node_that_accepts_and_then_drops_at_once_is_backed_off_and_logged_once(
+        caplog, subscribes):
     """A broker that sends CONNACK and closes right after (as RabbitMQ does when a client's
-    subscription queue is on a node that is down) is a failed attempt: the waits between
-    attempts grow as for a refused one (they stayed at 0.25 s, four attempts a second
-    forever), and the warning is logged once, not at every attempt."""
+    subscription queue is on a node that is down), or after a SUBACK refusing every filter,
+    is a failed attempt: the waits between attempts grow as for a refused one (they stayed
+    at 0.25 s, four attempts a second forever), and the warning is logged once, not at
+    every attempt."""
     loop = asyncio.get_running_loop()
     accepted: list[float] = []
 
@@ -171,12 +174,17 @@ async def test_a_node_that_accepts_and_then_drops_at_once_is_backed_off_and_logg
         await reader.read(1024)  # CONNECT
         writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted (MQTT 3.1.1)
         await writer.drain()
+        if subscribes:
+            subscribe = await reader.read(1024)  # SUBSCRIBE: 0x82, length, packet id, ...
+            writer.write(b"\x90\x03" + subscribe[2:4] + b"\x80")  # SUBACK: refused
+            await writer.drain()
         writer.close()
 
     server = await asyncio.start_server(accept_and_drop, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     conn = MqttConnection(BrokerSettings(url=f"mqtt://127.0.0.1:{port}", protocol=3,
-                                         client_id="flapping"))
+                                         client_id="flapping"),
+                          on_connect=lambda: subscribes and conn.subscribe(["a/topic"]))
     caplog.set_level(logging.DEBUG, logger="gateway.bridge.mqtt")
     async with server, asyncio.TaskGroup() as group:
         task = group.create_task(conn.run())

@@ -508,6 +508,11 @@ def test_the_deb_keeps_the_operators_files_on_upgrade_and_remove_and_purge_clear
     assert CONFIG.read_text() == edited
     assert queue.read_bytes() == b"queued events"
     assert user_exists()
+    # Removed, not purged: install.sh refuses (a later purge would delete what it installs
+    # on: the configuration, the event queue, the unit's enablement).
+    result = run(["bash", ROOT / "scripts" / "install.sh"], ok=False, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "was removed but not purged" in result.stderr
 
     run(["dpkg", "-P", PACKAGE], timeout=300)
     assert dpkg_status() == ""

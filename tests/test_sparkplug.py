@@ -42,7 +42,7 @@ from gateway.reload import Reloader
 from gateway.session import TelemetryEvent
 from tests import sparkplug_wire as wire
 from tests.harness import wait_for
-from tests.mqtt_helpers import Client
+from tests.mqtt_helpers import Client, free_port
 
 P = "mcp/v1/test-gw"
 #: what an edge node sends (NCMD/DCMD are the host's)
@@ -281,11 +281,12 @@ def _submit(gateway: Gateway, submitted: list, tasks: set):
     return submit
 
 
-def _config(tmp_path: Path, broker, names: list[str], links: Path, sparkplug: dict):
+def _config(tmp_path: Path, broker, names: list[str], links: Path, sparkplug: dict,
+            broker_table: dict | None = None):
     return parse_config({
         "gateway_id": NODE,
         "state_dir": str(tmp_path / "state"),
-        "broker": {"url": broker.url},
+        "broker": broker_table or {"url": broker.url},
         "sparkplug": {"enabled": True, **sparkplug},
         "ports": [{"name": n, "path": str(links / n), "request_timeout_s": 0.3, "retries": 1}
                   for n in names],
@@ -293,12 +294,13 @@ def _config(tmp_path: Path, broker, names: list[str], links: Path, sparkplug: di
 
 
 @contextlib.asynccontextmanager
-async def node_stack(tmp_path, broker, *, count=2, interval_ms=100, sparkplug=None):
+async def node_stack(tmp_path, broker, *, count=2, interval_ms=100, sparkplug=None,
+                     broker_table=None):
     links = tmp_path / "links"
     spec = replace(FleetSpec(count=count, interval_ms=interval_ms), link_dir=links)
     async with Fleet(spec) as fleet:
         config = _config(tmp_path, broker, [d.name for d in fleet.devices], links,
-                         sparkplug or {})
+                         sparkplug or {}, broker_table)
         gateway = Gateway(config)
         feeder = Feeder(gateway)
         submitted: list = []
@@ -559,6 +561,35 @@ async def test_after_a_broker_outage_the_waited_events_are_historical(tmp_path, 
         assert_seq_contiguous(node_messages(host))
         assert stack.node.counters()["historical_events"] >= 10
         host.close()
+
+
+async def test_a_session_ended_by_the_primary_host_starts_again_on_the_same_node(
+        tmp_path, broker, spb, caplog):
+    """On a cluster (``urls``), the session after an offline STATE starts on the node the
+    last one was on, which works, not on the first of the list (down here): it tried the
+    dead node again at every rebirth."""
+    caplog.set_level(logging.WARNING, logger="gateway.bridge.mqtt")
+    dead = f"mqtt://127.0.0.1:{free_port()}"
+    host = Client(broker.port, client_id="scada")
+    async with node_stack(tmp_path, broker, sparkplug={"primary_host_id": "scada"},
+                          broker_table={"urls": [dead, broker.url]}) as stack:
+        await wait_for(lambda: stack.node.mqtt.subscribed, timeout=10, what="subscribed")
+        assert stack.node.mqtt.url == broker.url
+        stamp = int(time.time() * 1000)
+        host.client.publish("spBv1.0/STATE/scada", json.dumps({"online": True,
+                                                               "timestamp": stamp}),
+                            qos=1, retain=True).wait_for_publish(5)
+        await wait_for(lambda: stack.node.ready, timeout=10, what="born")
+        first = stack.node.bdseq
+        host.client.publish("spBv1.0/STATE/scada", json.dumps({"online": False,
+                                                               "timestamp": stamp + 1}),
+                            qos=1, retain=True).wait_for_publish(5)
+        await wait_for(lambda: stack.node.bdseq == first + 1 and stack.node.mqtt.subscribed,
+                       timeout=10, what="a new session")
+        assert stack.node.mqtt.url == broker.url
+    tried_dead = [r for r in caplog.records if f"cannot connect to {dead}" in r.getMessage()]
+    assert len(tried_dead) == 1, [r.getMessage() for r in tried_dead]
+    host.close()
 
 
 async def test_with_a_primary_host_no_birth_until_its_state_is_online(tmp_path, broker, spb):

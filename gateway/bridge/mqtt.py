@@ -224,13 +224,14 @@ class MqttConnection:
         on_error: Callable[[str], None] = lambda message: None,
         on_subscribed: Callable[[], None] = lambda: None,
         on_connecting: Callable[[], None] = lambda: None,
+        start_node: int = 0,
     ) -> None:
         self.settings = settings
         #: the broker nodes, tried in turn: a lost connection or a failed attempt moves on to
         #: the next (a node that is down is not tried again before the others)
         self.nodes = settings.nodes
         self._endpoints = [settings.endpoint(url) for url in self.nodes]
-        self._node = 0
+        self._node = start_node % len(self.nodes)
         #: the node of the last accepted connection (None before the first)
         self._connected_node: int | None = None
         #: connections accepted by another node than the one before
@@ -240,10 +241,12 @@ class MqttConnection:
         #: connection attempts that failed since the last accepted one
         self.failed_attempts = 0
         self._connected_at = 0.0
-        #: the last connection worked (see ``STABLE_S``)
+        #: the last connection worked (see ``STABLE_S``); this one got a SUBACK granting a
+        #: filter
         self._worked = False
+        self._granted = False
         self._stable: asyncio.TimerHandle | None = None
-        self.host, self.port, self.tls = self._endpoints[0]
+        self.host, self.port, self.tls = self._endpoints[self._node]
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
         self.on_message = on_message
@@ -284,6 +287,11 @@ class MqttConnection:
     def url(self) -> str:
         """The node connected to, or tried next."""
         return self.nodes[self._node]
+
+    @property
+    def node_index(self) -> int:
+        """Where ``url`` is in ``nodes`` (a new connection may start there: ``start_node``)."""
+        return self._node
 
     def _short_lived(self) -> str:
         return f"{self.url} closed the connection after accepting it, before it worked"
@@ -549,7 +557,8 @@ class MqttConnection:
         self.failed_attempts = 0
         self._connected_at = self._loop.time()
         # The node's last error is forgotten once the connection proves to work.
-        self._stable = self._loop.call_later(STABLE_S, self._node_errors.pop, self._node, None)
+        self._granted = False
+        self._stable = self._loop.call_later(STABLE_S, self._node_errors.clear)
         # MQTT 5: the broker says how many QoS 1/2 publishes it takes unacknowledged
         # (Mosquitto's default is 20); absent means 65,535. 3.1.1 has no such limit.
         self.receive_maximum = (getattr(properties, "ReceiveMaximum", 65535)
@@ -593,7 +602,7 @@ class MqttConnection:
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
         was = self.connected
-        self._worked = was and (self.subscribed or
+        self._worked = was and (self._granted or
                                 self._loop.time() - self._connected_at >= STABLE_S)
         self.connected = False
         self.subscribed = False
@@ -634,7 +643,11 @@ class MqttConnection:
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any,
                       properties: Any) -> None:
         self.subscribed = True
-        self._node_errors.pop(self._node, None)  # the connection works: a new error is news
+        if any(getattr(reason, "value", reason) < 0x80 for reason in reasons):
+            # The connection works (a filter was granted): the next outage of any node is
+            # news again, and a loss of this connection is no failed attempt.
+            self._granted = True
+            self._node_errors.clear()
         try:
             self.on_subscribed()
         except Exception:

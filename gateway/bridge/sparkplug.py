@@ -224,10 +224,10 @@ class SparkplugNode:
                                     "is not {\"online\": bool, \"timestamp\": ms}")
         self.mqtt = self._connection()
 
-    def _connection(self) -> MqttConnection:
+    def _connection(self, start_node: int = 0) -> MqttConnection:
         return MqttConnection(self.broker, on_connect=self._connected,
                               on_disconnect=self._disconnected, on_message=self._message,
-                              on_connecting=self._connecting)
+                              on_connecting=self._connecting, start_node=start_node)
 
     # ------------------------------------------------------------------ public
 
@@ -276,7 +276,9 @@ class SparkplugNode:
                 # gather, not a suppressed await: a cancellation of this task goes through
                 await asyncio.gather(connection, restart, return_exceptions=True)
             self._session_over()
-            self.mqtt = self._connection()
+            # the next session starts on the node this one was on (a cluster's node that
+            # works), not on the first
+            self.mqtt = self._connection(self.mqtt.node_index)
 
     async def stop(self) -> None:
         """A clean stop: NDEATH (this connection's bdSeq), then DISCONNECT."""
