@@ -1,0 +1,211 @@
+"""Edge rates (issue 19): what the gateway costs at the rates real deployments run, not under
+a flood. Simulated devices on ptys (in a child process, each paced at its share of the rate)
+-> the gateway (in this process: sessions, the on-disk queue with the default settings,
+the bridge, MQTT 5 QoS 1) -> Mosquitto -> ``mosquitto_sub``.
+
+For each rate, spread over ``--devices`` devices: the gateway's CPU per event (user +
+system of this process over the window, /proc/self/stat), its wake-ups per second (the
+context switches of its threads: every return from epoll is one), serial -> subscriber
+latency p50/p99, bytes it wrote to disk per event (/proc/self/io ``write_bytes``, what
+reaches the block layer) and its RSS. Then idle: ``--idle-devices`` registered devices that
+send only heartbeats: CPU as % of a core and wake-ups per second.
+
+    .venv/bin/python bench/edge.py [--rates 100,1000,10000] [--devices 8] [--seconds 10]
+    .venv/bin/python bench/edge.py --profile 1000   # cProfile's top lines at that rate
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import json
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from e2e import Subscriber, _config, _cpu_s, _device_process, _in_child, _recv, _serial_latencies
+from sessions import _percentiles, _rss_mib
+
+from gateway.app import Gateway
+from gateway.bridge.bridge import Bridge
+from gateway.session import DeviceState
+from tests.mqtt_helpers import Mosquitto
+
+
+def _switches() -> int:
+    """Context switches of every thread of this process so far (voluntary: it slept, in
+    epoll or a lock; involuntary: the scheduler took the CPU)."""
+    total = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except FileNotFoundError:  # a thread that just ended
+            continue
+        for line in text.splitlines():
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                total += int(line.split()[1])
+    return total
+
+
+def _written() -> int:
+    """Bytes this process caused to be written to storage so far (/proc/self/io)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def _until(predicate, limit_s: float = 30.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out")
+        await asyncio.sleep(0.02)
+
+
+async def at_rate(tmp: Path, broker: Mosquitto, rate: float, devices: int, seconds: float, *,
+                  profile: cProfile.Profile | None = None) -> dict[str, Any]:
+    """One rate: ``devices`` devices at ``rate / devices`` frames/s each."""
+    name = f"rate-{int(rate)}"
+    links = tmp / name
+    child, conn = await _in_child(_device_process, devices, 3_600_000, rate / devices,
+                                  str(links))
+    assert await _recv(conn) == "ready"
+    subscriber = Subscriber(broker.port, tmp / f"{name}-events.txt")
+    config = _config(tmp / name, broker, [f"sim-{i}" for i in range(devices)], links)
+    gateway = Gateway(config)
+    result: dict[str, Any] = {"rate": rate, "devices": devices}
+    async with Bridge(gateway, config) as bridge, gateway:
+        await _until(lambda: bridge.mqtt.connected and all(
+            s.state is DeviceState.ONLINE for s in gateway.devices.values()))
+        bases = {device: bridge.spool.last_seq(device) for device in gateway.devices}
+        conn.send("go")
+        await asyncio.sleep(min(1.0, seconds))  # the streams settle; not measured
+        subscriber.reset()
+        t0, published = time.perf_counter(), bridge.published
+        cpu0, switches0, written0 = _cpu_s(os.getpid()), _switches(), _written()
+        if profile is not None:
+            profile.enable()
+        await asyncio.sleep(seconds)  # the measured window
+        if profile is not None:
+            profile.disable()
+        elapsed = time.perf_counter() - t0
+        cpu, switches, written = (_cpu_s(os.getpid()) - cpu0, _switches() - switches0,
+                                  _written() - written0)
+        events = bridge.published - published
+        result.update({
+            "events_per_s": round(events / elapsed),
+            "cpu_us_per_event": round(1e6 * cpu / max(1, events), 1),
+            "cpu_percent": round(100 * cpu / elapsed, 1),
+            "wakeups_per_s": round(switches / elapsed),
+            "disk_bytes_per_event": round(written / max(1, events), 1),
+            "rss_mib": round(_rss_mib(), 1),
+        })
+        received = subscriber.stop()
+        conn.send("stop")
+        writes = await _recv(conn)
+    conn.send("exit")
+    child.join(10)
+    result["latency"] = _percentiles(_serial_latencies(received["arrivals"], bases, writes)
+                                     or [0.0])
+    return result
+
+
+async def idle(tmp: Path, broker: Mosquitto, devices: int, seconds: float) -> dict[str, Any]:
+    """``devices`` registered devices sending only heartbeats (no STATUS stream)."""
+    links = tmp / "idle"
+    child, conn = await _in_child(_device_process, devices, 3_600_000, 0.0, str(links))
+    assert await _recv(conn) == "ready"
+    config = _config(tmp / "idle", broker, [f"sim-{i}" for i in range(devices)], links)
+    gateway = Gateway(config)
+    async with Bridge(gateway, config) as bridge, gateway:
+        await _until(lambda: bridge.mqtt.connected and all(
+            s.state is DeviceState.ONLINE for s in gateway.devices.values()), 60)
+        await asyncio.sleep(1.0)  # registration's aftermath (statuses, stats) settles
+        t0 = time.perf_counter()
+        cpu0, switches0, written0 = _cpu_s(os.getpid()), _switches(), _written()
+        await asyncio.sleep(seconds)  # the measured window
+        elapsed = time.perf_counter() - t0
+        result = {
+            "devices": devices,
+            "cpu_percent": round(100 * (_cpu_s(os.getpid()) - cpu0) / elapsed, 2),
+            "wakeups_per_s": round((_switches() - switches0) / elapsed, 1),
+            "disk_bytes_per_s": round((_written() - written0) / elapsed),
+            "heartbeat_s": config.ports[0].session.heartbeat_s,
+            "rss_mib": round(_rss_mib(), 1),
+        }
+        conn.send("go")
+        conn.send("stop")
+        await _recv(conn)
+    conn.send("exit")
+    child.join(10)
+    return result
+
+
+def _profile_lines(profile: cProfile.Profile, rows: int = 18) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out)
+    stats.sort_stats("tottime").print_stats(rows)
+    return out.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", default="100,1000,10000",
+                        help="events/s in all, comma-separated")
+    parser.add_argument("--devices", type=int, default=8, help="devices sharing each rate")
+    parser.add_argument("--idle-devices", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10.0, help="each measured window")
+    parser.add_argument("--profile", type=float, metavar="RATE",
+                        help="only this rate, under cProfile; print its top lines")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a short run that proves the bench works; its numbers mean nothing")
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    if args.smoke:
+        rates, args.devices, args.idle_devices, args.seconds = [200.0], 2, 4, 1.0
+    results: dict[str, Any] = {"rates": []}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        broker = Mosquitto(tmp)
+        broker.start()
+        try:
+            if args.profile:
+                profile = cProfile.Profile()
+                row = asyncio.run(at_rate(tmp, broker, args.profile, args.devices,
+                                          args.seconds, profile=profile))
+                print(json.dumps({"profiled": row}))
+                print(_profile_lines(profile))
+                return
+            for rate in rates:
+                row = asyncio.run(at_rate(tmp, broker, rate, args.devices, args.seconds))
+                results["rates"].append(row)
+                print(json.dumps({"rate": row}))
+            results["idle"] = asyncio.run(idle(tmp, broker, args.idle_devices, args.seconds))
+            print(json.dumps({"idle": results["idle"]}))
+        finally:
+            broker.stop()
+    print(f"{'events/s':>9} {'got':>7} {'CPU us/ev':>10} {'CPU %':>6} {'wakeups/s':>10} "
+          f"{'p50 ms':>7} {'p99 ms':>7} {'disk B/ev':>10} {'RSS MiB':>8}")
+    for row in results["rates"]:
+        print(f"{row['rate']:>9,.0f} {row['events_per_s']:>7,} {row['cpu_us_per_event']:>10} "
+              f"{row['cpu_percent']:>6} {row['wakeups_per_s']:>10,} "
+              f"{row['latency']['p50_ms']:>7} {row['latency']['p99_ms']:>7} "
+              f"{row['disk_bytes_per_event']:>10} {row['rss_mib']:>8}")
+    i = results["idle"]
+    print(f"idle, {i['devices']} devices (heartbeat every {i['heartbeat_s']} s): "
+          f"{i['cpu_percent']} % of a core, {i['wakeups_per_s']} wake-ups/s, "
+          f"{i['disk_bytes_per_s']} disk bytes/s, RSS {i['rss_mib']} MiB")
+
+
+if __name__ == "__main__":
+    main()
