@@ -12,6 +12,9 @@ send only heartbeats: CPU as % of a core and wake-ups per second.
 
     .venv/bin/python bench/edge.py [--rates 100,1000,10000] [--devices 8] [--seconds 10]
     .venv/bin/python bench/edge.py --profile 1000   # cProfile's top lines at that rate
+    .venv/bin/python bench/edge.py --before 02bf9dc  # that revision's gateway, alternating
+
+Each part (a rate, idle) runs in a fresh process of its own, so its RSS and CPU are its own.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import importlib
 import io
 import json
 import os
 import pstats
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the checkout a part imports the gateway from (``--before``); this one if unset
+sys.path.insert(0, os.environ.get("MCP_EDGE_TREE", str(Path(__file__).resolve().parent.parent)))
 
 from e2e import Subscriber, _config, _cpu_s, _device_process, _in_child, _recv, _serial_latencies
 from sessions import _percentiles, _rss_mib
@@ -39,6 +46,9 @@ from gateway.app import Gateway
 from gateway.bridge.bridge import Bridge
 from gateway.session import DeviceState
 from tests.mqtt_helpers import Mosquitto
+
+#: the environment variable naming the checkout a part imports the gateway from
+_TREE_ENV = "MCP_EDGE_TREE"
 
 
 def _switches() -> int:
@@ -158,6 +168,69 @@ def _profile_lines(profile: cProfile.Profile, rows: int = 18) -> str:
     return out.getvalue()
 
 
+def _part(args: argparse.Namespace) -> dict[str, Any]:
+    """One part in this (fresh) process, with its own Mosquitto: ``rate:R`` or ``idle``."""
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        broker = Mosquitto(tmp)
+        broker.start()
+        try:
+            if args.part == "idle":
+                work = idle(tmp, broker, args.idle_devices, args.seconds)
+            else:
+                work = at_rate(tmp, broker, float(args.part.split(":", 1)[1]), args.devices,
+                               args.seconds)
+            if args.linger_ms:
+                # not in a checkout from before linger_ms: imported only where asked for
+                wakeups = importlib.import_module("gateway.wakeups")
+                factory = wakeups.loop_factory(args.linger_ms / 1000)
+                with asyncio.Runner(loop_factory=factory) as runner:
+                    return runner.run(work)
+            return asyncio.run(work)
+        finally:
+            broker.stop()
+
+
+def _worktree(rev: str, parent: Path) -> Path:
+    """A checkout of ``rev`` to import the gateway from (the "before" of a comparison)."""
+    path = parent / f"before-{rev}"
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "--force", str(path),
+                    rev], check=True, capture_output=True)
+    return path
+
+
+def _run_part(part: str, args: argparse.Namespace, tree: Path | None,
+              linger_ms: float) -> dict[str, Any]:
+    """``part`` in a child process of its own (RSS and CPU of that part alone), importing
+    the gateway from ``tree`` (None: this checkout)."""
+    env = dict(os.environ)
+    if tree is not None:
+        env[_TREE_ENV] = str(tree)
+    command = [sys.executable, __file__, "--part", part, "--devices", str(args.devices),
+               "--idle-devices", str(args.idle_devices), "--seconds", str(args.seconds),
+               "--linger-ms", str(linger_ms)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{part} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _table(label: str, rates: list[dict[str, Any]], idle_row: dict[str, Any]) -> None:
+    print(f"{label}:")
+    print(f"{'events/s':>9} {'got':>7} {'CPU us/ev':>10} {'CPU %':>6} {'wakeups/s':>10} "
+          f"{'p50 ms':>7} {'p99 ms':>7} {'disk B/ev':>10} {'RSS MiB':>8}")
+    for row in rates:
+        print(f"{row['rate']:>9,.0f} {row['events_per_s']:>7,} {row['cpu_us_per_event']:>10} "
+              f"{row['cpu_percent']:>6} {row['wakeups_per_s']:>10,} "
+              f"{row['latency']['p50_ms']:>7} {row['latency']['p99_ms']:>7} "
+              f"{row['disk_bytes_per_event']:>10} {row['rss_mib']:>8}")
+    i = idle_row
+    print(f"idle, {i['devices']} devices (heartbeat every {i['heartbeat_s']} s): "
+          f"{i['cpu_percent']} % of a core, {i['wakeups_per_s']} wake-ups/s, "
+          f"{i['disk_bytes_per_s']} disk bytes/s, RSS {i['rss_mib']} MiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", default="100,1000,10000",
@@ -165,46 +238,58 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=8, help="devices sharing each rate")
     parser.add_argument("--idle-devices", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0, help="each measured window")
+    parser.add_argument("--linger-ms", type=float, default=0.0,
+                        help="the gateway's linger_ms (this checkout only)")
+    parser.add_argument("--before", metavar="REV",
+                        help="also measure the gateway of this git revision, part by part "
+                             "alternating with this checkout's")
     parser.add_argument("--profile", type=float, metavar="RATE",
                         help="only this rate, under cProfile; print its top lines")
+    parser.add_argument("--part", help=argparse.SUPPRESS)  # one part, in a child
     parser.add_argument("--smoke", action="store_true",
                         help="a short run that proves the bench works; its numbers mean nothing")
     args = parser.parse_args()
+    if args.part:
+        print(json.dumps(_part(args)))
+        return
     rates = [float(r) for r in args.rates.split(",")]
     if args.smoke:
         rates, args.devices, args.idle_devices, args.seconds = [200.0], 2, 4, 1.0
-    results: dict[str, Any] = {"rates": []}
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        broker = Mosquitto(tmp)
-        broker.start()
-        try:
-            if args.profile:
+    if args.profile:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tmp = Path(tmp_name)
+            broker = Mosquitto(tmp)
+            broker.start()
+            try:
                 profile = cProfile.Profile()
                 row = asyncio.run(at_rate(tmp, broker, args.profile, args.devices,
                                           args.seconds, profile=profile))
-                print(json.dumps({"profiled": row}))
-                print(_profile_lines(profile))
-                return
-            for rate in rates:
-                row = asyncio.run(at_rate(tmp, broker, rate, args.devices, args.seconds))
-                results["rates"].append(row)
-                print(json.dumps({"rate": row}))
-            results["idle"] = asyncio.run(idle(tmp, broker, args.idle_devices, args.seconds))
-            print(json.dumps({"idle": results["idle"]}))
+            finally:
+                broker.stop()
+        print(json.dumps({"profiled": row}))
+        print(_profile_lines(profile))
+        return
+    parts = [f"rate:{rate:g}" for rate in rates] + ["idle"]
+    runs: dict[str, dict[str, dict[str, Any]]] = {"before": {}, "after": {}}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        before = _worktree(args.before, Path(tmp_name)) if args.before else None
+        try:
+            for part in parts:
+                if before is not None:
+                    runs["before"][part] = row = _run_part(part, args, before, 0.0)
+                    print(json.dumps({"before": row}))
+                runs["after"][part] = row = _run_part(part, args, None, args.linger_ms)
+                print(json.dumps({"after": row}))
         finally:
-            broker.stop()
-    print(f"{'events/s':>9} {'got':>7} {'CPU us/ev':>10} {'CPU %':>6} {'wakeups/s':>10} "
-          f"{'p50 ms':>7} {'p99 ms':>7} {'disk B/ev':>10} {'RSS MiB':>8}")
-    for row in results["rates"]:
-        print(f"{row['rate']:>9,.0f} {row['events_per_s']:>7,} {row['cpu_us_per_event']:>10} "
-              f"{row['cpu_percent']:>6} {row['wakeups_per_s']:>10,} "
-              f"{row['latency']['p50_ms']:>7} {row['latency']['p99_ms']:>7} "
-              f"{row['disk_bytes_per_event']:>10} {row['rss_mib']:>8}")
-    i = results["idle"]
-    print(f"idle, {i['devices']} devices (heartbeat every {i['heartbeat_s']} s): "
-          f"{i['cpu_percent']} % of a core, {i['wakeups_per_s']} wake-ups/s, "
-          f"{i['disk_bytes_per_s']} disk bytes/s, RSS {i['rss_mib']} MiB")
+            if before is not None:
+                subprocess.run(["git", "-C", str(Path(__file__).resolve().parent.parent),
+                                "worktree", "remove", "--force", str(before)],
+                               check=False, capture_output=True)
+    for label, run in runs.items():
+        if run:
+            title = f"{label} ({args.before})" if label == "before" else \
+                "this checkout" + (f", linger_ms = {args.linger_ms:g}" if args.linger_ms else "")
+            _table(title, [run[p] for p in parts[:-1]], run["idle"])
 
 
 if __name__ == "__main__":

@@ -36,8 +36,10 @@ WINDOW = 1000
 #: broker is slower than the devices): backpressure instead of a growing queue.
 SPOOL_HOLD = 4 * WINDOW
 _BATCH = 1000
-#: acknowledged events are deleted from the queue at most this late
-COMMIT_DELAY_S = 0.05
+#: acknowledged events are deleted from the queue at most this late: the deletes ride along
+#: with the next batch's commit, and only a quiet queue needs a commit of its own (a crash
+#: before it sends them again: at least once)
+COMMIT_DELAY_S = 1.0
 #: while the queue cannot be written, writes are retried after this long, doubling up to
 #: the maximum: the queue resumes by itself within RETRY_MAX_S of the disk having room
 RETRY_MIN_S = 0.5
@@ -209,6 +211,7 @@ class EventPublisher:
 
     def _take(self, batch: list[DeviceEvent]) -> list[int]:
         """Spool the events, publish the state changes; returns the status publishes' mids."""
+        self._read_broker()  # the PUBACKs of the batches before, in this same wake-up
         rows = []
         status_mids: list[int] = []
         gw = self._gateway_id
@@ -243,6 +246,12 @@ class EventPublisher:
         if rows:
             self._queue(rows)
         return status_mids
+
+    def _read_broker(self) -> None:
+        try:
+            self.mqtt.read_now()
+        except Exception:  # as the loop treats a failing reader: said, and the batch goes on
+            log.exception("reading from the broker failed")
 
     def _queue(self, rows: list[tuple[str, bytes, str, int]]) -> None:
         # Staged, sent, then written, all in this loop turn: the disk is off the latency
@@ -282,11 +291,18 @@ class EventPublisher:
             self._publish_some()
 
     def _publish_some(self) -> None:
+        sent = self._last_sent
         try:
             self._publish_native()
         finally:
             self.peak_in_flight = max(self.peak_in_flight, len(self._in_flight))
             self.mqtt.flush()
+        if len(self._in_flight) >= self.window or self._last_sent < self.spool.last_id:
+            self.mqtt.read_promptly()  # more to send than the window holds: PUBACKs gate it
+        elif self._last_sent != sent:
+            # All sent: their PUBACKs are read with the next batch (``_take``), not in a
+            # wake-up of their own.
+            self.mqtt.defer_reads()
         if self._cursors:
             self._catch_up()
 

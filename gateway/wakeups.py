@@ -1,0 +1,68 @@
+"""The event loop the gateway runs on: asyncio's, with its wake-ups batched (``linger_ms``).
+
+A wake-up is the costly part of handling an event at edge rates, not the event: on the
+development VM returning from ``epoll_wait`` costs ~40 us in C and ~200 us through asyncio
+at 100 wake-ups/s (cold caches), against ~20 us of work per event. So after a wake-up that
+found input, the loop lingers: its next wait does not watch the descriptors until
+``linger`` has passed (its own timers still end the wait), then takes everything that
+arrived meanwhile in one go: frames of every port, the broker's PUBACKs, requests. The
+first input after a quiet spell is taken at once; under load each input waits at most
+``linger``. It is interrupt moderation, as network cards do it.
+
+Nothing is held in the process meanwhile: unread input waits in the kernel's buffers, so a
+killed gateway loses only what it had not read, as without lingering, and everything read
+in one wake-up is written to the queue in one transaction (fewer, larger disk writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["LingeringSelector", "loop_factory"]
+
+
+class LingeringSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    """The platform's selector (epoll on Linux); after a ``select`` that returned ready
+    descriptors, the next blocking one first sleeps out the rest of ``linger_s``."""
+
+    def __init__(self, linger_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.linger_s = linger_s
+        self._clock = clock
+        #: descriptors are not waited on before this (the clock's time)
+        self._until = 0.0
+        #: blocking selects that returned something or timed out (what the loop slept for)
+        self.wakeups = 0
+
+    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
+        if timeout is not None and timeout <= 0:
+            return self._took(super().select(0))  # the loop has work queued: no sleep
+        self.wakeups += 1
+        hold = self._until - self._clock()
+        if hold > 0:
+            # Lingering: sleep without watching the descriptors (a timer due sooner ends the
+            # sleep), then take whatever is ready, all of it in this one wake-up.
+            nap = hold if timeout is None else min(hold, timeout)
+            time.sleep(nap)
+            ready = self._took(super().select(0))
+            if ready or (timeout is not None and nap >= timeout):
+                return ready
+            timeout = None if timeout is None else timeout - nap
+        return self._took(super().select(timeout))
+
+    def _took(self, ready: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
+        if ready and self.linger_s > 0:
+            self._until = self._clock() + self.linger_s
+        return ready
+
+
+def loop_factory(linger_s: float) -> Callable[[], asyncio.AbstractEventLoop]:
+    """For ``asyncio.Runner``: a selector event loop that lingers ``linger_s`` (0: asyncio's
+    own behaviour, every input taken the moment it arrives)."""
+    def factory() -> asyncio.AbstractEventLoop:
+        return asyncio.SelectorEventLoop(LingeringSelector(linger_s))
+    return factory
