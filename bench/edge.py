@@ -27,6 +27,7 @@ import io
 import json
 import os
 import pstats
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,8 +37,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# the checkout a part imports the gateway from (``--before``); this one if unset
-sys.path.insert(0, os.environ.get("MCP_EDGE_TREE", str(Path(__file__).resolve().parent.parent)))
 
 from e2e import Subscriber, _config, _cpu_s, _device_process, _in_child, _recv, _serial_latencies
 from sessions import _percentiles, _rss_mib
@@ -46,9 +45,6 @@ from gateway.app import Gateway
 from gateway.bridge.bridge import Bridge
 from gateway.session import DeviceState
 from tests.mqtt_helpers import Mosquitto
-
-#: the environment variable naming the checkout a part imports the gateway from
-_TREE_ENV = "MCP_EDGE_TREE"
 
 
 def _switches() -> int:
@@ -192,11 +188,15 @@ def _part(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _worktree(rev: str, parent: Path) -> Path:
-    """A checkout of ``rev`` to import the gateway from (the "before" of a comparison)."""
+    """A checkout of ``rev`` (the "before" of a comparison) holding this checkout's bench
+    scripts in ``bench-now/``: run from there, they import that checkout's gateway."""
     path = parent / f"before-{rev}"
-    root = Path(__file__).resolve().parent.parent
-    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "--force", str(path),
-                    rev], check=True, capture_output=True)
+    here = Path(__file__).resolve().parent
+    subprocess.run(["git", "-C", str(here.parent), "worktree", "add", "--detach", "--force",
+                    str(path), rev], check=True, capture_output=True)
+    (path / "bench-now").mkdir()
+    for script in here.glob("*.py"):
+        shutil.copy(script, path / "bench-now" / script.name)
     return path
 
 
@@ -204,13 +204,11 @@ def _run_part(part: str, args: argparse.Namespace, tree: Path | None,
               linger_ms: float) -> dict[str, Any]:
     """``part`` in a child process of its own (RSS and CPU of that part alone), importing
     the gateway from ``tree`` (None: this checkout)."""
-    env = dict(os.environ)
-    if tree is not None:
-        env[_TREE_ENV] = str(tree)
-    command = [sys.executable, __file__, "--part", part, "--devices", str(args.devices),
+    script = Path(__file__) if tree is None else tree / "bench-now" / "edge.py"
+    command = [sys.executable, str(script), "--part", part, "--devices", str(args.devices),
                "--idle-devices", str(args.idle_devices), "--seconds", str(args.seconds),
                "--linger-ms", str(linger_ms)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{part} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import tomli_w
 
-from gateway import __version__, udev_rule
+from gateway import __version__, udev_rule, wakeups
 from gateway.bridge.client import RequestClient, RequestFailed
 from gateway.bridge.mqtt import BrokerSettings
 from gateway.config import (
@@ -122,9 +122,11 @@ async def _until_stopped(duration: float | None) -> None:
         await asyncio.wait_for(stop.wait(), duration)
 
 
-async def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, check_state_dir=True)
-    return await Service(args.config, config).run()
+    # The loop lingers as the file says (``linger_ms``); a reload keeps it until a restart.
+    with asyncio.Runner(loop_factory=wakeups.loop_factory(config.linger_s)) as runner:
+        return runner.run(Service(args.config, config).run())
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -388,10 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     # Printing to a closed pipe (``| head``) ends the program quietly, as Unix filters do.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     _setup_logging(args)
-    runners = {"run": _run, "demo": _demo, "monitor": _monitor, "request": _request,
+    runners = {"demo": _demo, "monitor": _monitor, "request": _request,
                "conformance": conformance_cli.main}
-    plain = {"check-config": _check_config, "dashboard": _dashboard, "udev-rule": _udev_rule,
-             "sim": _sim}
+    plain = {"run": _run, "check-config": _check_config, "dashboard": _dashboard,
+             "udev-rule": _udev_rule, "sim": _sim}
     try:
         if args.command in plain:
             return plain[args.command](args)

@@ -211,7 +211,6 @@ class EventPublisher:
 
     def _take(self, batch: list[DeviceEvent]) -> list[int]:
         """Spool the events, publish the state changes; returns the status publishes' mids."""
-        self._read_broker()  # the PUBACKs of the batches before, in this same wake-up
         rows = []
         status_mids: list[int] = []
         gw = self._gateway_id
@@ -245,6 +244,9 @@ class EventPublisher:
             self._on_states_changed()
         if rows:
             self._queue(rows)
+        # The PUBACKs of the batches before, in this same wake-up (after the sends: they are
+        # not on the events' way out).
+        self._read_broker()
         return status_mids
 
     def _read_broker(self) -> None:
