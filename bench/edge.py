@@ -251,8 +251,9 @@ def main() -> None:
         print(json.dumps(_part(args)))
         return
     rates = [float(r) for r in args.rates.split(",")]
-    if args.smoke:
+    if args.smoke:  # the comparison's machinery too (against this very revision)
         rates, args.devices, args.idle_devices, args.seconds = [200.0], 2, 4, 1.0
+        args.before = args.before or "HEAD"
     if args.profile:
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
