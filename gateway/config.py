@@ -38,6 +38,7 @@ from gateway.settings import (
     SparkplugSettings,
     TransactionSettings,
     declared,
+    in_file_units,
     keys_of,
     nested_groups,
     parse_group,
@@ -690,7 +691,7 @@ def effective(config: GatewayConfig) -> dict[str, Any]:
         "log_format": config.log_format,
         "max_request_bytes": config.max_request_bytes,
         "stats_interval_s": config.stats_interval_s,
-        "linger_ms": config.linger_s * 1000,
+        "linger_ms": in_file_units(config.linger_s, 1000),
         "gateway_allow": list(config.gateway_allow),
     }
     if config.profiles_dir is not None:

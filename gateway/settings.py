@@ -219,11 +219,11 @@ def toml_table(group: Any) -> dict[str, Any]:
             if value is not None:
                 table[f.name] = list(value) if isinstance(value, tuple) else value
         elif declaration.key is not None and value is not None:
-            table[declaration.key or f.name] = _in_file_units(value, declaration.scale)
+            table[declaration.key or f.name] = in_file_units(value, declaration.scale)
     return table
 
 
-def _in_file_units(value: Any, scale: float) -> Any:
+def in_file_units(value: Any, scale: float) -> Any:
     if isinstance(value, tuple):
         return list(value)
     if scale == 1:
@@ -243,7 +243,7 @@ def shown_default(cls: type, name: str) -> str:
     value = default_of(cls, name)
     if value is None:
         return "none"
-    value = _in_file_units(value, declaration.scale)
+    value = in_file_units(value, declaration.scale)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

@@ -36,8 +36,9 @@ class LingeringSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-t
         self.linger_s = linger_s
         self._clock = clock
         self._sleep = sleep
-        #: when the last wake-up with input was, and the one before it
-        self._input_at = self._before = float("-inf")
+        #: when the last input was taken, and whether input is coming within the window
+        self._input_at = float("-inf")
+        self._dense = False
         #: waits that slept (on the descriptors or lingering), for the bench and tests
         self.wakeups = 0
         #: waits that lingered
@@ -47,23 +48,28 @@ class LingeringSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-t
         if timeout is not None and timeout <= 0:
             return self._took(super().select(0))  # the loop has work queued: no sleep
         self.wakeups += 1
-        # Linger only where it pays: the last two inputs came within the window, so more
-        # is likely to come within it. Sparse input is taken the moment it arrives (a
-        # lingering wait that found nothing would be one wake-up more, not one fewer).
+        # Linger only where it pays: input is coming within the window, so more is likely
+        # to come within it. Sparse input is taken the moment it arrives (a lingering wait
+        # that found nothing would be one wake-up more, not one fewer).
         hold = self._input_at + self.linger_s - self._clock()
-        if hold > 0 and self._input_at - self._before < self.linger_s:
+        if hold > 0 and self._dense:
             nap = hold if timeout is None else min(hold, timeout)
             self.lingered += 1
             self._sleep(nap)  # the descriptors unwatched; a timer due sooner ends it sooner
-            ready = self._took(super().select(0))
-            if ready or (timeout is not None and nap >= timeout):
+            ready = super().select(0)
+            if ready:
+                self._input_at = self._clock()  # still dense: it came within the window
+                return ready
+            if timeout is not None and nap >= timeout:
                 return ready
             timeout = None if timeout is None else timeout - nap
         return self._took(super().select(timeout))
 
     def _took(self, ready: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
         if ready:
-            self._before, self._input_at = self._input_at, self._clock()
+            now = self._clock()
+            self._dense = now - self._input_at < self.linger_s
+            self._input_at = now
         return ready
 
 

@@ -7,8 +7,12 @@ real Mosquitto) on a lingering loop beside the plain one."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import socket
+import struct
+import termios
 import threading
 from dataclasses import replace
 
@@ -16,11 +20,14 @@ import pytest
 
 from firmware_sim import Fleet, FleetSpec
 from gateway.app import Gateway
+from gateway.bridge import mqtt
 from gateway.bridge.bridge import Bridge
+from gateway.bridge.mqtt import BrokerSettings, MqttConnection
 from gateway.config import parse_config
+from gateway.drivers.serial import _open_transport
 from gateway.wakeups import LingeringSelector, loop_factory
 from tests.harness import wait_for
-from tests.mqtt_helpers import Client
+from tests.mqtt_helpers import Client, Mosquitto, tls_mosquitto
 
 P = "mcp/v1/test-gw"
 
@@ -38,7 +45,7 @@ class _Clock:
 
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
-        self.now += seconds
+        self.now += seconds + 0.001  # as real sleeps do, it oversleeps a little
         self.during()
 
 
@@ -197,3 +204,98 @@ def test_the_gateway_on_a_lingering_loop_delivers_what_the_plain_one_does(tmp_pa
     assert result["answers"] == ["ok", "ok", "ok"]
     if linger_ms:
         assert result["lingered"] > 0, "200 events 5 ms apart and it never lingered"
+
+
+def test_input_that_keeps_coming_is_taken_once_per_window(pair):
+    reader, writer = pair
+    selector, clock = _selector(0.05, reader)
+    for _ in range(2):  # two inputs close together: dense
+        writer.send(b"x")
+        selector.select(None)
+        _drain(reader)
+        clock.now += 0.01
+    got = b""
+    for chunk in (b"ab", b"cd", b"ef"):
+        # Each window's input arrives while it lingers; the next window lingers again
+        # (input came within the last one), so every window costs one wake-up.
+        clock.during = lambda c=chunk: writer.sendall(c)
+        assert selector.select(1.0), "it did not linger: the input came after the wait"
+        got += _drain(reader)
+    assert got == b"abcdef"
+    assert selector.lingered == 3
+    assert clock.slept == [pytest.approx(0.04), pytest.approx(0.05), pytest.approx(0.05)]
+
+
+def _queued_bytes(sock: socket.socket) -> int:
+    """Bytes waiting in the kernel for ``sock`` (for TLS: records not yet decrypted)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_one_read_of_the_broker_handles_every_puback_waiting(tmp_path, monkeypatch, tls):
+    # TLS hands over one record per recv, and Mosquitto sends each PUBACK in a record of
+    # its own: while reads are deferred, one read must still take all of them.
+    monkeypatch.setattr(mqtt, "ACK_DEFER_S", 60.0)  # the deferral must not end by itself here
+    if tls:
+        broker, certs = tls_mosquitto(tmp_path)
+        settings = BrokerSettings(url=f"mqtts://localhost:{broker.port}",
+                                  ca_file=str(certs["ca"]), client_id="acks-tls")
+    else:
+        broker = Mosquitto(tmp_path)
+        settings = BrokerSettings(url=broker.url, client_id="acks-tcp")
+    broker.start()
+    acked: list[int] = []
+    connection = MqttConnection(settings, on_ack=lambda mid, reason: acked.append(mid))
+    task = asyncio.create_task(connection.run())
+    try:
+        await wait_for(lambda: connection.connected, timeout=10, what="connected")
+        sock = connection._client.socket()
+        # One PUBACK first: how many bytes one takes on this connection.
+        connection.publish_event(b"t/acks", b"x")
+        connection.flush()
+        connection.defer_reads()
+        await wait_for(lambda: _queued_bytes(sock) > 0, what="the first PUBACK")
+        one = _queued_bytes(sock)
+        connection.read_now()
+        assert len(acked) == 1
+        for _ in range(10):
+            connection.publish_event(b"t/acks", b"x")
+        connection.flush()
+        await wait_for(lambda: _queued_bytes(sock) >= 10 * one, what="ten PUBACKs waiting")
+        connection.read_now()
+        assert len(acked) == 11, "one read took only some of the PUBACKs waiting"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        broker.stop()
+
+
+class _Received(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+
+async def test_a_wake_up_reads_everything_the_port_holds():
+    # However long the loop lingered, one readiness takes what the port holds, not one
+    # read's worth (here 1 KiB reads, 3 KiB waiting: pyserial-asyncio would take three
+    # wake-ups).
+    controller, device = os.openpty()
+    protocol = _Received()
+    transport = await _open_transport(os.ttyname(device), protocol)
+    try:
+        transport._max_read_size = 1024  # the knob SerialLink sets from read_size
+        await asyncio.sleep(0)  # the transport registers its reader in its first turn
+        transport.pause_reading()
+        os.write(controller, bytes(range(256)) * 12)
+        await wait_for(lambda: transport.serial.in_waiting >= 3072, what="3 KiB at the port")
+        transport.resume_reading()
+        await wait_for(lambda: sum(map(len, protocol.chunks)) >= 3072, what="3 KiB read")
+        assert b"".join(protocol.chunks) == bytes(range(256)) * 12
+        assert len(protocol.chunks) == 1
+    finally:
+        transport.close()
+        os.close(controller)
+        os.close(device)

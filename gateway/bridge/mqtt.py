@@ -148,12 +148,30 @@ class _Client(paho.Client):
         rx, pos = self._rx, self._rx_pos
         if pos >= len(rx):
             rx = super()._sock_recv(_RECV_SIZE)
+            if rx and isinstance(self._sock, ssl.SSLSocket):
+                rx = self._recv_rest(rx)
             if len(rx) <= bufsize:  # also b"": the broker closed the connection
                 self._rx, self._rx_pos = b"", 0
                 return rx
             pos = 0
         self._rx, self._rx_pos = rx, pos + bufsize
         return rx[pos:pos + bufsize]
+
+    def _recv_rest(self, first: bytes) -> bytes:
+        """TLS hands over one record per ``recv`` (Mosquitto sends a PUBACK in each): take
+        the rest of what has arrived too, so one read handles every packet waiting, as it
+        does over plain TCP (reads of the broker may wait for the next batch: deferred)."""
+        chunks, size = [first], len(first)
+        while size < _RECV_SIZE:
+            try:
+                more = super()._sock_recv(_RECV_SIZE - size)
+            except OSError:  # nothing more now (BlockingIOError); a real error: next read
+                break
+            if not more:
+                break  # the broker closed the connection: the next read says so
+            chunks.append(more)
+            size += len(more)
+        return b"".join(chunks) if len(chunks) > 1 else first
 
     def _sock_send(self, buf: bytes | bytearray) -> int:
         if self._sock is None:
@@ -562,10 +580,14 @@ class MqttConnection:
 
     def read_promptly(self) -> None:
         """The sender waits for PUBACKs (its window is full, or more is queued): the socket
-        is watched again now."""
+        is watched again from now on (read by the loop, after this turn's commit)."""
         if self._deferred is not None:
             self._deferred.cancel()
-            self._undefer()
+            self._deferred = None
+            sock = self._client.socket()
+            if sock is not None and not self.reads_held:
+                self._loop.add_reader(sock, self._read)
+                self._read_later()  # what was read already but not handled yet
 
     def _undefer(self) -> None:
         self._deferred = None

@@ -29,6 +29,8 @@ __all__ = ["MAX_BACKLOG", "FramesHandler", "SerialLink", "explain_open_error", "
 
 #: frames that may wait for a framing's send window before send_nowait refuses more
 MAX_BACKLOG = 256
+#: reads after one that filled its buffer, in the same wake-up
+_MORE_READS = 3
 
 PARITIES = {"none": serial.PARITY_NONE, "even": serial.PARITY_EVEN, "odd": serial.PARITY_ODD,
             "mark": serial.PARITY_MARK, "space": serial.PARITY_SPACE}
@@ -62,21 +64,23 @@ def explain_open_error(path: str, exc: BaseException) -> str:
 
 
 class _Transport(serial_asyncio.SerialTransport):
-    """pyserial-asyncio's transport, reading a POSIX port's descriptor with one ``os.read``
-    per readiness: pyserial's ``read`` costs two ``select`` calls and a timeout object per
-    call around the same read (a tenth of an event's CPU at edge rates)."""
+    """pyserial-asyncio's transport, reading a POSIX port's descriptor with ``os.read`` per
+    readiness: pyserial's ``read`` costs two ``select`` calls and a timeout object per call
+    around the same read (a tenth of an event's CPU at edge rates). A read that fills the
+    buffer is followed by more (up to ``_MORE_READS``), so a wake-up takes what the port
+    holds, however long the loop lingered (``linger_ms``)."""
 
     def _read_ready(self) -> None:
         port = self._serial
-        if type(port) is not serial.Serial:  # a URL handler (socket://, rfc2217://): its own
+        fd = getattr(port, "fd", None)
+        if type(port) is not serial.Serial or fd is None:  # a URL handler (socket://...)
             super()._read_ready()
             return
+        size = self._max_read_size
         try:
-            data = os.read(port.fd, self._max_read_size)
+            data = os.read(fd, size)
         except BlockingIOError:
             return  # woken, but another reader (or nothing) was there first
-        except InterruptedError:
-            return
         except OSError as exc:
             self._close(exc=serial.SerialException(f"read failed: {exc}"))
             return
@@ -85,6 +89,17 @@ class _Transport(serial_asyncio.SerialTransport):
                 "device reports readiness to read but returned no data (device disconnected "
                 "or multiple access on port?)"))
             return
+        if len(data) == size:
+            parts = [data]
+            for _ in range(_MORE_READS):
+                try:
+                    more = os.read(fd, size)
+                except OSError:  # drained (BlockingIOError), or the error shows next time
+                    break
+                parts.append(more)
+                if len(more) < size:
+                    break
+            data = b"".join(parts)
         self._protocol.data_received(data)
 
 
