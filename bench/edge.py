@@ -136,7 +136,9 @@ async def idle(tmp: Path, broker: Mosquitto, devices: int, seconds: float) -> di
     async with Bridge(gateway, config) as bridge, gateway:
         await _until(lambda: bridge.mqtt.connected and all(
             s.state is DeviceState.ONLINE for s in gateway.devices.values()), 60)
-        await asyncio.sleep(1.0)  # registration's aftermath (statuses, stats) settles
+        # registration's aftermath settles: statuses, stats, the deletes (within 1 s) and
+        # the checkpoint after them (1 s)
+        await asyncio.sleep(2.5)
         t0 = time.perf_counter()
         cpu0, switches0, written0 = _cpu_s(os.getpid()), _switches(), _written()
         await asyncio.sleep(seconds)  # the measured window

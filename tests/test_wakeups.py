@@ -75,6 +75,17 @@ def _drain(reader: socket.socket) -> bytes:
         data += chunk
 
 
+def _two_inputs(selector: LingeringSelector, reader: socket.socket, writer: socket.socket,
+                clock: _Clock | None = None) -> None:
+    """Input twice, close together: from now on input is dense."""
+    for _ in range(2):
+        writer.send(b"x")
+        selector.select(None)
+        _drain(reader)
+        if clock is not None:
+            clock.now += 0.01
+
+
 def test_sparse_input_is_taken_at_once(pair):
     reader, writer = pair
     selector, clock = _selector(0.05, reader)
@@ -110,10 +121,7 @@ def test_dense_input_lingers_then_takes_all_of_it_in_one_wake_up(pair):
 def test_a_timer_due_within_the_window_ends_the_linger(pair):
     reader, writer = pair
     selector, clock = _selector(0.05, reader)
-    for _ in range(2):
-        writer.send(b"x")
-        selector.select(None)
-        _drain(reader)
+    _two_inputs(selector, reader, writer)
     # The loop's next timer is due in 10 ms: the wait ends then, with nothing to take.
     assert selector.select(0.01) == []
     assert clock.slept == [pytest.approx(0.01)]
@@ -122,10 +130,7 @@ def test_a_timer_due_within_the_window_ends_the_linger(pair):
 def test_a_quiet_window_goes_back_to_waiting_on_the_descriptors(pair):
     reader, writer = pair
     selector, _ = _selector(0.05, reader)
-    for _ in range(2):
-        writer.send(b"x")
-        selector.select(None)
-        _drain(reader)
+    _two_inputs(selector, reader, writer)
     # Nothing comes while it lingers: the rest of the wait is on the descriptors (real
     # epoll), so input that comes later is taken when it comes.
     late = threading.Timer(0.05, writer.send, (b"late",))
@@ -209,11 +214,7 @@ def test_the_gateway_on_a_lingering_loop_delivers_what_the_plain_one_does(tmp_pa
 def test_input_that_keeps_coming_is_taken_once_per_window(pair):
     reader, writer = pair
     selector, clock = _selector(0.05, reader)
-    for _ in range(2):  # two inputs close together: dense
-        writer.send(b"x")
-        selector.select(None)
-        _drain(reader)
-        clock.now += 0.01
+    _two_inputs(selector, reader, writer, clock)
     got = b""
     for chunk in (b"ab", b"cd", b"ef"):
         # Each window's input arrives while it lingers; the next window lingers again
