@@ -1,8 +1,8 @@
-"""Batched wake-ups (issue 19): the lingering selector (``linger_ms``) and the PUBACKs read
-with the next batch. Each replaces a simple path (every input taken the moment it
-arrives), so these prove they lose, reorder and hold back nothing: the selector's rules
-on a real socket pair with a clock the test moves, and the whole gateway (real ptys, a
-real Mosquitto) on a lingering loop beside the plain one."""
+"""Batched wake-ups (issue 19): the lingering selector (``linger_ms``), serial reads that take
+what the port holds, broker reads that take every TLS record waiting. Each replaces a
+simpler path, so these prove they lose, reorder and hold back nothing: the selector's rules
+on a real socket pair with a clock the test moves, and the whole gateway (real ptys, a real
+Mosquitto) on a lingering loop beside the plain one."""
 
 from __future__ import annotations
 
@@ -11,18 +11,21 @@ import fcntl
 import json
 import os
 import socket
+import ssl
 import struct
 import termios
 import threading
+import time
 from dataclasses import replace
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware_sim import Fleet, FleetSpec
 from gateway.app import Gateway
-from gateway.bridge import mqtt
 from gateway.bridge.bridge import Bridge
-from gateway.bridge.mqtt import BrokerSettings, MqttConnection
+from gateway.bridge.mqtt import _Client
 from gateway.config import parse_config
 from gateway.drivers.serial import _open_transport
 from gateway.wakeups import LingeringSelector, loop_factory
@@ -173,7 +176,7 @@ async def _stream_and_request(tmp_path, broker, linger_ms: float) -> dict:
                 await wait_for(lambda: all(len(watcher.on(f"{P}/devices/{d.name}/events/"))
                                            >= 200 for d in fleet.devices), timeout=30,
                                what="200 events of each device")
-                # Requests while events stream (their PUBACKs' reads deferred) are answered:
+                # Requests while events stream (on a lingering loop) are answered:
                 # a ping, then writes that end each device's stream.
                 bodies = [{"action": "ping"}] + [{"action": "write", "payload": {
                     "key": "interval_ms", "value": 3_600_000}}] * 2
@@ -183,8 +186,8 @@ async def _stream_and_request(tmp_path, broker, linger_ms: float) -> dict:
                                     response_topic="replies/a", correlation=b"c%d" % i)
                     await wait_for(lambda n=i: len(watcher.on("replies/")) > n, timeout=10,
                                    what=f"the answer to {body['action']}")
-                # Every event leaves the queue on its PUBACK, the last ones too (no batch
-                # after them reads those: the deferral's end does).
+                # Every event leaves the queue on its PUBACK, the last ones too (no input
+                # after them: the loop stops lingering and takes them).
                 await wait_for(lambda: bridge.spool.count == 0, timeout=10,
                                what="the queue emptied by the PUBACKs")
                 sent = bridge.published
@@ -233,42 +236,52 @@ def _queued_bytes(sock: socket.socket) -> int:
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
-async def test_one_read_of_the_broker_handles_every_puback_waiting(tmp_path, monkeypatch, tls):
-    # TLS hands over one record per recv, and Mosquitto sends each PUBACK in a record of
-    # its own: while reads are deferred, one read must still take all of them.
-    monkeypatch.setattr(mqtt, "ACK_DEFER_S", 60.0)  # the deferral must not end by itself here
+def test_one_read_of_the_broker_takes_every_puback_waiting(tmp_path, tls):
+    # TLS hands over one record per recv, and Mosquitto sends each PUBACK in a record of its
+    # own: one read must still take all of them (else each costs a loop turn of its own).
     if tls:
         broker, certs = tls_mosquitto(tmp_path)
-        settings = BrokerSettings(url=f"mqtts://localhost:{broker.port}",
-                                  ca_file=str(certs["ca"]), client_id="acks-tls")
     else:
-        broker = Mosquitto(tmp_path)
-        settings = BrokerSettings(url=broker.url, client_id="acks-tcp")
+        broker, certs = Mosquitto(tmp_path), None
     broker.start()
     acked: list[int] = []
-    connection = MqttConnection(settings, on_ack=lambda mid, reason: acked.append(mid))
-    task = asyncio.create_task(connection.run())
+    client = _Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="acks",
+                     protocol=paho.MQTTv5)
+    client.on_lean_ack = lambda mid, reason: acked.append(mid)
+    connected = []
+    client.on_connect = lambda *args: connected.append(args)
+    if certs is not None:
+        client.tls_set_context(ssl.create_default_context(cafile=str(certs["ca"])))
     try:
-        await wait_for(lambda: connection.connected, timeout=10, what="connected")
-        sock = connection._client.socket()
+        client.connect("localhost" if tls else "127.0.0.1", broker.port)
+        client.flush()
+        _until(lambda: client.loop_read() is not None and connected, "the CONNACK")
+        sock = client.socket()
         # One PUBACK first: how many bytes one takes on this connection.
-        connection.publish_event(b"t/acks", b"x")
-        connection.flush()
-        connection.defer_reads()
-        await wait_for(lambda: _queued_bytes(sock) > 0, what="the first PUBACK")
+        client.publish_lean(b"t/acks", b"x")
+        client.flush()
+        _until(lambda: _queued_bytes(sock) > 0, "the first PUBACK")
         one = _queued_bytes(sock)
-        connection.read_now()
+        client.loop_read()
         assert len(acked) == 1
         for _ in range(10):
-            connection.publish_event(b"t/acks", b"x")
-        connection.flush()
-        await wait_for(lambda: _queued_bytes(sock) >= 10 * one, what="ten PUBACKs waiting")
-        connection.read_now()
+            client.publish_lean(b"t/acks", b"x")
+        client.flush()
+        _until(lambda: _queued_bytes(sock) >= 10 * one, "ten PUBACKs waiting")
+        client.loop_read()
+        while client.buffered:  # what one recv brought, handed to paho a packet at a time
+            client.loop_read()
         assert len(acked) == 11, "one read took only some of the PUBACKs waiting"
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        client.disconnect()
         broker.stop()
+
+
+def _until(predicate, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.001)
 
 
 class _Received(asyncio.Protocol):

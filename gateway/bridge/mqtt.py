@@ -48,11 +48,6 @@ _CLOSE_FLUSH_S = 0.5
 #: request flood) must not grow the gateway's memory; TCP tells it to slow down instead
 TX_HOLD_BYTES = 1024 * 1024
 TX_RESUME_BYTES = 256 * 1024
-#: after events are sent, the broker's socket is not watched for at most this long: their
-#: PUBACKs (which only let events leave the queue) are read in the next batch's wake-up
-#: (``read_now``) instead of a wake-up of their own, the costly part at edge rates; a
-#: request from the fabric waits at most this long meanwhile
-ACK_DEFER_S = 0.05
 #: packets handled per readable-socket callback: the loop's other work (serial reads, the
 #: requests taken in) gets its turn between, however fast the broker sends
 READ_BUDGET = 256
@@ -158,9 +153,9 @@ class _Client(paho.Client):
         return rx[pos:pos + bufsize]
 
     def _recv_rest(self, first: bytes) -> bytes:
-        """TLS hands over one record per ``recv`` (Mosquitto sends a PUBACK in each): take
-        the rest of what has arrived too, so one read handles every packet waiting, as it
-        does over plain TCP (reads of the broker may wait for the next batch: deferred)."""
+        """TLS hands over one record per ``recv`` (Mosquitto sends each PUBACK in a record
+        of its own): take the rest of what has arrived too, so one read handles every
+        packet waiting, as over plain TCP, not one per loop turn."""
         chunks, size = [first], len(first)
         while size < _RECV_SIZE:
             try:
@@ -299,8 +294,6 @@ class MqttConnection:
         #: responses sent at QoS 0 because ``MAX_RESPONSES_UNACKED`` awaited their PUBACKs
         self.responses_qos0 = 0
         self._read_soon: asyncio.Handle | None = None
-        #: while set, the socket's reader is off until it fires (``defer_reads``)
-        self._deferred: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._lost: asyncio.Future[None] | None = None
         self._connected_future: asyncio.Future[bool] | None = None
@@ -557,50 +550,9 @@ class MqttConnection:
             log.debug("%d bytes wait to be sent to %s: reads paused", len(self._client.tx),
                       self.url)
             self._loop.remove_reader(sock)
-        elif self._deferred is None:  # else the deferral's end watches it again
+        else:
             self._loop.add_reader(sock, self._read)
             self._read_later()  # what was read already but not handled yet
-
-    def defer_reads(self) -> None:
-        """Events were just sent: the broker's answers are read with the next batch
-        (``read_now``) or within ACK_DEFER_S, not in a wake-up of their own."""
-        if self._deferred is not None or self.reads_held or not self.connected:
-            return
-        sock = self._client.socket()
-        if sock is None:
-            return
-        self._loop.remove_reader(sock)
-        self._deferred = self._loop.call_later(ACK_DEFER_S, self._undefer)
-
-    def read_now(self) -> None:
-        """The loop woke for something else (a batch of events): while reads are deferred,
-        what the broker sent meanwhile is handled now."""
-        if self._deferred is not None:
-            self._read()
-
-    def read_promptly(self) -> None:
-        """The sender waits for PUBACKs (its window is full, or more is queued): the socket
-        is watched again from now on (read by the loop, after this turn's commit)."""
-        if self._deferred is not None:
-            self._deferred.cancel()
-            self._deferred = None
-            sock = self._client.socket()
-            if sock is not None and not self.reads_held:
-                self._loop.add_reader(sock, self._read)
-                self._read_later()  # what was read already but not handled yet
-
-    def _undefer(self) -> None:
-        self._deferred = None
-        sock = self._client.socket()
-        if sock is None or self.reads_held:
-            return
-        self._loop.add_reader(sock, self._read)
-        self._read()
-
-    def _cancel_deferral(self) -> None:
-        if self._deferred is not None:
-            self._deferred.cancel()
-            self._deferred = None
 
     def subscribe(self, topics: list[str]) -> None:
         """Subscribe (QoS 1) to topic filters; ``subscribed`` turns True on the SUBACK."""
@@ -746,7 +698,7 @@ class MqttConnection:
             raw = getattr(sock, "socket", sock)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reads_held = False
-        self._in_loop(self._watch, sock)
+        self._in_loop(self._loop.add_reader, sock, self._read)
 
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
         self._in_loop(self._remove_fd, sock)
@@ -757,12 +709,7 @@ class MqttConnection:
     def _on_unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
         self._in_loop(self._remove_writer, sock)
 
-    def _watch(self, sock: Any) -> None:
-        self._cancel_deferral()  # of an earlier socket
-        self._loop.add_reader(sock, self._read)
-
     def _remove_fd(self, sock: Any) -> None:
-        self._cancel_deferral()
         with contextlib.suppress(Exception):
             self._loop.remove_reader(sock)
             self._loop.remove_writer(sock)

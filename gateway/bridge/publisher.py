@@ -244,16 +244,7 @@ class EventPublisher:
             self._on_states_changed()
         if rows:
             self._queue(rows)
-        # The PUBACKs of the batches before, in this same wake-up (after the sends: they are
-        # not on the events' way out).
-        self._read_broker()
         return status_mids
-
-    def _read_broker(self) -> None:
-        try:
-            self.mqtt.read_now()
-        except Exception:  # as the loop treats a failing reader: said, and the batch goes on
-            log.exception("reading from the broker failed")
 
     def _queue(self, rows: list[tuple[str, bytes, str, int]]) -> None:
         # Staged, sent, then written, all in this loop turn: the disk is off the latency
@@ -293,18 +284,11 @@ class EventPublisher:
             self._publish_some()
 
     def _publish_some(self) -> None:
-        sent = self._last_sent
         try:
             self._publish_native()
         finally:
             self.peak_in_flight = max(self.peak_in_flight, len(self._in_flight))
             self.mqtt.flush()
-        if len(self._in_flight) >= self.window or self._last_sent < self.spool.last_id:
-            self.mqtt.read_promptly()  # more to send than the window holds: PUBACKs gate it
-        elif self._last_sent != sent:
-            # All sent: their PUBACKs are read with the next batch (``_take``), not in a
-            # wake-up of their own.
-            self.mqtt.defer_reads()
         if self._cursors:
             self._catch_up()
 
