@@ -94,6 +94,10 @@ async def at_rate(tmp: Path, broker: Mosquitto, rate: float, devices: int, secon
     async with Bridge(gateway, config) as bridge, gateway:
         await _until(lambda: bridge.mqtt.connected and all(
             s.state is DeviceState.ONLINE for s in gateway.devices.values()))
+        # A device's STATUS of its registration may still be on its way: the bases (the
+        # event seq before each stream) are read once it is in (else a device's latencies
+        # pair each event with the frame after it: negative p50s).
+        await asyncio.sleep(1.0)
         bases = {device: bridge.spool.last_seq(device) for device in gateway.devices}
         conn.send("go")
         await asyncio.sleep(min(1.0, seconds))  # the streams settle; not measured
