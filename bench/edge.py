@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import importlib
 import io
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,27 +173,34 @@ def _profile_lines(profile: cProfile.Profile, rows: int = 18) -> str:
     return out.getvalue()
 
 
-def _part(args: argparse.Namespace) -> dict[str, Any]:
-    """One part in this (fresh) process, with its own Mosquitto: ``rate:R`` or ``idle``."""
+@contextlib.contextmanager
+def _own_broker() -> Iterator[tuple[Path, Mosquitto]]:
+    """A temporary directory and a Mosquitto of its own in it, stopped at the end."""
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         broker = Mosquitto(tmp)
         broker.start()
         try:
-            if args.part == "idle":
-                work = idle(tmp, broker, args.idle_devices, args.seconds)
-            else:
-                work = at_rate(tmp, broker, float(args.part.split(":", 1)[1]), args.devices,
-                               args.seconds)
-            if args.linger_ms:
-                # not in a checkout from before linger_ms: imported only where asked for
-                wakeups = importlib.import_module("gateway.wakeups")
-                factory = wakeups.loop_factory(args.linger_ms / 1000)
-                with asyncio.Runner(loop_factory=factory) as runner:
-                    return runner.run(work)
-            return asyncio.run(work)
+            yield tmp, broker
         finally:
             broker.stop()
+
+
+def _part(args: argparse.Namespace) -> dict[str, Any]:
+    """One part in this (fresh) process, with its own Mosquitto: ``rate:R`` or ``idle``."""
+    with _own_broker() as (tmp, broker):
+        if args.part == "idle":
+            work = idle(tmp, broker, args.idle_devices, args.seconds)
+        else:
+            work = at_rate(tmp, broker, float(args.part.split(":", 1)[1]), args.devices,
+                           args.seconds)
+        if args.linger_ms:
+            # not in a checkout from before linger_ms: imported only where asked for
+            wakeups = importlib.import_module("gateway.wakeups")
+            factory = wakeups.loop_factory(args.linger_ms / 1000)
+            with asyncio.Runner(loop_factory=factory) as runner:
+                return runner.run(work)
+        return asyncio.run(work)
 
 
 def _worktree(rev: str, parent: Path) -> Path:
@@ -271,16 +280,10 @@ def main() -> None:
         rates, args.devices, args.idle_devices, args.seconds = [200.0], 2, 4, 1.0
         args.before = args.before or "HEAD"
     if args.profile:
-        with tempfile.TemporaryDirectory() as tmp_name:
-            tmp = Path(tmp_name)
-            broker = Mosquitto(tmp)
-            broker.start()
-            try:
-                profile = cProfile.Profile()
-                row = asyncio.run(at_rate(tmp, broker, args.profile, args.devices,
-                                          args.seconds, profile=profile))
-            finally:
-                broker.stop()
+        with _own_broker() as (tmp, broker):
+            profile = cProfile.Profile()
+            row = asyncio.run(at_rate(tmp, broker, args.profile, args.devices, args.seconds,
+                                      profile=profile))
         print(json.dumps({"profiled": row}))
         print(_profile_lines(profile))
         return

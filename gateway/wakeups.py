@@ -39,15 +39,12 @@ class LingeringSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-t
         #: when the last input was taken, and whether input is coming within the window
         self._input_at = float("-inf")
         self._dense = False
-        #: waits that slept (on the descriptors or lingering), for the bench and tests
-        self.wakeups = 0
-        #: waits that lingered
+        #: waits that lingered (for the tests)
         self.lingered = 0
 
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
         if timeout is not None and timeout <= 0:
             return self._took(super().select(0))  # the loop has work queued: no sleep
-        self.wakeups += 1
         # Linger only where it pays: input is coming within the window, so more is likely
         # to come within it. Sparse input is taken the moment it arrives (a lingering wait
         # that found nothing would be one wake-up more, not one fewer).
@@ -61,7 +58,7 @@ class LingeringSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-t
                 self._input_at = self._clock()  # still dense: it came within the window
                 return ready
             if timeout is not None and nap >= timeout:
-                return ready
+                return []  # a timer is due: the loop's turn
             timeout = None if timeout is None else timeout - nap
         return self._took(super().select(timeout))
 
@@ -75,7 +72,10 @@ class LingeringSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-t
 
 def loop_factory(linger_s: float) -> Callable[[], asyncio.AbstractEventLoop]:
     """For ``asyncio.Runner``: a selector event loop that lingers ``linger_s`` (0: asyncio's
-    own behaviour, every input taken the moment it arrives)."""
+    own loop, every input taken the moment it arrives)."""
+    if linger_s <= 0:
+        return asyncio.SelectorEventLoop
+
     def factory() -> asyncio.AbstractEventLoop:
         return asyncio.SelectorEventLoop(LingeringSelector(linger_s))
     return factory
